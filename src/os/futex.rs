@@ -1,0 +1,1 @@
+//! Waiting on a shared word (filled in by the lock issue).

@@ -1,0 +1,1 @@
+//! The pre-fork master (the pre-fork issue).

@@ -1,0 +1,1 @@
+//! The slab pool (the slab issue).

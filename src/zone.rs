@@ -1,0 +1,1 @@
+//! Named zones (the zones issue).
