@@ -1,31 +1,111 @@
-//! The process-shared lock (nginx's `ngx_shmtx`).
+//! The process-shared lock (nginx's `ngx_shmtx`), with dead-owner recovery
+//! that the application can see.
 //!
-//! FIRST CUT (foundation): CAS on the holder's pid, bounded spin, then
-//! `sched_yield`. The lock issue replaces the waiting with a futex and adds
-//! dead-owner recovery; the API below is what the rest of the crate uses.
+//! A [`ShmMutex`] lives in shared memory (all-zero bytes are a free lock, so
+//! a fresh zero-filled mapping already holds one; or write
+//! [`ShmMutex::new()`] in place). Its word holds the pid of the process that
+//! holds it, so that a master can release the lock of a worker that died
+//! ([`ShmMutex::force_unlock`]), and so that a waiter can find out for itself
+//! that the holder is gone (self-healing, [`ShmMutex::set_heal_after`]).
+//!
+//! # The shared words
+//!
+//! | word | value | meaning |
+//! |---|---|---|
+//! | `lock` | `0` | free |
+//! | `lock` | `pid` (1..=`i32::MAX`) | held by process `pid` |
+//! | `lock` | `u32::MAX` | free, and the last holder died holding it: the next acquirer's guard reports [`ShmGuard::recovered_from`] |
+//! | `wait` | `n` | processes in the sleep phase of [`ShmMutex::lock`]: counted before they first sleep, uncounted once they hold the lock; an unlock makes a wake syscall only when `n > 0` |
+//! | `dead` | `pid` | the dead holder; meaningful only while `lock == u32::MAX`, cleared by the acquirer that reports it |
+//! | `recoveries` | `n` | how many times the lock was taken back from a dead holder (force-unlock or self-healing) |
+//! | `heal_ms` | `0` / `ms` | self-healing off / a waiter that has slept `ms` milliseconds checks whether the holder is alive |
+//!
+//! # Locking
+//!
+//! The fast path is one compare-and-swap `0 → pid` to lock and one
+//! compare-and-swap `pid → 0` to unlock, followed by a plain load of `wait`.
+//! When the lock is busy, [`ShmMutex::lock`] goes to a `#[cold]` slow path
+//! that works like nginx's: on a machine with more than one CPU it spins in
+//! rounds of 1, 2, 4, … 1024 `spin_loop()` hints (2047 in all), trying the
+//! lock after each round; then it sleeps. On Linux it sleeps in a futex on
+//! the lock word itself (a process-shared futex, so any process that maps
+//! the word can wake it); elsewhere it yields the CPU with `sched_yield` and
+//! tries again. Unlock wakes one sleeper; the sleeper competes for the lock
+//! like everyone else (no FIFO, as in nginx).
+//!
+//! The lock is not recursive: a process that locks it twice waits forever
+//! (and [`ShmMutex::try_lock`] returns `None`). Holders are processes, not
+//! threads: threads of one process share a pid, so they exclude each other
+//! but any of them can release the others' lock.
+//!
+//! # Recovery
+//!
+//! A guard taken over from a dead holder says so
+//! ([`ShmGuard::recovered_from`], like a robust mutex's `EOWNERDEAD`): what
+//! the lock protects may be half-updated, and the caller should check it
+//! before trusting it. Two ways lead there:
+//!
+//! - [`ShmMutex::force_unlock`]`(pid)`, called by a master that saw `pid`
+//!   die. Use `waitid(WEXITED | WNOWAIT)` to see the death, force-unlock, and
+//!   only then reap, so that the pid cannot be reused in between.
+//! - Self-healing, for servers without a watching master: with
+//!   [`ShmMutex::set_heal_after`]`(Some(d))`, a waiter that has slept `d`
+//!   checks the holder with `kill(holder, 0)` (a zombie counts as dead on
+//!   Linux); if it is gone, the waiter takes the lock over with a
+//!   compare-and-swap from the dead pid to its own. A dead holder whose pid
+//!   was already reused by a new process cannot be detected this way; all
+//!   processes must share one pid namespace.
+//!
+//! A process killed while it sleeps in `lock()` leaves `wait` one too high:
+//! nothing breaks, but every unlock then makes one futex wake syscall.
 
+use std::fmt;
+use std::hint::spin_loop;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use static_assertions::{assert_eq_size, const_assert_eq};
 
-use crate::os;
+use crate::os::{self, futex};
+
+/// `lock` value: nobody holds it.
+const FREE: u32 = 0;
+/// `lock` value: nobody holds it, and `dead` names the holder that died.
+const RECOVERED: u32 = u32::MAX;
+/// nginx's spin budget: rounds of 1, 2, 4 … while below this.
+const SPIN_LIMIT: u32 = 2048;
 
 /// A lock that lives in shared memory; its word holds the holder's pid.
 ///
-/// | word | meaning |
-/// |---|---|
-/// | 0 | free |
-/// | pid | held by process `pid` |
+/// See the [module docs](self) for the words and the algorithm.
+///
+/// ```
+/// use shmzone::ShmMutex;
+/// let m = ShmMutex::new(); // normally written into a shmzone::Region
+/// {
+///     let g = m.lock();
+///     assert_eq!(m.holder(), Some(std::process::id()));
+///     assert!(g.recovered_from().is_none());
+///     assert!(m.try_lock().is_none());
+/// }
+/// assert_eq!(m.holder(), None);
+/// ```
 #[repr(C, align(64))]
 pub struct ShmMutex {
     lock: AtomicU32,
     wait: AtomicU32,
     dead: AtomicU32,
     recoveries: AtomicU32,
+    heal_ms: AtomicU32,
 }
 
 assert_eq_size!(ShmMutex, [u8; 64]);
 const_assert_eq!(std::mem::align_of::<ShmMutex>(), 64);
+const_assert_eq!(std::mem::offset_of!(ShmMutex, lock), 0);
+const_assert_eq!(std::mem::offset_of!(ShmMutex, wait), 4);
+const_assert_eq!(std::mem::offset_of!(ShmMutex, dead), 8);
+const_assert_eq!(std::mem::offset_of!(ShmMutex, recoveries), 12);
+const_assert_eq!(std::mem::offset_of!(ShmMutex, heal_ms), 16);
 
 impl Default for ShmMutex {
     fn default() -> Self {
@@ -34,106 +114,340 @@ impl Default for ShmMutex {
 }
 
 impl ShmMutex {
-    /// A free lock, to be written into shared memory.
+    /// A free lock, self-healing off, to be written into shared memory.
+    /// Its bytes are all zero.
     pub const fn new() -> ShmMutex {
         ShmMutex {
-            lock: AtomicU32::new(0),
+            lock: AtomicU32::new(FREE),
             wait: AtomicU32::new(0),
             dead: AtomicU32::new(0),
             recoveries: AtomicU32::new(0),
+            heal_ms: AtomicU32::new(0),
         }
     }
 
-    /// Takes the lock, waiting as long as needed.
+    /// Takes the lock, waiting as long as needed: spinning a little, then
+    /// sleeping (see the [module docs](self)).
+    ///
+    /// The guard's [`ShmGuard::recovered_from`] is `Some(pid)` when the
+    /// previous holder died holding the lock.
     #[inline]
     pub fn lock(&self) -> ShmGuard<'_> {
-        if let Some(g) = self.try_lock() {
-            return g;
+        let pid = os::process::current_pid();
+        if self
+            .lock
+            .compare_exchange(FREE, pid, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            return ShmGuard {
+                mutex: self,
+                dead: 0,
+            };
         }
-        self.lock_slow()
+        self.lock_slow(pid)
+    }
+
+    /// Takes the lock if it is free, without waiting.
+    ///
+    /// ```
+    /// let m = shmzone::ShmMutex::new();
+    /// let g = m.try_lock().expect("free");
+    /// assert!(m.try_lock().is_none());
+    /// drop(g);
+    /// assert!(m.try_lock().is_some());
+    /// ```
+    #[inline]
+    pub fn try_lock(&self) -> Option<ShmGuard<'_>> {
+        self.try_lock_as(os::process::current_pid())
+    }
+
+    /// nginx's trylock: a plain load first, so that a busy lock costs no
+    /// locked instruction; then the compare-and-swap.
+    #[inline]
+    fn try_lock_as(&self, pid: u32) -> Option<ShmGuard<'_>> {
+        match self.lock.load(Ordering::Relaxed) {
+            FREE => self
+                .lock
+                .compare_exchange(FREE, pid, Ordering::Acquire, Ordering::Relaxed)
+                .ok()
+                .map(|_| ShmGuard {
+                    mutex: self,
+                    dead: 0,
+                }),
+            RECOVERED => self.take_recovered(pid),
+            _ => None,
+        }
+    }
+
+    /// Takes a lock left free by [`ShmMutex::force_unlock`], and with it the
+    /// dead holder's pid.
+    #[cold]
+    fn take_recovered(&self, pid: u32) -> Option<ShmGuard<'_>> {
+        self.lock
+            .compare_exchange(RECOVERED, pid, Ordering::Acquire, Ordering::Relaxed)
+            .ok()?;
+        // The recoverer wrote `dead` before its release-store of RECOVERED,
+        // which our acquire read; holding the lock, we are the only reader.
+        let dead = self.dead.swap(0, Ordering::Relaxed);
+        Some(ShmGuard { mutex: self, dead })
     }
 
     #[cold]
-    fn lock_slow(&self) -> ShmGuard<'_> {
+    #[inline(never)]
+    fn lock_slow(&self, pid: u32) -> ShmGuard<'_> {
+        if os::process::ncpu() > 1 {
+            let mut n = 1;
+            while n < SPIN_LIMIT {
+                for _ in 0..n {
+                    spin_loop();
+                }
+                if let Some(g) = self.try_lock_as(pid) {
+                    return g;
+                }
+                n <<= 1;
+            }
+        }
+        if futex::SLEEPS {
+            self.wait.fetch_add(1, Ordering::SeqCst);
+        }
+        let g = self.sleep_until_locked(pid);
+        if futex::SLEEPS {
+            self.wait.fetch_sub(1, Ordering::SeqCst);
+        }
+        g
+    }
+
+    /// The sleep phase: counted in `wait` (by the caller) for all of it.
+    ///
+    /// No lost wake-up: we are counted before we read the word, and an
+    /// unlocker changes the word before it reads `wait` (both sequentially
+    /// consistent), so either it sees us and wakes, or we see its change and
+    /// the futex refuses to sleep on the old value.
+    fn sleep_until_locked(&self, pid: u32) -> ShmGuard<'_> {
+        let mut heal_due: Option<Instant> = None;
         loop {
-            for _ in 0..64 {
-                std::hint::spin_loop();
+            let cur = self.lock.load(Ordering::SeqCst);
+            if cur == FREE {
+                if self
+                    .lock
+                    .compare_exchange(FREE, pid, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    return ShmGuard {
+                        mutex: self,
+                        dead: 0,
+                    };
+                }
+                continue;
             }
-            if let Some(g) = self.try_lock() {
-                return g;
+            if cur == RECOVERED {
+                if let Some(g) = self.take_recovered(pid) {
+                    return g;
+                }
+                continue;
             }
-            os::process::yield_now();
+            let timeout = match self.heal_after() {
+                None => {
+                    heal_due = None;
+                    None
+                }
+                Some(every) => {
+                    let now = Instant::now();
+                    let due = *heal_due.get_or_insert(now + every);
+                    if now >= due {
+                        if let Some(g) = self.heal(pid, cur) {
+                            return g;
+                        }
+                        heal_due = Some(now + every);
+                        Some(every)
+                    } else {
+                        Some(due - now)
+                    }
+                }
+            };
+            futex::wait(&self.lock, cur, timeout);
         }
     }
 
-    /// Takes the lock if it is free.
+    /// Self-healing: takes the lock from `holder` if that process is gone.
+    #[cold]
+    fn heal(&self, pid: u32, holder: u32) -> Option<ShmGuard<'_>> {
+        if holder == pid || os::process::pid_alive(holder) {
+            return None;
+        }
+        self.lock
+            .compare_exchange(holder, pid, Ordering::Acquire, Ordering::Relaxed)
+            .ok()?;
+        self.recoveries.fetch_add(1, Ordering::Relaxed);
+        Some(ShmGuard {
+            mutex: self,
+            dead: holder,
+        })
+    }
+
+    /// Releases the lock if this process holds it (a compare-and-swap on
+    /// the own pid, so a non-holder releases nothing); then wakes one
+    /// sleeper if any are counted. Returns whether it released.
     #[inline]
-    pub fn try_lock(&self) -> Option<ShmGuard<'_>> {
+    fn unlock(&self) -> bool {
         let pid = os::process::current_pid();
-        if self.lock.load(Ordering::Relaxed) == 0
-            && self
-                .lock
-                .compare_exchange(0, pid, Ordering::Acquire, Ordering::Relaxed)
-                .is_ok()
+        if self
+            .lock
+            .compare_exchange(pid, FREE, Ordering::SeqCst, Ordering::Relaxed)
+            .is_err()
         {
-            let dead = self.take_dead();
-            return Some(ShmGuard { mutex: self, dead });
+            return false;
         }
-        None
+        if self.wait.load(Ordering::SeqCst) != 0 {
+            self.wake_slow(1);
+        }
+        true
     }
 
-    #[inline]
-    fn take_dead(&self) -> u32 {
-        if self.dead.load(Ordering::Relaxed) == 0 {
-            0
-        } else {
-            self.dead.swap(0, Ordering::Relaxed)
-        }
+    #[cold]
+    #[inline(never)]
+    fn wake_slow(&self, n: u32) {
+        futex::wake(&self.lock, n);
     }
 
     /// The pid holding the lock, if any.
+    ///
+    /// ```
+    /// let m = shmzone::ShmMutex::new();
+    /// assert_eq!(m.holder(), None);
+    /// let _g = m.lock();
+    /// assert_eq!(m.holder(), Some(std::process::id()));
+    /// ```
     pub fn holder(&self) -> Option<u32> {
         match self.lock.load(Ordering::Relaxed) {
-            0 => None,
+            FREE | RECOVERED => None,
             pid => Some(pid),
         }
     }
 
-    /// Releases the lock only if `pid` holds it; true if it did.
+    /// Releases the lock only if `pid` holds it; true if it did (nginx's
+    /// `ngx_shmtx_force_unlock`).
+    ///
+    /// Meant for a master that saw worker `pid` die (see the
+    /// [module docs](self)): the lock is marked "recovered from `pid`" so
+    /// that the next acquirer's guard reports it, every sleeper is woken,
+    /// and [`ShmMutex::recoveries`] counts one more. When `pid` does not
+    /// hold the lock (or a self-healing waiter took it over first) this
+    /// returns false and changes nothing.
+    ///
+    /// ```
+    /// let m = shmzone::ShmMutex::new();
+    /// assert!(!m.force_unlock(12345)); // free: nothing to release
+    /// let g = m.lock();
+    /// assert!(!m.force_unlock(12345)); // someone else holds it
+    /// assert_eq!(m.recoveries(), 0);
+    /// # drop(g);
+    /// ```
     pub fn force_unlock(&self, pid: u32) -> bool {
-        if pid == 0 || self.lock.load(Ordering::Relaxed) != pid {
+        if pid == FREE || pid == RECOVERED || self.lock.load(Ordering::Relaxed) != pid {
+            return false;
+        }
+        // Take it over first, so that `dead` is written while we hold the
+        // lock and published by the release below.
+        let me = os::process::current_pid();
+        if self
+            .lock
+            .compare_exchange(pid, me, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
             return false;
         }
         self.dead.store(pid, Ordering::Relaxed);
-        if self
-            .lock
-            .compare_exchange(pid, 0, Ordering::Release, Ordering::Relaxed)
-            .is_ok()
-        {
-            self.recoveries.fetch_add(1, Ordering::Relaxed);
-            true
-        } else {
-            false
+        self.recoveries.fetch_add(1, Ordering::Relaxed);
+        self.lock.store(RECOVERED, Ordering::SeqCst);
+        if self.wait.load(Ordering::SeqCst) != 0 {
+            // All of them: a rare event, and a woken process that dies
+            // before it takes the lock must not strand the others.
+            self.wake_slow(u32::MAX);
         }
+        true
     }
 
-    /// How many times the lock was taken back from a dead holder.
+    /// How many times the lock was taken back from a dead holder, by
+    /// [`ShmMutex::force_unlock`] or by self-healing.
     pub fn recoveries(&self) -> u32 {
         self.recoveries.load(Ordering::Relaxed)
     }
 
-    #[inline]
-    fn unlock(&self) {
-        let _ = self.lock.compare_exchange(
-            os::process::current_pid(),
-            0,
-            Ordering::Release,
-            Ordering::Relaxed,
-        );
+    /// How many processes are counted as sleeping (or about to sleep) in
+    /// [`ShmMutex::lock`]. A snapshot, for diagnostics and tests.
+    pub fn waiters(&self) -> u32 {
+        self.wait.load(Ordering::Relaxed)
+    }
+
+    /// Turns self-healing on (`Some(d)`) or off (`None`). The setting lives
+    /// in the lock, so every process that uses the lock sees it.
+    ///
+    /// With `Some(d)`, a waiter wakes at least every `d` (rounded up to
+    /// whole milliseconds, at least 1 ms) and checks whether the holder
+    /// still exists; if not, it takes the lock over and its guard reports
+    /// [`ShmGuard::recovered_from`]. Keep `d` well above the longest time
+    /// the lock is legitimately held, so that healthy waiters rarely wake.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let m = shmzone::ShmMutex::new();
+    /// assert_eq!(m.heal_after(), None);
+    /// m.set_heal_after(Some(Duration::from_millis(250)));
+    /// assert_eq!(m.heal_after(), Some(Duration::from_millis(250)));
+    /// ```
+    pub fn set_heal_after(&self, after: Option<Duration>) {
+        let ms = match after {
+            None => 0,
+            Some(d) => {
+                let ms = d.as_nanos().div_ceil(1_000_000);
+                ms.clamp(1, u32::MAX as u128) as u32
+            }
+        };
+        self.heal_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The self-healing delay, if self-healing is on.
+    pub fn heal_after(&self) -> Option<Duration> {
+        match self.heal_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms as u64)),
+        }
+    }
+}
+
+impl fmt::Debug for ShmMutex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        struct State(u32, u32);
+        impl fmt::Debug for State {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                match self.0 {
+                    FREE => f.write_str("free"),
+                    RECOVERED => write!(f, "free, recovered from dead pid {}", self.1),
+                    pid => write!(f, "held by pid {pid}"),
+                }
+            }
+        }
+        f.debug_struct("ShmMutex")
+            .field(
+                "state",
+                &State(
+                    self.lock.load(Ordering::Relaxed),
+                    self.dead.load(Ordering::Relaxed),
+                ),
+            )
+            .field("waiters", &self.waiters())
+            .field("recoveries", &self.recoveries())
+            .field("heal_after", &self.heal_after())
+            .finish()
     }
 }
 
 /// Proof that this process holds a [`ShmMutex`]; unlocks when dropped.
+///
+/// Dropping a guard in a process that does not hold the lock (for instance
+/// a copy inherited across `fork`) releases nothing.
+#[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct ShmGuard<'a> {
     mutex: &'a ShmMutex,
     dead: u32,
@@ -150,11 +464,93 @@ impl ShmGuard<'_> {
     pub fn mutex(&self) -> &ShmMutex {
         self.mutex
     }
+
+    /// Releases the lock now; true if this process held it and released
+    /// it, false if it no longer did (it was force-unlocked, or the guard
+    /// was inherited across `fork`).
+    ///
+    /// ```
+    /// let m = shmzone::ShmMutex::new();
+    /// assert!(m.lock().unlock());
+    /// assert_eq!(m.holder(), None);
+    /// ```
+    pub fn unlock(self) -> bool {
+        let released = self.mutex.unlock();
+        std::mem::forget(self);
+        released
+    }
+}
+
+impl fmt::Debug for ShmGuard<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ShmGuard")
+            .field("mutex", self.mutex)
+            .field("recovered_from", &self.recovered_from())
+            .finish()
+    }
 }
 
 impl Drop for ShmGuard<'_> {
     #[inline]
     fn drop(&mut self) {
         self.mutex.unlock();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_bytes_are_a_free_lock() {
+        let m = ShmMutex::new();
+        // SAFETY: ShmMutex is plain atomics; reading its bytes is fine.
+        let bytes: [u8; 64] = unsafe { std::mem::transmute_copy(&m) };
+        assert_eq!(&bytes[..20], &[0u8; 20]);
+    }
+
+    #[test]
+    fn recovered_state_is_reported_once() {
+        let m = ShmMutex::new();
+        // Pretend pid 7 died holding it.
+        m.lock.store(7, Ordering::Relaxed);
+        assert_eq!(m.holder(), Some(7));
+        assert!(m.force_unlock(7));
+        assert_eq!(m.holder(), None);
+        assert_eq!(m.recoveries(), 1);
+        assert!(!m.force_unlock(7));
+        assert!(format!("{m:?}").contains("recovered from dead pid 7"));
+        let g = m.try_lock().expect("free after recovery");
+        assert_eq!(g.recovered_from(), Some(7));
+        drop(g);
+        assert_eq!(m.lock().recovered_from(), None);
+        assert_eq!(m.recoveries(), 1);
+    }
+
+    #[test]
+    fn heal_takes_over_only_from_a_dead_pid() {
+        let m = ShmMutex::new();
+        let me = os::process::current_pid();
+        m.lock.store(me, Ordering::Relaxed);
+        assert!(m.heal(me + 1, me).is_none()); // holder alive
+        assert_eq!(m.holder(), Some(me));
+        // A pid above pid_max can never be alive.
+        m.lock.store(i32::MAX as u32, Ordering::Relaxed);
+        let g = m.heal(me, i32::MAX as u32).expect("dead holder");
+        assert_eq!(g.recovered_from(), Some(i32::MAX as u32));
+        assert_eq!(m.holder(), Some(me));
+        assert_eq!(m.recoveries(), 1);
+        assert!(g.unlock());
+    }
+
+    #[test]
+    fn heal_after_rounds_up_to_milliseconds() {
+        let m = ShmMutex::new();
+        m.set_heal_after(Some(Duration::from_micros(1)));
+        assert_eq!(m.heal_after(), Some(Duration::from_millis(1)));
+        m.set_heal_after(Some(Duration::from_micros(1500)));
+        assert_eq!(m.heal_after(), Some(Duration::from_millis(2)));
+        m.set_heal_after(None);
+        assert_eq!(m.heal_after(), None);
     }
 }

@@ -37,32 +37,121 @@ fn current_pid_slow() -> u32 {
     pid
 }
 
-/// Whether a process with this pid exists (`kill(pid, 0)`; EPERM counts as
-/// existing).
-#[allow(dead_code)] // used by the lock's self-healing wait
+/// Whether the process `pid` exists and can still run: `kill(pid, 0)`
+/// succeeds or fails with `EPERM` (it exists but belongs to someone else),
+/// and — on Linux — `/proc/PID/stat` does not show it as a zombie.
+///
+/// A zombie has died but is not yet reaped; it can never run again and its
+/// pid cannot be reused until it is reaped, so for the lock's self-healing it
+/// counts as dead. Where `/proc` is missing, existence alone decides.
 pub(crate) fn pid_alive(pid: u32) -> bool {
     if pid == 0 || pid > i32::MAX as u32 {
         return false;
     }
     // SAFETY: signal 0 sends nothing; it only checks existence.
     let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
-    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    let exists = r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    exists && !is_zombie(pid)
+}
+
+cfg_if::cfg_if! {
+    if #[cfg(any(target_os = "linux", target_os = "android"))] {
+        /// Whether `/proc/PID/stat` shows state `Z` (zombie) or `X` (dead).
+        /// False when it cannot be read. Uses only stack buffers.
+        fn is_zombie(pid: u32) -> bool {
+            // "/proc/" + up to 10 digits + "/stat" + NUL fits in 32 bytes.
+            let mut path = [0u8; 32];
+            let mut n = 0;
+            for &b in b"/proc/" {
+                path[n] = b;
+                n += 1;
+            }
+            let mut digits = [0u8; 10];
+            let mut d = 0;
+            let mut v = pid;
+            loop {
+                digits[d] = b'0' + (v % 10) as u8;
+                d += 1;
+                v /= 10;
+                if v == 0 {
+                    break;
+                }
+            }
+            while d > 0 {
+                d -= 1;
+                path[n] = digits[d];
+                n += 1;
+            }
+            for &b in b"/stat" {
+                path[n] = b;
+                n += 1;
+            }
+            // SAFETY: `path` is NUL-terminated (zero-filled past `n`).
+            let fd = unsafe { libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC) };
+            if fd < 0 {
+                return false;
+            }
+            let mut buf = [0u8; 512];
+            // SAFETY: `buf` is writable for its whole length; `fd` is ours.
+            let got = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+            // SAFETY: closes the descriptor opened above, once.
+            unsafe { libc::close(fd) };
+            if got <= 0 {
+                return false;
+            }
+            let text = &buf[..got as usize];
+            // "pid (comm) S ...": comm may hold ')' itself, so use the last one.
+            match text.iter().rposition(|&b| b == b')') {
+                Some(i) => matches!(text.get(i + 2), Some(b'Z') | Some(b'X')),
+                None => false,
+            }
+        }
+    } else {
+        /// Not knowable without `/proc`: existence alone decides.
+        fn is_zombie(_pid: u32) -> bool {
+            false
+        }
+    }
 }
 
 /// Gives the CPU away (`sched_yield`).
+#[allow(dead_code)] // the lock's wait where futex.rs has no futex
 pub(crate) fn yield_now() {
     // SAFETY: no preconditions.
     unsafe { libc::sched_yield() };
 }
 
-/// Number of online CPUs.
-#[allow(dead_code)] // used by the lock's spin policy
+/// Number of online CPUs, read once (`sysconf` reads a file on glibc, too
+/// slow for the lock's slow path) and cached.
 pub(crate) fn ncpu() -> usize {
+    static NCPU: AtomicU32 = AtomicU32::new(0);
+    let cached = NCPU.load(Ordering::Relaxed);
+    if cached != 0 {
+        return cached as usize;
+    }
     // SAFETY: sysconf has no preconditions.
     let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
-    if n > 0 {
-        n as usize
+    let n = if n > 0 {
+        n.min(u32::MAX as libc::c_long) as u32
     } else {
         1
+    };
+    NCPU.store(n, Ordering::Relaxed);
+    n as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_pid_is_alive_and_cached() {
+        let me = current_pid();
+        // SAFETY: getpid has no preconditions.
+        assert_eq!(me, unsafe { libc::getpid() } as u32);
+        assert!(pid_alive(me));
+        assert!(!pid_alive(0));
+        assert!(!pid_alive(u32::MAX));
+        assert!(ncpu() >= 1);
     }
 }
