@@ -19,8 +19,10 @@ mod map_anon;
 #[cfg(shmzone_sysv)]
 mod sysv;
 
+pub(crate) mod child;
 pub(crate) mod futex;
 pub(crate) mod process;
+pub(crate) mod signal;
 
 /// A way of making memory that a process shares with the children it forks.
 ///
