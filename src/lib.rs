@@ -30,3 +30,6 @@ pub use error::Error;
 pub use os::{Backend, ParseBackendError};
 pub use region::{page_size, Region};
 pub use shmtx::{ShmGuard, ShmMutex};
+pub use slab::{
+    CheckError, ClassStats, FreeError, Pool, PoolError, PoolGuard, PoolStats, SLAB_PAGE,
+};

@@ -1,1 +1,632 @@
-//! The slab pool (the slab issue).
+//! The slab pool: nginx's `ngx_slab` allocator over a byte range, with
+//! offsets instead of pointers, validated frees, stats and a checker.
+//!
+//! ```
+//! use shmzone::{Pool, Region};
+//! let region = Region::new(1 << 20)?;
+//! // SAFETY: the region is ours, page-aligned and unused.
+//! let pool = unsafe { Pool::init(region.base(), region.len(), "demo") }.unwrap();
+//! let p = pool.alloc(100).unwrap();           // a 128-byte chunk
+//! assert_eq!(pool.stats().classes[4].used, 1);
+//! // SAFETY: p came from this pool and is not used again.
+//! unsafe { pool.free(p.as_ptr()) }.unwrap();
+//! pool.check().unwrap();
+//! # Ok::<(), shmzone::Error>(())
+//! ```
+//!
+//! # Implementation
+//!
+//! The pool header (magic, version, geometry, name, root offset, the lock on
+//! its own cache line, then the allocator state) sits at `base`, followed by
+//! one 16-byte descriptor per data page (u32 links, see `layout.rs`), then
+//! the pages, [`SLAB_PAGE`]-aligned. Requests up to half a page use
+//! power-of-two classes 8..=2048; a page serves one class; 8/16/32-byte
+//! pages keep their bitmap in their first chunks, larger classes in the
+//! descriptor. Pages with a free chunk are on their class's list. Larger
+//! requests take runs of whole pages, first fit, from the end of a free run;
+//! freed runs coalesce with both neighbours (a back-tag on each run's last
+//! page finds the run before).
+//!
+//! One measured deviation from nginx: when a class's only page becomes
+//! empty, the class keeps it (at most one such page per class) instead of
+//! giving it back at once, so an alloc+free pair does not set up and tear
+//! down a page each time. Those pages are given back as soon as a page run
+//! cannot be found, and by [`Pool::largest_alloc`] and [`Pool::trim`].
+
+mod check;
+mod error;
+#[doc(hidden)]
+pub mod fuzzing;
+mod layout;
+mod page;
+mod stats;
+
+use std::cell::Cell;
+use std::fmt;
+use std::marker::PhantomData;
+use std::ptr::{addr_of, addr_of_mut, NonNull};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+pub use check::CheckError;
+pub use error::{FreeError, PoolError};
+pub use layout::{MAX_CHUNK, NAME_MAX, NCLASSES, SLAB_PAGE};
+pub use stats::{ClassStats, PoolStats};
+
+use layout::{
+    class_of, class_size, geometry, pages_for, Desc, Header, Link, RawClassStats, State, MAGIC,
+    NIL, VERSION,
+};
+use page::Core;
+
+use crate::shmtx::{ShmGuard, ShmMutex};
+
+/// A per-process handle on a slab pool in (shared) memory.
+///
+/// Copying it is free; every copy and every process that maps the pool
+/// works on the same pool, through its lock.
+#[derive(Clone, Copy)]
+pub struct Pool {
+    base: NonNull<u8>,
+    len: usize,
+    npages: u32,
+    start_off: usize,
+}
+
+// SAFETY: a Pool is an address range plus constants read at init/attach;
+// all mutable state behind it is atomics or guarded by the pool's lock.
+unsafe impl Send for Pool {}
+// SAFETY: as above: `&Pool` only reaches shared state through the lock or
+// atomics.
+unsafe impl Sync for Pool {}
+
+impl Pool {
+    /// The smallest `len` that [`Pool::init`] accepts: 8 slab pages (the
+    /// header and descriptors take the first, 7 pages remain), as nginx's
+    /// minimum zone size.
+    pub const MIN_SIZE: usize = 8 * SLAB_PAGE;
+
+    fn validate_range(base: NonNull<u8>, len: usize) -> Result<usize, PoolError> {
+        let addr = base.as_ptr() as usize;
+        if addr % SLAB_PAGE != 0 {
+            return Err(PoolError::Misaligned { addr });
+        }
+        let len = len & !(SLAB_PAGE - 1);
+        if len < Pool::MIN_SIZE {
+            return Err(PoolError::TooSmall {
+                len,
+                min: Pool::MIN_SIZE,
+            });
+        }
+        Ok(len)
+    }
+
+    /// Formats a fresh pool over `base..base+len`.
+    ///
+    /// `len` is truncated to whole [`SLAB_PAGE`]s. `name` (at most
+    /// [`NAME_MAX`] bytes, longer names are cut at a character boundary) is
+    /// named in every log alert, as nginx's `log_ctx`.
+    ///
+    /// # Safety
+    /// 1. `base..base+len` is valid for reads and writes for as long as any
+    ///    handle on the pool is used, and nothing else uses it.
+    /// 2. No other process or thread uses a pool at this range while it is
+    ///    being formatted.
+    ///
+    /// # Errors
+    /// [`PoolError::Misaligned`] if `base` is not `SLAB_PAGE`-aligned,
+    /// [`PoolError::TooSmall`] below [`Pool::MIN_SIZE`].
+    pub unsafe fn init(base: NonNull<u8>, len: usize, name: &str) -> Result<Pool, PoolError> {
+        let len = Pool::validate_range(base, len)?;
+        let g = geometry(len).ok_or(PoolError::TooSmall {
+            len,
+            min: Pool::MIN_SIZE,
+        })?;
+        let mut cut = name.len().min(NAME_MAX);
+        while !name.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let mut name_buf = [0u8; 64];
+        name_buf[..cut].copy_from_slice(&name.as_bytes()[..cut]);
+        let npages = g.npages as u32;
+        let header = Header {
+            magic: MAGIC,
+            version: VERSION,
+            npages,
+            len: len as u64,
+            desc_off: g.desc_off as u64,
+            start_off: g.start_off as u64,
+            root: AtomicU64::new(0),
+            log_nomem: AtomicU32::new(1),
+            name_len: cut as u32,
+            name: name_buf,
+            lock: ShmMutex::new(),
+            state: State {
+                slots: [NIL; NCLASSES],
+                cached: [NIL; NCLASSES],
+                free_head: 0,
+                pfree: npages,
+                run_pages: 0,
+                _pad: 0,
+                stats: [RawClassStats::default(); NCLASSES],
+                page_reqs: 0,
+                page_fails: 0,
+                bytes_requested: 0,
+                bytes_handed_out: 0,
+            },
+        };
+        // SAFETY: (1) the range is ours and at least MIN_SIZE long; base is
+        // page-aligned, so the header (align 64) and the descriptors (align
+        // 8, at desc_off = 640) are aligned and end before start_off <= len.
+        unsafe {
+            base.as_ptr().cast::<Header>().write(header);
+            let d = base.as_ptr().add(g.desc_off).cast::<Desc>();
+            for i in 0..g.npages {
+                d.add(i).write(Desc::INNER_FREE);
+            }
+            d.write(Desc {
+                slab: npages as u64,
+                next: NIL,
+                prev: Link::new(Link::FREE, NIL),
+            });
+            if npages > 1 {
+                d.add(g.npages - 1).write(Desc {
+                    slab: 0,
+                    next: NIL,
+                    prev: Link::new(Link::FREE, 0),
+                });
+            }
+        }
+        Ok(Pool {
+            base,
+            len,
+            npages,
+            start_off: g.start_off,
+        })
+    }
+
+    /// A handle on a pool that [`Pool::init`] already formatted at `base`
+    /// (perhaps mapped at another address in this process).
+    ///
+    /// Checks the header (magic, version, length, geometry, name, root) and
+    /// reads nothing outside `base..base+len`.
+    ///
+    /// # Safety
+    /// `base..base+len` is valid for reads and writes for as long as the
+    /// handle is used, and is only used as a pool by the pool's own code.
+    ///
+    /// # Errors
+    /// As [`Pool::init`], plus [`PoolError::BadHeader`] naming what does
+    /// not match.
+    pub unsafe fn attach(base: NonNull<u8>, len: usize) -> Result<Pool, PoolError> {
+        let len = Pool::validate_range(base, len)?;
+        let h = base.as_ptr().cast::<Header>();
+        let bad = |s: String| Err(PoolError::BadHeader(s));
+        // SAFETY: len >= MIN_SIZE > size_of::<Header>() and base is aligned,
+        // so every field read is inside the range; these fields are written
+        // once by init and never change.
+        let (magic, version, hlen, npages, desc_off, start_off, name_len) = unsafe {
+            (
+                addr_of!((*h).magic).read(),
+                addr_of!((*h).version).read(),
+                addr_of!((*h).len).read(),
+                addr_of!((*h).npages).read(),
+                addr_of!((*h).desc_off).read(),
+                addr_of!((*h).start_off).read(),
+                addr_of!((*h).name_len).read(),
+            )
+        };
+        if magic != MAGIC {
+            return bad(format!("magic {magic:#x}"));
+        }
+        if version != VERSION {
+            return bad(format!(
+                "layout version {version}, this build knows {VERSION}"
+            ));
+        }
+        if hlen != len as u64 {
+            return bad(format!("formatted for {hlen} bytes, attached with {len}"));
+        }
+        let g = geometry(len).ok_or_else(|| PoolError::BadHeader("no pages".into()))?;
+        if npages as usize != g.npages
+            || desc_off != g.desc_off as u64
+            || start_off != g.start_off as u64
+        {
+            return bad(format!(
+                "geometry {npages} pages at {start_off}, expected {} at {}",
+                g.npages, g.start_off
+            ));
+        }
+        if name_len as usize > NAME_MAX {
+            return bad(format!("name length {name_len}"));
+        }
+        // SAFETY: inside the header, see above.
+        let name = unsafe { &*addr_of!((*h).name) };
+        if std::str::from_utf8(&name[..name_len as usize]).is_err() {
+            return bad("name is not UTF-8".into());
+        }
+        // SAFETY: an atomic inside the header.
+        let root = unsafe { &*addr_of!((*h).root) }.load(Ordering::Acquire);
+        if root >= len as u64 {
+            return bad(format!("root offset {root} outside the pool"));
+        }
+        Ok(Pool {
+            base,
+            len,
+            npages,
+            start_off: g.start_off,
+        })
+    }
+
+    #[inline]
+    fn hdr(&self) -> *mut Header {
+        self.base.as_ptr().cast()
+    }
+
+    /// The first byte of the pool, in this process.
+    pub fn base(&self) -> NonNull<u8> {
+        self.base
+    }
+
+    /// The pool's length in bytes (whole slab pages).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always false: a pool has at least [`Pool::MIN_SIZE`] bytes.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The name given to [`Pool::init`] (as cut to [`NAME_MAX`] bytes).
+    pub fn name(&self) -> &str {
+        // SAFETY: name and name_len are written once by init and checked
+        // (length, UTF-8) by init or attach.
+        let (name, n) = unsafe { (&*addr_of!((*self.hdr()).name), (*self.hdr()).name_len) };
+        std::str::from_utf8(&name[..n as usize]).unwrap_or("?")
+    }
+
+    /// The pool's lock (nginx's `shpool->mutex`), e.g. for
+    /// [`ShmMutex::force_unlock`] by a master that saw a worker die.
+    pub fn mutex(&self) -> &ShmMutex {
+        // SAFETY: the lock is inside the header, valid while the pool is.
+        unsafe { &*addr_of!((*self.hdr()).lock) }
+    }
+
+    /// Takes the pool lock. The guard's `_locked` methods allocate and free
+    /// under it, so the caller can update its own shared data in the same
+    /// critical section (nginx's `ngx_slab_alloc_locked` pattern).
+    ///
+    /// If the previous holder died holding the lock, logs a warning naming
+    /// the zone and runs [`PoolGuard::check_locked`], logging an error if
+    /// the pool is inconsistent.
+    #[inline]
+    pub fn lock(&self) -> PoolGuard<'_> {
+        let guard = self.mutex().lock();
+        let g = PoolGuard {
+            pool: self,
+            guard,
+            _not_sync: PhantomData,
+        };
+        if g.guard.recovered_from().is_some() {
+            g.recovered();
+        }
+        g
+    }
+
+    /// Allocates `size` bytes, aligned to their class size (up to a page),
+    /// taking the lock. `alloc(0)` gives an 8-byte chunk, as nginx.
+    ///
+    /// Returns `None` when there is no memory (sizes larger than the pool
+    /// included): the class's `fails` is counted and "no memory" logged
+    /// unless [`Pool::set_log_nomem`] turned that off.
+    #[inline]
+    pub fn alloc(&self, size: usize) -> Option<NonNull<u8>> {
+        let r = self.lock().alloc_quiet(size);
+        if r.is_none() {
+            self.log_nomem(size);
+        }
+        r
+    }
+
+    /// As [`Pool::alloc`], with the `size` requested bytes zeroed.
+    pub fn calloc(&self, size: usize) -> Option<NonNull<u8>> {
+        let p = self.alloc(size)?;
+        // SAFETY: p is a fresh allocation of at least `size` bytes.
+        unsafe { p.as_ptr().write_bytes(0, size) };
+        Some(p)
+    }
+
+    /// Gives back a chunk or page run, taking the lock.
+    ///
+    /// Every bad pointer is refused with its own [`FreeError`], logged with
+    /// the zone's name, and changes nothing.
+    ///
+    /// # Safety
+    /// If `p` came from this pool, it is not used after this call.
+    ///
+    /// # Errors
+    /// See [`FreeError`].
+    #[inline]
+    pub unsafe fn free(&self, p: *mut u8) -> Result<(), FreeError> {
+        let r = match self.locate(p) {
+            Ok((idx, off)) => self.lock().core().free_at(idx, off),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = r {
+            self.log_bad_free(e, p);
+        }
+        r
+    }
+
+    /// The page index and in-page offset of `p`, if it is in a data page.
+    #[inline]
+    fn locate(&self, p: *const u8) -> Result<(u32, usize), FreeError> {
+        let off = (p as usize).wrapping_sub(self.base.as_ptr() as usize + self.start_off);
+        if off >= self.npages as usize * SLAB_PAGE {
+            return Err(FreeError::OutsidePool);
+        }
+        Ok(((off / SLAB_PAGE) as u32, off % SLAB_PAGE))
+    }
+
+    /// A snapshot of the counters, taken under the lock.
+    pub fn stats(&self) -> PoolStats {
+        self.lock().stats_locked()
+    }
+
+    /// Walks every page, list and bitmap under the lock.
+    ///
+    /// # Errors
+    /// The first broken invariant.
+    pub fn check(&self) -> Result<(), CheckError> {
+        self.lock().check_locked()
+    }
+
+    /// Whether "no memory" is logged (nginx's `log_nomem`, on by default).
+    /// Callers that handle failure themselves (LRU eviction) turn it off.
+    pub fn set_log_nomem(&self, on: bool) {
+        // SAFETY: an atomic in the header.
+        unsafe { &*addr_of!((*self.hdr()).log_nomem) }.store(on as u32, Ordering::Relaxed);
+    }
+
+    /// nginx's `shpool->data`: the offset from [`Pool::base`] of the user's
+    /// root structure, 0 for none.
+    pub fn root(&self) -> usize {
+        // SAFETY: an atomic in the header.
+        unsafe { &*addr_of!((*self.hdr()).root) }.load(Ordering::Acquire) as usize
+    }
+
+    /// Stores the root offset (see [`Pool::root`]). An offset outside the
+    /// pool is refused with a logged error.
+    pub fn set_root(&self, offset: usize) {
+        if offset >= self.len {
+            log::error!(
+                "slab set_root(): offset {offset} outside of pool in zone \"{}\"",
+                self.name()
+            );
+            return;
+        }
+        // SAFETY: an atomic in the header.
+        unsafe { &*addr_of!((*self.hdr()).root) }.store(offset as u64, Ordering::Release);
+    }
+
+    /// The offset of `p` from [`Pool::base`], or `None` outside the pool.
+    pub fn offset_of(&self, p: *const u8) -> Option<usize> {
+        let off = (p as usize).wrapping_sub(self.base.as_ptr() as usize);
+        (off < self.len).then_some(off)
+    }
+
+    /// The address of byte `offset` of the pool in this process, or `None`
+    /// outside the pool.
+    pub fn ptr_at(&self, offset: usize) -> Option<NonNull<u8>> {
+        // wrapping_add: no pointer is formed outside the pool.
+        (offset < self.len).then(|| {
+            // SAFETY: offset < len, so base + offset is inside the pool,
+            // hence non-null.
+            unsafe { NonNull::new_unchecked(self.base.as_ptr().wrapping_add(offset)) }
+        })
+    }
+
+    /// The biggest size one allocation can get now: the longest free run,
+    /// or if there is none, the largest class with a free chunk. Gives back
+    /// the classes' kept empty pages first (see [`Pool::trim`]).
+    pub fn largest_alloc(&self) -> usize {
+        self.lock().largest_alloc_locked()
+    }
+
+    /// Gives back the empty page each class keeps for speed, so that the
+    /// free pages coalesce; after everything was freed, the pool is then in
+    /// its freshly formatted state.
+    pub fn trim(&self) {
+        self.lock().core().trim();
+    }
+
+    #[cold]
+    fn log_nomem(&self, size: usize) {
+        // SAFETY: an atomic in the header.
+        if unsafe { &*addr_of!((*self.hdr()).log_nomem) }.load(Ordering::Relaxed) != 0 {
+            log::error!(
+                "slab alloc({size}) failed: no memory in zone \"{}\"",
+                self.name()
+            );
+        }
+    }
+
+    #[cold]
+    fn log_bad_free(&self, e: FreeError, p: *const u8) {
+        log::error!("slab free({p:p}): {e} in zone \"{}\"", self.name());
+    }
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("name", &self.name())
+            .field("base", &self.base)
+            .field("len", &self.len)
+            .field("pages", &self.npages)
+            .finish()
+    }
+}
+
+/// The pool lock, held; the allocator's `_locked` calls are its methods.
+///
+/// The guard is not `Sync`: its `_locked` calls take `&self`, and must not
+/// run in two threads at once.
+pub struct PoolGuard<'a> {
+    pool: &'a Pool,
+    guard: ShmGuard<'a>,
+    _not_sync: PhantomData<Cell<()>>,
+}
+
+impl PoolGuard<'_> {
+    /// The pid of a holder that died holding the lock, if this guard took
+    /// it over (see [`ShmGuard::recovered_from`]).
+    pub fn recovered_from(&self) -> Option<u32> {
+        self.guard.recovered_from()
+    }
+
+    /// The pool this guard locks.
+    pub fn pool(&self) -> &Pool {
+        self.pool
+    }
+
+    /// The allocator state, borrowed mutably. Callers use it within one
+    /// method and never hold two at once (no callbacks run meanwhile).
+    #[inline]
+    #[allow(clippy::mut_from_ref)]
+    fn core(&self) -> Core<'_> {
+        let p = self.pool;
+        // SAFETY: we hold the lock, so no other process touches the state or
+        // the descriptors; the guard is not Sync and each method makes one
+        // Core and drops it before returning, so no other reference to them
+        // exists in this process. Both are inside the pool (geometry
+        // checked by init/attach) and aligned.
+        unsafe {
+            Core {
+                st: &mut *addr_of_mut!((*p.hdr()).state),
+                d: std::slice::from_raw_parts_mut(
+                    p.base.as_ptr().add(size_of::<Header>()).cast::<Desc>(),
+                    p.npages as usize,
+                ),
+                pages: p.base.as_ptr().add(p.start_off),
+            }
+        }
+    }
+
+    #[inline]
+    fn view(&self) -> (&State, &[Desc], *const u8) {
+        let p = self.pool;
+        // SAFETY: as in `core`, read-only.
+        unsafe {
+            (
+                &*addr_of!((*p.hdr()).state),
+                std::slice::from_raw_parts(
+                    p.base.as_ptr().add(size_of::<Header>()).cast::<Desc>(),
+                    p.npages as usize,
+                ),
+                p.base.as_ptr().add(p.start_off),
+            )
+        }
+    }
+
+    #[inline]
+    fn alloc_quiet(&self, size: usize) -> Option<NonNull<u8>> {
+        let start = self.pool.start_off;
+        let base = self.pool.base.as_ptr();
+        let npages = self.pool.npages as usize;
+        let off = if size <= MAX_CHUNK {
+            self.core().alloc_chunk(class_of(size), size)?
+        } else {
+            let n = pages_for(size);
+            let mut core = self.core();
+            if n > npages {
+                core.st.page_reqs += 1;
+                core.st.page_fails += 1;
+                return None;
+            }
+            core.alloc_run(n, size)?
+        };
+        // SAFETY: off is inside the data pages, so the pointer is inside the
+        // pool and non-null.
+        Some(unsafe { NonNull::new_unchecked(base.add(start + off)) })
+    }
+
+    /// [`Pool::alloc`] with the lock already held. Logs "no memory" (under
+    /// the lock, as nginx) unless `log_nomem` is off.
+    pub fn alloc_locked(&self, size: usize) -> Option<NonNull<u8>> {
+        let r = self.alloc_quiet(size);
+        if r.is_none() {
+            self.pool.log_nomem(size);
+        }
+        r
+    }
+
+    /// [`Pool::calloc`] with the lock already held.
+    pub fn calloc_locked(&self, size: usize) -> Option<NonNull<u8>> {
+        let p = self.alloc_locked(size)?;
+        // SAFETY: p is a fresh allocation of at least `size` bytes.
+        unsafe { p.as_ptr().write_bytes(0, size) };
+        Some(p)
+    }
+
+    /// [`Pool::free`] with the lock already held (a refused free is logged
+    /// under the lock, as nginx does).
+    ///
+    /// # Safety
+    /// As [`Pool::free`].
+    ///
+    /// # Errors
+    /// See [`FreeError`].
+    pub unsafe fn free_locked(&self, p: *mut u8) -> Result<(), FreeError> {
+        let r = match self.pool.locate(p) {
+            Ok((idx, off)) => self.core().free_at(idx, off),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = r {
+            self.pool.log_bad_free(e, p);
+        }
+        r
+    }
+
+    /// [`Pool::largest_alloc`] with the lock already held.
+    pub fn largest_alloc_locked(&self) -> usize {
+        let mut core = self.core();
+        core.trim();
+        let run = core.largest_run();
+        if run > 0 {
+            return run * SLAB_PAGE;
+        }
+        (0..NCLASSES)
+            .rev()
+            .find(|&c| core.st.slots[c] != NIL)
+            .map_or(0, class_size)
+    }
+
+    /// [`Pool::check`] with the lock already held.
+    ///
+    /// # Errors
+    /// The first broken invariant.
+    pub fn check_locked(&self) -> Result<(), CheckError> {
+        let (st, d, pages) = self.view();
+        check::check(st, d, pages)
+    }
+
+    /// [`Pool::stats`] with the lock already held (allocates nothing).
+    pub fn stats_locked(&self) -> PoolStats {
+        let (st, d, _) = self.view();
+        let largest = Core::largest_run_of(st, d);
+        PoolStats::from_state(st, d.len(), largest)
+    }
+
+    #[cold]
+    fn recovered(&self) {
+        let pid = self.guard.recovered_from().unwrap_or(0);
+        log::warn!(
+            "slab pool lock taken over from dead process {pid} in zone \"{}\"; checking the pool",
+            self.pool.name()
+        );
+        if let Err(e) = self.check_locked() {
+            log::error!("{e} in zone \"{}\"", self.pool.name());
+        }
+    }
+}

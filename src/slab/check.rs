@@ -1,0 +1,253 @@
+//! `check()`: walks every descriptor, list and bitmap and names the first
+//! broken invariant. No allocation, so it can run under the lock.
+
+use std::fmt;
+
+use super::layout::{Desc, Link, State, CLASS, FIRST_DESC_BITMAP_CLASS, NCLASSES, NIL, SLAB_PAGE};
+
+/// The first broken invariant that [`Pool::check`](super::Pool::check) found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckError {
+    invariant: &'static str,
+    page: Option<usize>,
+    found: u64,
+    expected: u64,
+}
+
+impl CheckError {
+    fn new(invariant: &'static str, page: Option<u32>, found: u64, expected: u64) -> CheckError {
+        CheckError {
+            invariant,
+            page: page.map(|p| p as usize),
+            found,
+            expected,
+        }
+    }
+
+    /// The invariant that does not hold, in words.
+    pub fn invariant(&self) -> &'static str {
+        self.invariant
+    }
+
+    /// The page index where it was found, if it concerns one page.
+    pub fn page(&self) -> Option<usize> {
+        self.page
+    }
+}
+
+impl fmt::Display for CheckError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "slab pool corrupt: {}", self.invariant)?;
+        if let Some(p) = self.page {
+            write!(f, " at page {p}")?;
+        }
+        write!(f, " (found {}, expected {})", self.found, self.expected)
+    }
+}
+
+impl std::error::Error for CheckError {}
+
+fn fail(invariant: &'static str, page: u32, found: u64, expected: u64) -> Result<(), CheckError> {
+    Err(CheckError::new(invariant, Some(page), found, expected))
+}
+
+fn fail_pool(invariant: &'static str, found: u64, expected: u64) -> Result<(), CheckError> {
+    Err(CheckError::new(invariant, None, found, expected))
+}
+
+/// Walks the whole pool. `pages` is the first data page in this process.
+pub(crate) fn check(st: &State, d: &[Desc], pages: *const u8) -> Result<(), CheckError> {
+    let npages = d.len() as u32;
+    let mut free_pages = 0u64;
+    let mut free_runs = 0u64;
+    let mut run_pages = 0u64;
+    let mut used = [0u64; NCLASSES];
+    let mut total = [0u64; NCLASSES];
+    let mut open = [0u64; NCLASSES];
+    let mut empty = [0u64; NCLASSES];
+    let mut prev_free = false;
+    let mut i = 0u32;
+    while i < npages {
+        let p = d[i as usize];
+        match p.prev.tag() {
+            Link::FREE => {
+                let len = p.slab;
+                if len == 0 || len > (npages - i) as u64 {
+                    return fail("free run length out of range", i, len, 1);
+                }
+                if prev_free {
+                    return fail("adjacent free runs not coalesced", i, 1, 0);
+                }
+                let len = len as u32;
+                for k in i + 1..i + len {
+                    let q = d[k as usize];
+                    let want = if k == i + len - 1 {
+                        Desc {
+                            slab: 0,
+                            next: NIL,
+                            prev: Link::new(Link::FREE, i),
+                        }
+                    } else {
+                        Desc::INNER_FREE
+                    };
+                    if q != want {
+                        return fail("free run page not in its canonical state", k, q.slab, 0);
+                    }
+                }
+                free_pages += len as u64;
+                free_runs += 1;
+                prev_free = true;
+                i += len;
+            }
+            Link::RUN => {
+                let len = p.slab;
+                if len == 0 || len > (npages - i) as u64 || p.prev.idx() != NIL || p.next != NIL {
+                    return fail("page run head malformed", i, len, 1);
+                }
+                let len = len as u32;
+                for k in i + 1..i + len {
+                    let q = d[k as usize];
+                    if q.prev != Link::new(Link::RUN, i) || q.slab != 0 || q.next != NIL {
+                        return fail("page run inner page malformed", k, q.slab, 0);
+                    }
+                }
+                run_pages += len as u64;
+                prev_free = false;
+                i += len;
+            }
+            _ => {
+                let Some(c) = p.prev.class() else {
+                    return fail("unknown page tag", i, p.prev.tag() as u64, 0);
+                };
+                let info = &CLASS[c];
+                let n = if c < FIRST_DESC_BITMAP_CLASS {
+                    let bm = pages.wrapping_add(i as usize * SLAB_PAGE).cast::<u64>();
+                    let mut set = 0u64;
+                    for w in 0..(info.chunks / 64) as usize {
+                        // SAFETY: page i is a small page inside the pool; its
+                        // first words are its bitmap, 8-aligned.
+                        let word = unsafe { *bm.add(w) };
+                        let lo = (w * 64) as u32;
+                        let reserved = info.reserved.saturating_sub(lo).min(64);
+                        let rmask = if reserved == 64 {
+                            u64::MAX
+                        } else {
+                            (1u64 << reserved) - 1
+                        };
+                        if word & rmask != rmask {
+                            return fail("small page bitmap area marked free", i, word, rmask);
+                        }
+                        set += (word & !rmask).count_ones() as u64;
+                    }
+                    if set != p.slab {
+                        return fail(
+                            "small page used count disagrees with bitmap",
+                            i,
+                            p.slab,
+                            set,
+                        );
+                    }
+                    set
+                } else {
+                    if p.slab & !info.full != 0 {
+                        return fail("bitmap bits beyond the page's chunks", i, p.slab, info.full);
+                    }
+                    p.slab.count_ones() as u64
+                };
+                used[c] += n;
+                total[c] += info.cap as u64;
+                if n < info.cap as u64 {
+                    open[c] += 1;
+                } else if p.next != NIL || p.prev.idx() != NIL || st.slots[c] == i {
+                    return fail("full page still on its class list", i, n, info.cap as u64);
+                }
+                if n == 0 {
+                    empty[c] += 1;
+                }
+                prev_free = false;
+                i += 1;
+            }
+        }
+    }
+    if free_pages != st.pfree as u64 {
+        return fail_pool("free page count", st.pfree as u64, free_pages);
+    }
+    if run_pages != st.run_pages as u64 {
+        return fail_pool("page run count", st.run_pages as u64, run_pages);
+    }
+    let listed = walk(st.free_head, d, |q| {
+        q.prev.tag() == Link::FREE && q.slab > 0
+    })?;
+    if listed != free_runs {
+        return fail_pool("free runs on the list", listed, free_runs);
+    }
+    for c in 0..NCLASSES {
+        let listed = walk(st.slots[c], d, |q| {
+            q.prev.class() == Some(c) && {
+                let n = if c < FIRST_DESC_BITMAP_CLASS {
+                    q.slab
+                } else {
+                    q.slab.count_ones() as u64
+                };
+                n < CLASS[c].cap as u64
+            }
+        })?;
+        if listed != open[c] {
+            return fail_pool(
+                "pages with free chunks on their class list",
+                listed,
+                open[c],
+            );
+        }
+        let s = &st.stats[c];
+        if s.used != used[c] {
+            return fail_pool("class used count", s.used, used[c]);
+        }
+        if s.total != total[c] {
+            return fail_pool("class total count", s.total, total[c]);
+        }
+        let cached = st.cached[c];
+        let want_empty = (cached != NIL) as u64;
+        if empty[c] != want_empty {
+            return fail_pool("empty pages kept by a class", empty[c], want_empty);
+        }
+        if cached != NIL {
+            let q = d.get(cached as usize);
+            if q.map(|q| q.prev.class()) != Some(Some(c)) || q.map(|q| q.slab) != Some(0) {
+                return fail(
+                    "cached page is not an empty page of its class",
+                    cached,
+                    0,
+                    0,
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Walks a list from `head`: every element satisfies `ok`, back links
+/// agree, no cycle. Returns its length.
+fn walk(head: u32, d: &[Desc], ok: impl Fn(&Desc) -> bool) -> Result<u64, CheckError> {
+    let mut n = 0u64;
+    let mut prev = NIL;
+    let mut i = head;
+    while i != NIL {
+        let Some(q) = d.get(i as usize) else {
+            return fail("list link out of range", prev, i as u64, d.len() as u64).map(|_| 0);
+        };
+        if !ok(q) {
+            return fail("list element of the wrong kind", i, q.slab, 0).map(|_| 0);
+        }
+        if q.prev.idx() != prev {
+            return fail("list back link", i, q.prev.idx() as u64, prev as u64).map(|_| 0);
+        }
+        n += 1;
+        if n > d.len() as u64 {
+            return fail("list has a cycle", i, n, d.len() as u64).map(|_| 0);
+        }
+        prev = i;
+        i = q.next;
+    }
+    Ok(n)
+}

@@ -1,0 +1,245 @@
+//! A program interpreter for the `slab_ops` fuzz target, public (hidden) so
+//! that `tests/slab_regressions.rs` replays saved inputs with the very same
+//! decoding.
+//!
+//! The input bytes are a program: the first byte sizes the pool (8..=135
+//! pages), then each operation is an opcode byte and two argument bytes:
+//! alloc, calloc, free (of a live chunk, checking its fill pattern), double
+//! free, free of an arbitrary address, and a stats-against-model check.
+//! After every operation `check()` must pass; a refused free must leave the
+//! stats unchanged. At the end everything is freed and the whole free
+//! space must come back as one allocation.
+
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::ptr::NonNull;
+
+use super::{class_of, class_size, FreeError, Pool, MAX_CHUNK, SLAB_PAGE};
+
+struct Buffer {
+    ptr: NonNull<u8>,
+    layout: Layout,
+}
+
+impl Buffer {
+    fn new(len: usize) -> Buffer {
+        let layout = Layout::from_size_align(len, SLAB_PAGE).expect("layout");
+        // SAFETY: the layout has a non-zero size.
+        let ptr = NonNull::new(unsafe { alloc_zeroed(layout) }).expect("out of memory");
+        Buffer { ptr, layout }
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { dealloc(self.ptr.as_ptr(), self.layout) };
+    }
+}
+
+struct Live {
+    addr: usize,
+    size: usize,
+    fill: u8,
+}
+
+/// The byte pattern of a live chunk.
+fn pattern(fill: u8, i: usize) -> u8 {
+    fill ^ (i as u8).wrapping_mul(31)
+}
+
+/// A size from two argument bytes: mostly small, sometimes pages, rarely
+/// absurd.
+pub fn decode_size(a: u8, b: u8) -> usize {
+    let wide = ((a as usize) << 8) | b as usize;
+    match a % 8 {
+        0..=2 => b as usize % 65,
+        3..=5 => wide % (MAX_CHUNK + 1),
+        6 => MAX_CHUNK + 1 + wide % (6 * SLAB_PAGE),
+        _ => match b {
+            255 => usize::MAX,
+            254 => isize::MAX as usize,
+            _ => wide << 6,
+        },
+    }
+}
+
+/// Runs one program; panics on any misbehaviour of the pool.
+pub fn run(data: &[u8]) {
+    let Some((&first, mut rest)) = data.split_first() else {
+        return;
+    };
+    let npages = 8 + (first % 128) as usize;
+    let len = npages * SLAB_PAGE;
+    let buf = Buffer::new(len);
+    // SAFETY: the buffer is ours, page-aligned and `len` long; it outlives
+    // the pool handle (dropped at the end of this function).
+    let pool = unsafe { Pool::init(buf.ptr, len, "fuzz") }.expect("init");
+    pool.set_log_nomem(false);
+    let fresh = pool.stats();
+    let base = pool.base().as_ptr() as usize;
+    let mut live: Vec<Live> = Vec::new();
+    let mut freed: Vec<usize> = Vec::new();
+    let mut serial = 0u8;
+    while rest.len() >= 3 {
+        let (op, a, b) = (rest[0], rest[1], rest[2]);
+        rest = &rest[3..];
+        match op % 6 {
+            0 | 1 => {
+                let size = decode_size(a, b);
+                let p = if op % 6 == 0 {
+                    pool.alloc(size)
+                } else {
+                    pool.calloc(size)
+                };
+                if let Some(p) = p {
+                    let addr = p.as_ptr() as usize;
+                    check_new(&pool, &live, addr, size);
+                    // SAFETY: a fresh allocation of at least `size` bytes.
+                    let bytes = unsafe { std::slice::from_raw_parts_mut(p.as_ptr(), size) };
+                    if op % 6 == 1 {
+                        assert!(bytes.iter().all(|&x| x == 0), "calloc not zeroed");
+                    }
+                    serial = serial.wrapping_add(1);
+                    for (i, x) in bytes.iter_mut().enumerate() {
+                        *x = pattern(serial, i);
+                    }
+                    freed.retain(|&f| f != addr);
+                    live.push(Live {
+                        addr,
+                        size,
+                        fill: serial,
+                    });
+                } else {
+                    let s = pool.stats();
+                    if size <= MAX_CHUNK {
+                        let c = &s.classes[class_of(size)];
+                        assert_eq!(s.pages_free, 0, "alloc({size}) failed with free pages");
+                        assert_eq!(c.used, c.total, "alloc({size}) failed with free chunks");
+                    } else {
+                        assert!(
+                            size.div_ceil(SLAB_PAGE) > s.largest_free_run,
+                            "alloc({size}) failed with a free run of {} pages",
+                            s.largest_free_run
+                        );
+                    }
+                }
+            }
+            2 if !live.is_empty() => {
+                let k = ((a as usize) << 8 | b as usize) % live.len();
+                let l = live.swap_remove(k);
+                // SAFETY: l.addr is a live allocation of l.size bytes.
+                let bytes = unsafe { std::slice::from_raw_parts(l.addr as *const u8, l.size) };
+                for (i, &x) in bytes.iter().enumerate() {
+                    assert_eq!(x, pattern(l.fill, i), "chunk contents changed");
+                }
+                // SAFETY: a live chunk of this pool, not used again.
+                unsafe { pool.free(l.addr as *mut u8) }.expect("valid free refused");
+                freed.push(l.addr);
+            }
+            3 if !freed.is_empty() => {
+                let addr = freed[((a as usize) << 8 | b as usize) % freed.len()];
+                bad_free(&pool, &live, addr, None);
+            }
+            4 => {
+                let spread = len + 2 * SLAB_PAGE;
+                let off = ((a as usize) << 8 | b as usize) * 8 + (op as usize >> 3) % 8;
+                let addr = (base + off % spread).wrapping_sub(SLAB_PAGE);
+                let near = live
+                    .iter()
+                    .find(|l| l.addr < addr && addr < l.addr + l.size.max(1));
+                let expect = near.map(|_| FreeError::WrongChunk);
+                bad_free(&pool, &live, addr, expect.filter(|_| addr % 8 != 0));
+            }
+            5 => model_stats(&pool, &live),
+            _ => {}
+        }
+        pool.check().expect("check after op");
+    }
+    model_stats(&pool, &live);
+    for l in live.drain(..) {
+        // SAFETY: a live chunk of this pool.
+        unsafe { pool.free(l.addr as *mut u8) }.expect("final free");
+    }
+    pool.check().expect("check after freeing all");
+    let whole = pool.largest_alloc();
+    let s = pool.stats();
+    assert_eq!(whole, s.pages_total * SLAB_PAGE, "free space not coalesced");
+    assert_eq!(s.pages_free, s.pages_total);
+    assert_eq!(
+        s.classes,
+        fresh_classes(&s, &fresh),
+        "classes not back to fresh"
+    );
+    let p = pool.alloc(whole).expect("whole pool as one allocation");
+    pool.check().expect("check with the whole pool allocated");
+    assert!(pool.alloc(1).is_none(), "alloc after the whole pool");
+    // SAFETY: just allocated.
+    unsafe { pool.free(p.as_ptr()) }.expect("free whole");
+    pool.check().expect("final check");
+}
+
+/// The fresh classes with this run's request counters.
+fn fresh_classes(now: &super::PoolStats, fresh: &super::PoolStats) -> [super::ClassStats; 9] {
+    let mut c = fresh.classes;
+    for (x, n) in c.iter_mut().zip(now.classes.iter()) {
+        x.reqs = n.reqs;
+        x.fails = n.fails;
+    }
+    c
+}
+
+fn check_new(pool: &Pool, live: &[Live], addr: usize, size: usize) {
+    let base = pool.base().as_ptr() as usize;
+    assert!(
+        addr >= base && addr + size <= base + pool.len(),
+        "outside pool"
+    );
+    let align = if size <= MAX_CHUNK {
+        class_size(class_of(size))
+    } else {
+        SLAB_PAGE
+    };
+    assert_eq!(addr % align, 0, "misaligned chunk");
+    let end = addr + size.max(1);
+    for l in live {
+        assert!(
+            end <= l.addr || l.addr + l.size.max(1) <= addr,
+            "overlap {addr:#x}+{size} with {:#x}+{}",
+            l.addr,
+            l.size
+        );
+    }
+}
+
+/// Frees `addr`, which is not a live chunk's start, and checks it was
+/// refused (with `expect` if given) and changed nothing.
+fn bad_free(pool: &Pool, live: &[Live], addr: usize, expect: Option<FreeError>) {
+    if live.iter().any(|l| l.addr == addr) {
+        return;
+    }
+    let before = pool.stats();
+    // SAFETY: the pool must refuse it; nothing is used afterwards.
+    let r = unsafe { pool.free(addr as *mut u8) };
+    let err = r.expect_err("bad free accepted");
+    if let Some(e) = expect {
+        assert_eq!(err, e, "free({addr:#x})");
+    }
+    assert_eq!(pool.stats(), before, "refused free changed the pool");
+}
+
+fn model_stats(pool: &Pool, live: &[Live]) {
+    let s = pool.stats();
+    let mut used = [0u64; 9];
+    let mut run_pages = 0;
+    for l in live {
+        if l.size <= MAX_CHUNK {
+            used[class_of(l.size)] += 1;
+        } else {
+            run_pages += l.size.div_ceil(SLAB_PAGE);
+        }
+    }
+    for (c, u) in used.iter().enumerate() {
+        assert_eq!(s.classes[c].used, *u, "class {c} used");
+    }
+    assert_eq!(s.pages_in_runs, run_pages, "pages in runs");
+}

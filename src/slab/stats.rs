@@ -1,0 +1,81 @@
+//! A snapshot of a pool's counters (what nginx exposes per slot, and more).
+
+use super::layout::{class_size, State, NCLASSES, SLAB_PAGE};
+
+/// Counters of one size class, as nginx's `ngx_slab_stat_t`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClassStats {
+    /// The chunk size of the class, in bytes.
+    pub size: usize,
+    /// Usable chunks in the pages the class holds.
+    pub total: u64,
+    /// Chunks in use.
+    pub used: u64,
+    /// Allocation requests (including failed ones).
+    pub reqs: u64,
+    /// Failed requests.
+    pub fails: u64,
+}
+
+/// A snapshot of a pool's counters, taken under its lock.
+///
+/// `largest_free_run` against `pages_free` shows page fragmentation (nginx's
+/// "no memory" while space looks free), `bytes_handed_out` against
+/// `bytes_requested` shows the rounding to size classes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Per size class, from 8 bytes up to half a page.
+    pub classes: [ClassStats; NCLASSES],
+    /// Data pages in the pool.
+    pub pages_total: usize,
+    /// Pages on no class and in no allocation.
+    pub pages_free: usize,
+    /// Pages in allocations larger than half a page.
+    pub pages_in_runs: usize,
+    /// The longest run of free pages (the largest allocation possible).
+    pub largest_free_run: usize,
+    /// Requests larger than half a page (they take page runs).
+    pub page_reqs: u64,
+    /// Those that failed.
+    pub page_fails: u64,
+    /// Sum of the sizes asked for by all successful allocations so far.
+    pub bytes_requested: u64,
+    /// Sum of the chunk and run sizes those allocations were given.
+    pub bytes_handed_out: u64,
+}
+
+impl PoolStats {
+    pub(crate) fn from_state(st: &State, pages_total: usize, largest: usize) -> PoolStats {
+        let mut classes = [ClassStats::default(); NCLASSES];
+        for (c, out) in classes.iter_mut().enumerate() {
+            let s = &st.stats[c];
+            *out = ClassStats {
+                size: class_size(c),
+                total: s.total,
+                used: s.used,
+                reqs: s.reqs,
+                fails: s.fails,
+            };
+        }
+        PoolStats {
+            classes,
+            pages_total,
+            pages_free: st.pfree as usize,
+            pages_in_runs: st.run_pages as usize,
+            largest_free_run: largest,
+            page_reqs: st.page_reqs,
+            page_fails: st.page_fails,
+            bytes_requested: st.bytes_requested,
+            bytes_handed_out: st.bytes_handed_out,
+        }
+    }
+
+    /// Bytes in live chunks and page runs now.
+    pub fn bytes_in_use(&self) -> usize {
+        self.classes
+            .iter()
+            .map(|c| c.used as usize * c.size)
+            .sum::<usize>()
+            + self.pages_in_runs * SLAB_PAGE
+    }
+}

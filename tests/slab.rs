@@ -1,0 +1,549 @@
+//! The slab pool in one process: page kinds, runs, bad frees, exhaustion,
+//! attach, and property tests against a model.
+
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::ptr::NonNull;
+
+use shmzone::slab::{fuzzing, NCLASSES};
+use shmzone::{FreeError, Pool, PoolError, SLAB_PAGE};
+
+/// A page-aligned heap buffer to format pools in.
+struct Buf {
+    ptr: NonNull<u8>,
+    layout: Layout,
+}
+
+impl Buf {
+    fn new(len: usize) -> Buf {
+        let layout = Layout::from_size_align(len, SLAB_PAGE).unwrap();
+        // SAFETY: non-zero size.
+        let ptr = NonNull::new(unsafe { alloc_zeroed(layout) }).unwrap();
+        Buf { ptr, layout }
+    }
+    fn pool(&self, name: &str) -> Pool {
+        // SAFETY: the buffer is ours, aligned, and outlives the pool in each test.
+        unsafe { Pool::init(self.ptr, self.layout.size(), name) }.unwrap()
+    }
+    fn bytes(&self) -> Vec<u8> {
+        // SAFETY: the whole buffer is initialised (zeroed, then used by the pool).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.layout.size()) }.to_vec()
+    }
+}
+
+impl Drop for Buf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { dealloc(self.ptr.as_ptr(), self.layout) };
+    }
+}
+
+/// The descriptor array and header state, for comparing pool states: the
+/// header (minus the lock and the request counters) and descriptors.
+fn layout_bytes(pool: &Pool, buf: &Buf) -> Vec<u8> {
+    let b = buf.bytes();
+    let s = pool.stats();
+    let start = b.len() - s.pages_total * SLAB_PAGE;
+    let mut v = b[..start].to_vec();
+    v[128..192].fill(0); // the lock
+    v
+}
+
+fn page_of(pool: &Pool, p: NonNull<u8>) -> usize {
+    pool.offset_of(p.as_ptr()).unwrap() / SLAB_PAGE
+}
+
+/// One page of class `size`: its chunk count, the first chunk's offset,
+/// alignment, and stats.total growing by one page's worth.
+fn one_page_kind(size: usize, per_page: usize, first_off: usize) {
+    let buf = Buf::new(16 * SLAB_PAGE);
+    let pool = buf.pool("kind");
+    let c = size.trailing_zeros() as usize - 3;
+    let mut ptrs = Vec::new();
+    for _ in 0..per_page {
+        let p = pool.alloc(size).unwrap();
+        assert_eq!(p.as_ptr() as usize % size, 0);
+        ptrs.push(p);
+        pool.check().unwrap();
+    }
+    let page = page_of(&pool, ptrs[0]);
+    assert!(ptrs.iter().all(|&p| page_of(&pool, p) == page), "one page");
+    assert_eq!(
+        pool.offset_of(ptrs[0].as_ptr()).unwrap() % SLAB_PAGE,
+        first_off
+    );
+    let s = pool.stats();
+    assert_eq!(s.classes[c].total, per_page as u64);
+    assert_eq!(s.classes[c].used, per_page as u64);
+    assert_eq!(s.pages_free, s.pages_total - 1);
+    // The next one opens a second page.
+    let q = pool.alloc(size).unwrap();
+    assert_ne!(page_of(&pool, q), page);
+    assert_eq!(pool.stats().classes[c].total, 2 * per_page as u64);
+    for p in ptrs.into_iter().chain([q]) {
+        // SAFETY: live chunks of this pool.
+        unsafe { pool.free(p.as_ptr()) }.unwrap();
+        pool.check().unwrap();
+    }
+    assert_eq!(pool.stats().classes[c].used, 0);
+}
+
+#[test]
+fn small_pages_keep_their_bitmap_in_the_first_chunks() {
+    one_page_kind(8, 504, 64);
+    one_page_kind(16, 254, 32);
+    one_page_kind(32, 127, 32);
+}
+
+#[test]
+fn exact_page_uses_the_whole_page() {
+    one_page_kind(64, 64, 0);
+}
+
+#[test]
+fn big_pages() {
+    for (size, n) in [(128, 32), (256, 16), (512, 8), (1024, 4), (2048, 2)] {
+        one_page_kind(size, n, 0);
+    }
+}
+
+#[test]
+fn sizes_round_to_classes() {
+    let buf = Buf::new(32 * SLAB_PAGE);
+    let pool = buf.pool("classes");
+    for (size, c) in [
+        (0, 0),
+        (1, 0),
+        (8, 0),
+        (9, 1),
+        (24, 2),
+        (100, 4),
+        (1000, 7),
+        (2048, 8),
+    ] {
+        let p = pool.alloc(size).unwrap();
+        assert_eq!(pool.stats().classes[c].used, 1, "size {size}");
+        // SAFETY: live chunk.
+        unsafe { pool.free(p.as_ptr()) }.unwrap();
+    }
+    let s = pool.stats();
+    assert_eq!(s.bytes_requested, 1 + 8 + 9 + 24 + 100 + 1000 + 2048);
+    assert_eq!(s.bytes_handed_out, 8 + 8 + 8 + 16 + 32 + 128 + 1024 + 2048);
+}
+
+#[test]
+fn page_runs_are_aligned_and_coalesce() {
+    let buf = Buf::new(40 * SLAB_PAGE);
+    let pool = buf.pool("runs");
+    let total = pool.stats().pages_total;
+    let a = pool.alloc(3000).unwrap();
+    let b = pool.alloc(2 * SLAB_PAGE + 1).unwrap();
+    let c = pool.alloc(8192).unwrap();
+    for p in [a, b, c] {
+        assert_eq!(p.as_ptr() as usize % SLAB_PAGE, 0);
+    }
+    let s = pool.stats();
+    assert_eq!(s.pages_in_runs, 1 + 3 + 2);
+    assert_eq!(s.pages_free, total - 6);
+    // Free the middle one: a hole that cannot merge.
+    // SAFETY: live runs of this pool.
+    unsafe { pool.free(b.as_ptr()) }.unwrap();
+    pool.check().unwrap();
+    assert_eq!(pool.stats().largest_free_run, total - 6);
+    // SAFETY: as above.
+    unsafe { pool.free(a.as_ptr()) }.unwrap();
+    pool.check().unwrap();
+    // SAFETY: as above.
+    unsafe { pool.free(c.as_ptr()) }.unwrap();
+    pool.check().unwrap();
+    assert_eq!(pool.stats().largest_free_run, total);
+    assert_eq!(pool.largest_alloc(), total * SLAB_PAGE);
+    let all = pool.alloc(total * SLAB_PAGE).unwrap();
+    assert!(pool.alloc(1).is_none());
+    // SAFETY: as above.
+    unsafe { pool.free(all.as_ptr()) }.unwrap();
+    pool.check().unwrap();
+}
+
+#[test]
+fn alloc_of_zero_and_of_too_much() {
+    let buf = Buf::new(8 * SLAB_PAGE);
+    let pool = buf.pool("edge");
+    pool.set_log_nomem(false);
+    let z = pool.alloc(0).unwrap();
+    assert_eq!(pool.stats().classes[0].used, 1);
+    for huge in [
+        usize::MAX,
+        usize::MAX - 1,
+        isize::MAX as usize,
+        8 * SLAB_PAGE,
+    ] {
+        assert!(pool.alloc(huge).is_none());
+        assert!(pool.calloc(huge).is_none());
+    }
+    let s = pool.stats();
+    assert_eq!(s.page_fails, 8);
+    assert_eq!(s.page_reqs, 8);
+    // SAFETY: live chunk.
+    unsafe { pool.free(z.as_ptr()) }.unwrap();
+    pool.check().unwrap();
+}
+
+#[test]
+fn calloc_zeroes_the_requested_bytes() {
+    let buf = Buf::new(16 * SLAB_PAGE);
+    let pool = buf.pool("calloc");
+    for size in [5, 64, 100, 3000, 9000] {
+        let p = pool.alloc(size).unwrap();
+        // SAFETY: fresh allocation of `size` bytes.
+        unsafe { p.as_ptr().write_bytes(0xAB, size) };
+        // SAFETY: as above.
+        unsafe { pool.free(p.as_ptr()) }.unwrap();
+        let q = pool.calloc(size).unwrap();
+        // SAFETY: fresh allocation of `size` bytes.
+        let s = unsafe { std::slice::from_raw_parts(q.as_ptr(), size) };
+        assert!(s.iter().all(|&x| x == 0), "size {size}");
+        // SAFETY: as above.
+        unsafe { pool.free(q.as_ptr()) }.unwrap();
+    }
+    pool.check().unwrap();
+}
+
+/// Frees `p`, expecting `want`, and checks that nothing changed.
+fn refused(pool: &Pool, buf: &Buf, p: *mut u8, want: FreeError) {
+    let before = buf.bytes();
+    let stats = pool.stats();
+    // SAFETY: the pool must refuse this pointer.
+    assert_eq!(unsafe { pool.free(p) }, Err(want), "free({p:p})");
+    assert_eq!(pool.stats(), stats);
+    let mut after = buf.bytes();
+    after[128..192].copy_from_slice(&before[128..192]);
+    assert!(after == before, "a refused free changed the pool");
+    pool.check().unwrap();
+}
+
+#[test]
+fn every_bad_free_is_refused_and_changes_nothing() {
+    let buf = Buf::new(16 * SLAB_PAGE);
+    let pool = buf.pool("bad");
+    let base = pool.base().as_ptr();
+    let end = base.wrapping_add(pool.len());
+    let s8 = pool.alloc(8).unwrap().as_ptr();
+    let s8b = pool.alloc(8).unwrap().as_ptr();
+    let e64 = pool.alloc(64).unwrap().as_ptr();
+    let e64b = pool.alloc(64).unwrap().as_ptr();
+    let b256 = pool.alloc(256).unwrap().as_ptr();
+    let run = pool.alloc(3 * SLAB_PAGE).unwrap().as_ptr();
+
+    for p in [
+        base,
+        base.wrapping_add(100),
+        end,
+        end.wrapping_add(1),
+        std::ptr::null_mut(),
+    ] {
+        refused(&pool, &buf, p, FreeError::OutsidePool);
+    }
+    for p in [
+        s8.wrapping_add(1),
+        e64.wrapping_add(8),
+        b256.wrapping_add(128),
+        run.wrapping_add(8),
+    ] {
+        refused(&pool, &buf, p, FreeError::WrongChunk);
+    }
+    // The 8-byte page's own bitmap: its first 8 chunks (nginx misses this).
+    let page8 = s8.wrapping_sub(64);
+    for k in 0..8 {
+        refused(
+            &pool,
+            &buf,
+            page8.wrapping_add(8 * k),
+            FreeError::BitmapArea,
+        );
+    }
+    refused(
+        &pool,
+        &buf,
+        run.wrapping_add(SLAB_PAGE),
+        FreeError::WrongPage,
+    );
+    refused(
+        &pool,
+        &buf,
+        run.wrapping_add(2 * SLAB_PAGE),
+        FreeError::WrongPage,
+    );
+    // Never-allocated pages and chunks (runs are cut from the end of the
+    // free space, so the page before the run is free).
+    let free_page = run.wrapping_sub(SLAB_PAGE);
+    refused(&pool, &buf, free_page, FreeError::PageAlreadyFree);
+    refused(
+        &pool,
+        &buf,
+        free_page.wrapping_add(16),
+        FreeError::WrongChunk,
+    );
+    refused(
+        &pool,
+        &buf,
+        s8b.wrapping_add(8),
+        FreeError::ChunkAlreadyFree,
+    );
+    // Double frees.
+    // SAFETY: live chunks, freed once.
+    unsafe {
+        pool.free(s8).unwrap();
+        pool.free(e64).unwrap();
+        pool.free(run).unwrap();
+    }
+    refused(&pool, &buf, s8, FreeError::ChunkAlreadyFree);
+    refused(&pool, &buf, e64, FreeError::ChunkAlreadyFree);
+    refused(&pool, &buf, run, FreeError::PageAlreadyFree);
+    // SAFETY: as above.
+    unsafe {
+        pool.free(s8b).unwrap();
+        pool.free(e64b).unwrap();
+        pool.free(b256).unwrap();
+    }
+    pool.trim();
+    // Pages gone: page-aligned double free says "page", inner says "chunk".
+    refused(&pool, &buf, e64, FreeError::PageAlreadyFree);
+    refused(&pool, &buf, s8b, FreeError::WrongChunk);
+    pool.check().unwrap();
+}
+
+#[test]
+fn free_error_messages_follow_nginx() {
+    assert_eq!(FreeError::OutsidePool.to_string(), "outside of pool");
+    assert_eq!(FreeError::WrongChunk.to_string(), "pointer to wrong chunk");
+    assert_eq!(
+        FreeError::ChunkAlreadyFree.to_string(),
+        "chunk is already free"
+    );
+    assert_eq!(
+        FreeError::PageAlreadyFree.to_string(),
+        "page is already free"
+    );
+    assert_eq!(FreeError::WrongPage.to_string(), "pointer to wrong page");
+}
+
+#[test]
+fn exhaustion_counts_fails_and_recovers() {
+    let buf = Buf::new(64 * SLAB_PAGE);
+    let pool = buf.pool("full");
+    pool.set_log_nomem(false);
+    for size in [8, 24, 64, 200, 2048, 3000, 3 * SLAB_PAGE] {
+        let mut ptrs = Vec::new();
+        while let Some(p) = pool.alloc(size) {
+            ptrs.push(p);
+        }
+        pool.check().unwrap();
+        let n = ptrs.len();
+        assert!(n > 0);
+        let s = pool.stats();
+        if size <= 2048 {
+            let c = &s.classes[size.max(8).next_power_of_two().trailing_zeros() as usize - 3];
+            assert!(c.fails >= 1, "size {size}: {c:?}");
+            assert_eq!(c.used, c.total);
+        } else {
+            assert!(s.page_fails >= 1);
+        }
+        assert_eq!(
+            s.pages_free,
+            if size > 2048 {
+                s.pages_total % size.div_ceil(SLAB_PAGE)
+            } else {
+                0
+            }
+        );
+        // Free half, take them back, free all, take all back.
+        for p in ptrs.drain(n / 2..) {
+            // SAFETY: live allocations.
+            unsafe { pool.free(p.as_ptr()) }.unwrap();
+        }
+        while let Some(p) = pool.alloc(size) {
+            ptrs.push(p);
+        }
+        assert_eq!(ptrs.len(), n);
+        for p in ptrs.drain(..) {
+            // SAFETY: live allocations.
+            unsafe { pool.free(p.as_ptr()) }.unwrap();
+        }
+        pool.check().unwrap();
+        assert_eq!(pool.largest_alloc(), pool.stats().pages_total * SLAB_PAGE);
+    }
+}
+
+/// W3 at 64 MiB: at least nginx's count at every size.
+#[test]
+fn fill_64mib_beats_nginx_usable_fraction() {
+    let len = 64 << 20;
+    let buf = Buf::new(len);
+    for (size, nginx) in [
+        (8, 0.979),
+        (24, 0.740),
+        (64, 0.994),
+        (100, 0.777),
+        (256, 0.994),
+        (1000, 0.971),
+        (3000, 0.728),
+        (8192, 0.994),
+    ] {
+        let pool = buf.pool("w3");
+        pool.set_log_nomem(false);
+        let mut n = 0usize;
+        while pool.alloc(size).is_some() {
+            n += 1;
+        }
+        let frac = (n * size) as f64 / len as f64;
+        assert!(frac >= nginx, "size {size}: {frac:.4} < nginx {nginx}");
+    }
+}
+
+#[test]
+fn freeing_everything_restores_the_fresh_pool() {
+    let buf = Buf::new(48 * SLAB_PAGE);
+    let pool = buf.pool("fresh");
+    let fresh = layout_bytes(&pool, &buf);
+    let mut x = 42u64;
+    let mut live = Vec::new();
+    for _ in 0..3000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        if x % 3 != 0 || live.is_empty() {
+            let size = match x % 7 {
+                0 => (x >> 8) as usize % (4 * SLAB_PAGE),
+                _ => (x >> 8) as usize % 2049,
+            };
+            if let Some(p) = pool.alloc(size) {
+                live.push(p);
+            }
+        } else {
+            let p = live.swap_remove((x >> 8) as usize % live.len());
+            // SAFETY: live allocation.
+            unsafe { pool.free(p.as_ptr()) }.unwrap();
+        }
+    }
+    for p in live {
+        // SAFETY: live allocation.
+        unsafe { pool.free(p.as_ptr()) }.unwrap();
+    }
+    pool.trim();
+    pool.check().unwrap();
+    // Counters aside, the header state and every descriptor are as fresh.
+    let mut now = layout_bytes(&pool, &buf);
+    let state = 192;
+    let stats_at = state + 4 * 2 * NCLASSES + 16;
+    now[stats_at..state + 408].copy_from_slice(&fresh[stats_at..state + 408]);
+    let s = pool.stats();
+    for c in s.classes {
+        assert_eq!((c.total, c.used), (0, 0));
+    }
+    assert!(now == fresh, "pool not back to its fresh layout");
+}
+
+/// Random programs through the fuzz interpreter: model, overlap, contents,
+/// check() after every step, then free all and take the whole pool.
+#[test]
+fn random_programs_against_the_model() {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    for round in 0..300 {
+        let len = 1 + (round * 37) % 3000;
+        let mut prog = Vec::with_capacity(len);
+        for _ in 0..len {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Skew towards allocs early, frees later.
+            let b = (x >> 24) as u8;
+            prog.push(b);
+        }
+        fuzzing::run(&prog);
+    }
+}
+
+#[test]
+fn init_and_attach_validate() {
+    let buf = Buf::new(16 * SLAB_PAGE);
+    let base = buf.ptr;
+    let odd = NonNull::new(base.as_ptr().wrapping_add(8)).unwrap();
+    // SAFETY: all refused before touching memory.
+    unsafe {
+        assert!(matches!(
+            Pool::init(odd, 8 * SLAB_PAGE, "x"),
+            Err(PoolError::Misaligned { .. })
+        ));
+        assert!(matches!(
+            Pool::init(base, 8 * SLAB_PAGE - 1, "x"),
+            Err(PoolError::TooSmall {
+                len: 28672,
+                min: 32768
+            })
+        ));
+        assert!(matches!(
+            Pool::attach(base, 16 * SLAB_PAGE),
+            Err(PoolError::BadHeader(_))
+        ));
+    }
+    let long = "z".repeat(100);
+    let pool = buf.pool(&long);
+    assert_eq!(pool.name().len(), 63);
+    let pool = buf.pool("ünïcödé-zone-name-that-is-long-enough-to-be-cut-in-the-middle-ü");
+    assert!(pool.name().len() <= 63);
+    let pool = buf.pool("sessions");
+    assert_eq!(pool.name(), "sessions");
+    let p = pool.alloc(100).unwrap();
+    pool.set_root(pool.offset_of(p.as_ptr()).unwrap());
+    // SAFETY: the same formatted range.
+    let again = unsafe { Pool::attach(base, 16 * SLAB_PAGE + 100) }.unwrap();
+    assert_eq!(again.name(), "sessions");
+    assert_eq!(again.ptr_at(again.root()), Some(p));
+    // SAFETY: a different length than formatted.
+    let err = unsafe { Pool::attach(base, 12 * SLAB_PAGE) }.unwrap_err();
+    assert!(err.to_string().contains("formatted for"), "{err}");
+
+    // A copy of the pool at another address works there.
+    let copy = Buf::new(16 * SLAB_PAGE);
+    // SAFETY: both buffers are 16 pages.
+    unsafe { std::ptr::copy_nonoverlapping(base.as_ptr(), copy.ptr.as_ptr(), 16 * SLAB_PAGE) };
+    // SAFETY: a formatted pool, copied whole.
+    let moved = unsafe { Pool::attach(copy.ptr, 16 * SLAB_PAGE) }.unwrap();
+    let q = moved.ptr_at(moved.root()).unwrap();
+    assert_eq!(moved.offset_of(q.as_ptr()), pool.offset_of(p.as_ptr()));
+    // SAFETY: the moved pool's copy of the live chunk.
+    unsafe { moved.free(q.as_ptr()) }.unwrap();
+    moved.check().unwrap();
+    assert_eq!(moved.stats().classes[4].used, 0);
+    assert_eq!(pool.stats().classes[4].used, 1);
+
+    assert_eq!(
+        pool.offset_of(base.as_ptr().wrapping_add(16 * SLAB_PAGE)),
+        None
+    );
+    assert_eq!(pool.ptr_at(16 * SLAB_PAGE), None);
+    pool.set_root(1 << 30);
+    assert_eq!(pool.root(), pool.offset_of(p.as_ptr()).unwrap());
+}
+
+#[test]
+fn locked_variants_share_one_critical_section() {
+    let buf = Buf::new(16 * SLAB_PAGE);
+    let pool = buf.pool("locked");
+    let g = pool.lock();
+    assert_eq!(g.recovered_from(), None);
+    assert_eq!(pool.mutex().try_lock().map(|_| ()), None);
+    let a = g.alloc_locked(40).unwrap();
+    let b = g.calloc_locked(5000).unwrap();
+    g.check_locked().unwrap();
+    assert_eq!(g.stats_locked().classes[3].used, 1);
+    // SAFETY: live allocations.
+    unsafe {
+        g.free_locked(a.as_ptr()).unwrap();
+        g.free_locked(b.as_ptr()).unwrap();
+        assert_eq!(g.free_locked(b.as_ptr()), Err(FreeError::PageAlreadyFree));
+    }
+    assert_eq!(g.largest_alloc_locked(), pool.len() - 4096);
+    drop(g);
+    pool.check().unwrap();
+}
