@@ -55,8 +55,8 @@ use crate::os::signal;
 pub use crate::os::child::ExitStatus;
 pub use crate::os::signal::Signal;
 
-// mod zones;
-// pub use zones::{recover_zones, Recovery};
+mod zones;
+pub use zones::{recover_zones, Recovery};
 
 /// A worker exit code that means "do not respawn me" (nginx's fatal exit).
 pub const EXIT_FATAL: i32 = 2;
@@ -65,6 +65,8 @@ pub const EXIT_FATAL: i32 = 2;
 type DeathHook<T> = Box<dyn FnMut(&T, &Death)>;
 /// The reload hook's type.
 type ReloadHook<T> = Box<dyn FnMut(&mut T) -> Result<(), Box<dyn std::error::Error>>>;
+/// The hook run when the workers of before a reload are all gone.
+type RetiredHook<T> = Box<dyn FnMut(&mut T)>;
 
 /// One worker's end, as the death hook sees it (before the reap).
 #[derive(Debug, Clone)]
@@ -138,6 +140,7 @@ pub struct Master<T> {
     respawn: Respawn,
     on_death: Option<DeathHook<T>>,
     on_reload: Option<ReloadHook<T>>,
+    on_retired: Option<RetiredHook<T>>,
 }
 
 /// A worker's handle on its master.
@@ -271,6 +274,7 @@ impl<T> Master<T> {
             },
             on_death: None,
             on_reload: None,
+            on_retired: None,
         }
     }
 
@@ -323,6 +327,17 @@ impl<T> Master<T> {
         F: FnMut(&mut T) -> Result<(), Box<dyn std::error::Error>> + 'static,
     {
         self.on_reload = Some(Box::new(f));
+        self
+    }
+
+    /// The hook run in the master once every worker of the generations
+    /// before a reload has been reaped: nothing uses their memory any more
+    /// (e.g. [`Zones::release_retired`](crate::zone::Zones::release_retired)).
+    pub fn on_retired<F>(mut self, f: F) -> Self
+    where
+        F: FnMut(&mut T) + 'static,
+    {
+        self.on_retired = Some(Box::new(f));
         self
     }
 
@@ -390,6 +405,8 @@ impl<T> Master<T> {
         let mut stopping: Option<Instant> = None;
         // Old generations being stopped after a reload, with their deadline.
         let mut old_deadline: Option<Instant> = None;
+        // A reload happened and its old workers are not all reaped yet.
+        let mut old_pending = false;
 
         for i in 0..self.workers {
             let slot = self.spawn(i, generation, &slots, work)?;
@@ -478,6 +495,7 @@ impl<T> Master<T> {
                             s.stop = None;
                         }
                         old_deadline = Some(Instant::now() + self.stop_timeout);
+                        old_pending = true;
                         fails.iter_mut().for_each(|f| *f = 0);
                         due.iter_mut().for_each(|d| *d = None);
                         given_up.iter_mut().for_each(|g| *g = false);
@@ -559,8 +577,13 @@ impl<T> Master<T> {
                 }
                 old_deadline = None;
             }
-            if old_deadline.is_some() && !slots.iter().any(|s| s.generation < generation) {
+            if old_pending && !slots.iter().any(|s| s.generation < generation) {
+                old_pending = false;
                 old_deadline = None;
+                log::info!("master: the workers of before the reload are all gone");
+                if let Some(hook) = self.on_retired.as_mut() {
+                    hook(&mut self.state);
+                }
             }
 
             // Sleep until a signal arrives or the next deadline.
