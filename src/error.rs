@@ -33,6 +33,88 @@ pub enum Error {
         /// The backend asked for.
         backend: Backend,
     },
+    /// A zone smaller than the minimum (`Pool::MIN_SIZE`).
+    ZoneTooSmall {
+        /// The zone.
+        name: String,
+        /// Its size, rounded to 4 KiB pages.
+        size: usize,
+        /// The minimum.
+        min: usize,
+    },
+    /// The same zone name declared twice with different sizes.
+    ZoneSizeConflict {
+        /// The zone.
+        name: String,
+        /// The size asked for now.
+        size: usize,
+        /// The size it already has.
+        declared: usize,
+    },
+    /// The same zone name declared with another tag (another user).
+    ZoneTagConflict {
+        /// The zone.
+        name: String,
+    },
+    /// A zone referenced (size 0) but never sized.
+    ZeroSizeZone {
+        /// The zone.
+        name: String,
+    },
+    /// A zone name that is empty, longer than 63 bytes, or not UTF-8.
+    ZoneName {
+        /// The name (lossily decoded).
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// An operation on a zone that was never declared.
+    NoSuchZone {
+        /// The zone.
+        name: String,
+    },
+    /// No room left in the region for a zone.
+    RegionFull {
+        /// The zone.
+        name: String,
+        /// The bytes it needs.
+        size: usize,
+        /// The largest zone that would still fit.
+        largest: usize,
+    },
+    /// The zone directory has no free entry.
+    DirectoryFull {
+        /// How many zones a region holds.
+        max: usize,
+    },
+    /// Memory that does not hold a valid shmzone region.
+    BadRegion {
+        /// What is wrong.
+        reason: String,
+    },
+    /// The slab pool refused.
+    Pool(crate::slab::PoolError),
+    /// Creating a named region found the name, key or path already taken
+    /// (left over, or planted by someone else): it is never adopted. Attach
+    /// to it, remove it, or create with `NamedSpec::replace(true)`.
+    AlreadyExists {
+        /// What was asked for, e.g. `POSIX shm "/cache"`.
+        name: String,
+    },
+    /// A named region's name, key, path or mode cannot be used, or what it
+    /// names cannot be a region (a symbolic link, a directory, an empty or
+    /// truncated file).
+    BadNamed {
+        /// What was asked for, e.g. `file "/var/lib/x.shm"`.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Named regions are not supported on this target (Windows, for now).
+    NamedUnsupported {
+        /// What was asked for.
+        name: String,
+    },
 }
 
 impl fmt::Display for Error {
@@ -49,6 +131,52 @@ impl fmt::Display for Error {
                 "backend {backend} is not supported by this build (available: {})",
                 names(Backend::available())
             ),
+            Error::ZoneTooSmall { name, size, min } => write!(
+                f,
+                "zone \"{name}\" is too small ({size} bytes; the minimum is {min} bytes)"
+            ),
+            Error::ZoneSizeConflict {
+                name,
+                size,
+                declared,
+            } => write!(
+                f,
+                "the size {size} of shared memory zone \"{name}\" conflicts with already declared size {declared}"
+            ),
+            Error::ZoneTagConflict { name } => write!(
+                f,
+                "shared zone \"{name}\" is already declared for a different use"
+            ),
+            Error::ZeroSizeZone { name } => {
+                write!(f, "zero size shared memory zone \"{name}\"")
+            }
+            Error::ZoneName { name, reason } => {
+                write!(f, "invalid zone name \"{}\": {reason}", name.escape_debug())
+            }
+            Error::NoSuchZone { name } => write!(f, "no shared memory zone \"{name}\" is declared"),
+            Error::RegionFull {
+                name,
+                size,
+                largest,
+            } => write!(
+                f,
+                "no room for shared memory zone \"{name}\" of {size} bytes in the region \
+                 (the largest that fits is {largest} bytes)"
+            ),
+            Error::DirectoryFull { max } => {
+                write!(f, "the zone directory is full ({max} zones at most)")
+            }
+            Error::BadRegion { reason } => write!(f, "not a usable shmzone region: {reason}"),
+            Error::Pool(e) => write!(f, "{e}"),
+            Error::AlreadyExists { name } => write!(
+                f,
+                "{name} already exists: not adopting it (attach to it, remove it, or create with replace)"
+            ),
+            Error::BadNamed { name, reason } => write!(f, "{name}: {reason}"),
+            Error::NamedUnsupported { name } => write!(
+                f,
+                "{name}: named regions are not supported on this target"
+            ),
         }
     }
 }
@@ -57,6 +185,7 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Os { source, .. } => Some(source),
+            Error::Pool(e) => Some(e),
             _ => None,
         }
     }

@@ -1,18 +1,49 @@
 //! nginx's shared-memory zones for any pre-fork server.
 //!
-//! A master process makes one block of shared memory ([`Region`]) before it
-//! forks, carves named zones out of it, and its worker processes allocate
-//! from each zone through a slab allocator guarded by a process-shared
-//! spinlock ([`ShmMutex`]) whose word holds the holder's pid, so that the
-//! master can release the locks of a worker that died.
+//! A master process makes one block of shared memory before it forks,
+//! carves named zones out of it ([`Zones`]), and its worker processes
+//! allocate from each zone through a slab allocator ([`slab::Pool`]) guarded
+//! by a process-shared spinlock ([`ShmMutex`]) whose word holds the holder's
+//! pid, so that the master can release the locks of a worker that died.
 //!
 //! ```
-//! use shmzone::Region;
-//! let region = Region::new(1 << 20)?;
-//! assert_eq!(region.backend(), shmzone::Backend::default());
+//! use shmzone::Zones;
+//! let zones = Zones::builder().zone("sessions", 1 << 20).build()?;
+//! // ... fork workers here; each one does:
+//! let zone = zones.get("sessions").expect("declared");
+//! let p = zone.alloc(100).expect("room");
+//! // SAFETY: `p` came from this zone and is not used after.
+//! unsafe { zone.free(p.as_ptr()) }.expect("a valid free");
 //! # Ok::<(), shmzone::Error>(())
 //! ```
-
+//!
+//! # Implementation
+//!
+//! The layers, each using only those below it:
+//!
+//! | layer | module | knows about |
+//! |---|---|---|
+//! | probe | `build.rs` | which of `MAP_ANON\|MAP_SHARED`, `/dev/zero`, SysV works on the host |
+//! | os | `os` (private) | every system call: mappings, futex, pids, signals |
+//! | lock | [`shmtx`] | one word in shared memory holding the holder's pid |
+//! | slab | [`slab`] | 4 KiB pages, power-of-two classes 8..2048 B, bitmaps, page runs |
+//! | zone | [`zone`] | the region header, the zone directory, init and reload |
+//! | prefork | [`prefork`] | fork, waitid, signals, respawn |
+//!
+//! A region starts with a header (magic, layout version, lengths) and a
+//! directory of up to [`zone::MAX_ZONES`] zones; the rest is itself a slab
+//! pool whose page runs are the zones, each a pool of its own with its own
+//! lock. Nothing in shared memory is an absolute pointer: links are offsets
+//! and `u32` page indices, so a region mapped at another address (a named
+//! backend, another process) works the same.
+//!
+//! The slab follows nginx's `ngx_slab.c`: requests up to half a page round
+//! up to a power-of-two class and share pages of that class, tracked by
+//! bitmaps; larger ones take runs of whole pages, and free runs coalesce
+//! with both neighbours. Frees are validated: a pointer outside the pool,
+//! into the middle of a chunk, or to a chunk or page already free is an
+//! error that changes nothing. The lock spins, then sleeps on a futex;
+//! a lock taken over from a dead holder says so to its next holder.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
@@ -33,3 +64,4 @@ pub use shmtx::{ShmGuard, ShmMutex};
 pub use slab::{
     CheckError, ClassStats, FreeError, Pool, PoolError, PoolGuard, PoolStats, SLAB_PAGE,
 };
+pub use zone::{ReloadReport, Zone, ZoneInit, Zones, ZonesBuilder};

@@ -1,1 +1,0 @@
-//! Named zones (the zones issue).
