@@ -401,10 +401,8 @@ fn killed_worker_is_respawned_and_the_counter_stays_exact() {
         victim = last_pid.load(Ordering::Relaxed) as u32;
         assert!(before.contains(&victim));
         // SAFETY: kills one worker of our own server.
-        assert_eq!(
-            unsafe { libc::kill(victim as libc::pid_t, libc::SIGKILL) },
-            0
-        );
+        let killed = unsafe { libc::kill(victim as libc::pid_t, libc::SIGKILL) };
+        assert_eq!(killed, 0);
         until("respawn", || {
             let now = server.workers();
             now.len() == 4 && !now.contains(&victim)

@@ -148,6 +148,12 @@ struct Locked<'z, 'g> {
     t: NonNull<Table>,
 }
 
+// The accessors hand out `&mut` into shared memory from `&self`: the zone
+// lock makes this process the only one touching the table, and each
+// reference is used for one statement or one short block, never two to the
+// same node or word at once (read each method: none keeps one across a call
+// that can reach the same memory).
+#[allow(clippy::mut_from_ref)]
 impl Locked<'_, '_> {
     fn t(&self) -> &mut Table {
         // SAFETY: `t` was checked in bounds and aligned; the zone lock is
