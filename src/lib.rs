@@ -50,6 +50,7 @@
 #![deny(clippy::missing_safety_doc)]
 
 mod error;
+pub mod named;
 mod os;
 pub mod prefork;
 mod region;
@@ -58,6 +59,7 @@ pub mod slab;
 pub mod zone;
 
 pub use error::Error;
+pub use named::{NamedId, NamedSpec};
 pub use os::{Backend, ParseBackendError};
 pub use region::{page_size, Region};
 pub use shmtx::{ShmGuard, ShmMutex};

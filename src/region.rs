@@ -4,7 +4,7 @@ use std::fmt;
 use std::ptr::NonNull;
 
 use crate::error::Error;
-use crate::os::{self, Backend, Mapping};
+use crate::os::{self, Backend, Mapping, NamedId, NamedMap};
 
 /// One shared mapping, made by the master before it forks.
 ///
@@ -69,6 +69,38 @@ impl Region {
         })
     }
 
+    /// A region over a named mapping (see `src/named.rs`): its whole
+    /// length, a whole number of pages.
+    pub(crate) fn from_named(map: NamedMap) -> Region {
+        Region {
+            base: map.as_ptr(),
+            len: map.len(),
+            backend: map.backend(),
+            _map: Mapping::Named(map),
+        }
+    }
+
+    /// The name, key or path of a named region (made by
+    /// [`Region::create_named`] or [`Region::attach_named`]); `None` for a
+    /// region shared only with forked children.
+    pub fn named(&self) -> Option<&NamedId> {
+        match &self._map {
+            Mapping::Named(m) => Some(m.id()),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
+    /// Whether the mapping is read-only (a named region attached with
+    /// `read_only`): writing through [`as_ptr`](Self::as_ptr) would fault.
+    pub fn is_read_only(&self) -> bool {
+        match &self._map {
+            Mapping::Named(m) => m.read_only(),
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+
     /// The first byte of the mapping, in this process.
     pub fn as_ptr(&self) -> *mut u8 {
         self.base.as_ptr()
@@ -89,7 +121,10 @@ impl Region {
         false
     }
 
-    /// The backend that made this mapping.
+    /// The backend that made this mapping. A named region reports the
+    /// fork-shared backend with the same kind of mapping: `SysV` for a keyed
+    /// segment, `DevZero` (a `MAP_SHARED` mapping of a descriptor) for POSIX
+    /// shm and files; [`named`](Self::named) says which it is.
     pub fn backend(&self) -> Backend {
         self.backend
     }

@@ -20,6 +20,19 @@ mod map_anon;
 mod sysv;
 
 pub(crate) mod child;
+#[cfg(unix)]
+mod file;
+mod named;
+#[cfg(unix)]
+mod posix;
+#[cfg(unix)]
+mod sysv_key;
+#[cfg(windows)]
+mod windows;
+
+pub use named::NamedId;
+pub(crate) use named::{remove as remove_named, CreateOpts, NamedMap};
+
 pub(crate) mod futex;
 pub(crate) mod process;
 pub(crate) mod signal;
@@ -149,6 +162,8 @@ pub(crate) enum Mapping {
     DevZero(dev_zero::Map),
     #[cfg(shmzone_sysv)]
     SysV(sysv::Map),
+    /// A POSIX shm object, keyed SysV segment or file (`named.rs`).
+    Named(NamedMap),
 }
 
 impl Mapping {
