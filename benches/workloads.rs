@@ -1,2 +1,318 @@
-//! Placeholder until its issue lands.
-fn main() {}
+//! The workloads of `WORKLOADS.md` (W1–W4), the system allocator on W1 and
+//! W2, and the bare lock+unlock pair, in one run.
+//!
+//! ```text
+//! cargo bench --bench workloads               # everything, medians of 5
+//! cargo bench --bench workloads -- --quick    # N / 10, for a smoke run
+//! cargo bench --bench workloads -- W2 lock    # only these
+//! ```
+//!
+//! stdout: a header row, then `workload<TAB>param<TAB>impl<TAB>value<TAB>unit`
+//! lines; progress goes to stderr.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::ptr::NonNull;
+use std::time::{Duration, Instant};
+
+use shmzone::{Pool, Region};
+
+const ZONE: usize = 64 << 20;
+const REPS: usize = 5;
+const W1_SIZES: [usize; 6] = [8, 64, 256, 1024, 3000, 8192];
+const W3_SIZES: [usize; 8] = [8, 24, 64, 100, 256, 1000, 3000, 8192];
+const W4_PROCS: [usize; 3] = [1, 2, 4];
+const K: usize = 10_000;
+
+/// The workloads' xorshift64, seeded with 42, advanced before each use.
+struct Rng(u64);
+
+impl Rng {
+    fn new() -> Rng {
+        Rng(42)
+    }
+    #[inline]
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+    /// A random size, 8..=2048 bytes.
+    #[inline]
+    fn size(&mut self) -> usize {
+        8 + (self.next() % 2041) as usize
+    }
+}
+
+/// What the workloads need from an allocator.
+trait Alloc {
+    const NAME: &'static str;
+    fn alloc(&self, size: usize) -> *mut u8;
+    /// # Safety
+    /// `p` came from `alloc(size)` and is freed once.
+    unsafe fn free(&self, p: *mut u8, size: usize);
+}
+
+/// A fresh 64 MiB zone: a shared region with a pool over it.
+struct Zone {
+    pool: Pool,
+    _region: Region,
+}
+
+impl Zone {
+    fn new() -> Zone {
+        let region = Region::new(ZONE).expect("region");
+        // SAFETY: the region is ours, page-aligned, unused, and outlives the
+        // pool (both dropped together).
+        let pool = unsafe { Pool::init(region.base(), region.len(), "bench") }.expect("pool");
+        pool.set_log_nomem(false);
+        Zone {
+            pool,
+            _region: region,
+        }
+    }
+}
+
+impl Alloc for Pool {
+    const NAME: &'static str = "shmzone";
+    #[inline]
+    fn alloc(&self, size: usize) -> *mut u8 {
+        Pool::alloc(self, size).map_or(std::ptr::null_mut(), NonNull::as_ptr)
+    }
+    #[inline]
+    unsafe fn free(&self, p: *mut u8, _size: usize) {
+        // SAFETY: the caller's contract.
+        let r = unsafe { Pool::free(self, p) };
+        debug_assert!(r.is_ok());
+    }
+}
+
+impl Alloc for System {
+    const NAME: &'static str = "System";
+    #[inline]
+    fn alloc(&self, size: usize) -> *mut u8 {
+        // SAFETY: sizes are non-zero here.
+        unsafe { GlobalAlloc::alloc(self, Layout::from_size_align_unchecked(size, 8)) }
+    }
+    #[inline]
+    unsafe fn free(&self, p: *mut u8, size: usize) {
+        // SAFETY: allocated with this layout.
+        unsafe { GlobalAlloc::dealloc(self, p, Layout::from_size_align_unchecked(size, 8)) }
+    }
+}
+
+fn w1<A: Alloc>(a: &A, size: usize, n: usize) -> Duration {
+    let t = Instant::now();
+    for _ in 0..n {
+        let p = black_box(a.alloc(size));
+        assert!(!p.is_null());
+        // SAFETY: just allocated.
+        unsafe { a.free(p, size) };
+    }
+    t.elapsed()
+}
+
+/// W2 on `k` slots and `n` ops; returns the time of the churn phase.
+fn w2<A: Alloc>(a: &A, slots: &mut [(*mut u8, usize)], n: usize) -> Duration {
+    let mut rng = Rng::new();
+    for s in slots.iter_mut() {
+        let size = rng.size();
+        *s = (a.alloc(size), size);
+        assert!(!s.0.is_null());
+    }
+    let k = slots.len() as u64;
+    let t = Instant::now();
+    for _ in 0..n {
+        let slot = &mut slots[(rng.next() % k) as usize];
+        // SAFETY: every slot holds a live allocation of its size.
+        unsafe { a.free(slot.0, slot.1) };
+        let size = rng.size();
+        *slot = (a.alloc(size), size);
+        debug_assert!(!slot.0.is_null());
+    }
+    let el = t.elapsed();
+    for s in slots.iter() {
+        // SAFETY: as above.
+        unsafe { a.free(s.0, s.1) };
+    }
+    el
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn emit(workload: &str, param: &str, imp: &str, value: f64, unit: &str) {
+    let v = if value >= 1000.0 || value == value.trunc() {
+        format!("{value:.0}")
+    } else if value < 1.0 {
+        format!("{value:.4}")
+    } else {
+        format!("{value:.1}")
+    };
+    println!("{workload}\t{param}\t{imp}\t{v}\t{unit}");
+}
+
+fn ns_per(d: Duration, n: usize) -> f64 {
+    d.as_nanos() as f64 / n as f64
+}
+
+struct Cfg {
+    quick: bool,
+    filters: Vec<String>,
+}
+
+impl Cfg {
+    fn wants(&self, id: &str) -> bool {
+        self.filters.is_empty() || self.filters.iter().any(|f| f.eq_ignore_ascii_case(id))
+    }
+    fn n(&self, full: usize) -> usize {
+        if self.quick {
+            full / 10
+        } else {
+            full
+        }
+    }
+}
+
+fn bench_lock(cfg: &Cfg) {
+    let n = cfg.n(10_000_000);
+    let zone = Zone::new();
+    let m = zone.pool.mutex();
+    let mut v = Vec::new();
+    for _ in 0..REPS {
+        let t = Instant::now();
+        for _ in 0..n {
+            drop(black_box(m.lock()));
+        }
+        v.push(ns_per(t.elapsed(), n));
+    }
+    emit("lock", "-", "shmzone", median(v), "ns/pair");
+}
+
+fn bench_w1(cfg: &Cfg) {
+    let n = cfg.n(10_000_000);
+    for size in W1_SIZES {
+        eprintln!("W1 size {size} ...");
+        let mut v = Vec::new();
+        for _ in 0..REPS {
+            let zone = Zone::new();
+            v.push(ns_per(w1(&zone.pool, size, n), n));
+        }
+        emit("W1", &size.to_string(), Pool::NAME, median(v), "ns/pair");
+        let v: Vec<_> = (0..REPS).map(|_| ns_per(w1(&System, size, n), n)).collect();
+        emit("W1", &size.to_string(), System::NAME, median(v), "ns/pair");
+    }
+}
+
+fn bench_w2(cfg: &Cfg) {
+    let n = cfg.n(5_000_000);
+    eprintln!("W2 ...");
+    let mut slots = vec![(std::ptr::null_mut(), 0); K];
+    let mut v = Vec::new();
+    for _ in 0..REPS {
+        let zone = Zone::new();
+        v.push(ns_per(w2(&zone.pool, &mut slots, n), n));
+    }
+    emit("W2", "-", Pool::NAME, median(v), "ns/op");
+    let v: Vec<_> = (0..REPS)
+        .map(|_| ns_per(w2(&System, &mut slots, n), n))
+        .collect();
+    emit("W2", "-", System::NAME, median(v), "ns/op");
+}
+
+fn bench_w3() {
+    for size in W3_SIZES {
+        eprintln!("W3 size {size} ...");
+        let mut counts = Vec::new();
+        for _ in 0..REPS {
+            let zone = Zone::new();
+            let mut n = 0usize;
+            while zone.pool.alloc(size).is_some() {
+                n += 1;
+            }
+            counts.push(n as f64);
+        }
+        let n = median(counts);
+        emit("W3", &size.to_string(), Pool::NAME, n, "count");
+        emit("W3", &size.to_string(), Pool::NAME, n * size as f64 / ZONE as f64, "fraction");
+    }
+}
+
+fn bench_w4(cfg: &Cfg) {
+    let n = cfg.n(5_000_000);
+    for procs in W4_PROCS {
+        eprintln!("W4 P={procs} ...");
+        let mut v = Vec::new();
+        for _ in 0..REPS {
+            let zone = Zone::new();
+            // Made before the fork: each child uses its own copy.
+            let mut slots = vec![(std::ptr::null_mut(), 0); K / procs];
+            let t = Instant::now();
+            let mut pids = Vec::new();
+            for _ in 0..procs {
+                // SAFETY: the child only runs W2 on the shared pool and its
+                // own copy of `slots`, then `_exit`s.
+                let pid = unsafe { libc::fork() };
+                assert!(pid >= 0, "fork failed");
+                if pid == 0 {
+                    w2(&zone.pool, &mut slots, n / procs);
+                    // SAFETY: ends the child without running destructors.
+                    unsafe { libc::_exit(0) };
+                }
+                pids.push(pid);
+            }
+            for pid in pids {
+                let mut status = 0;
+                // SAFETY: waits for our own child.
+                let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+                assert!(r == pid && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+            }
+            v.push(ns_per(t.elapsed(), n));
+        }
+        let ns = median(v);
+        emit("W4", &procs.to_string(), Pool::NAME, 1e3 / ns, "Mops/s");
+        emit("W4", &procs.to_string(), Pool::NAME, ns, "ns/op");
+    }
+}
+
+fn main() {
+    let mut cfg = Cfg {
+        quick: false,
+        filters: Vec::new(),
+    };
+    for a in std::env::args().skip(1) {
+        match a.as_str() {
+            "--quick" => cfg.quick = true,
+            s if s.starts_with('-') => {} // --bench, from cargo
+            s => cfg.filters.push(s.to_string()),
+        }
+    }
+    let t = Instant::now();
+    println!("workload\tparam\timpl\tvalue\tunit");
+    if cfg.wants("lock") {
+        bench_lock(&cfg);
+    }
+    if cfg.wants("W1") {
+        bench_w1(&cfg);
+    }
+    if cfg.wants("W2") {
+        bench_w2(&cfg);
+    }
+    if cfg.wants("W3") {
+        bench_w3();
+    }
+    if cfg.wants("W4") {
+        bench_w4(&cfg);
+    }
+    eprintln!(
+        "done in {:.1} s ({} reps, medians{})",
+        t.elapsed().as_secs_f64(),
+        REPS,
+        if cfg.quick { ", --quick: N / 10" } else { "" }
+    );
+}
