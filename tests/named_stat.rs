@@ -81,7 +81,7 @@ fn with(extra: &[&str], s: &Served) -> Output {
 fn table_lists_zones_and_stats_for_every_kind() {
     for kind in ["posix", "sysv", "file"] {
         let s = Served::new(kind);
-        let out = with(&["--check", "--classes"], &s);
+        let out = with(&["--classes"], &s);
         let t = text(&out.stdout);
         assert!(out.status.success(), "{kind}: {}{t}", text(&out.stderr));
         assert!(t.contains("2 zones"), "{t}");
@@ -106,7 +106,7 @@ fn table_lists_zones_and_stats_for_every_kind() {
 #[test]
 fn json_output() {
     let s = Served::new("file");
-    let out = with(&["--json", "--check"], &s);
+    let out = with(&["--json"], &s);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let j = text(&out.stdout);
     assert!(
@@ -133,7 +133,7 @@ fn needs_only_read_permission_and_changes_nothing() {
         unreachable!()
     };
     let before = std::fs::read(path).unwrap();
-    let out = with(&["--check"], &s);
+    let out = with(&[], &s);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(std::fs::read(path).unwrap(), before, "the inspector wrote");
 }

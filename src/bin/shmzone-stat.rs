@@ -2,16 +2,17 @@
 //! statistics, as a table or as JSON.
 //!
 //! ```text
-//! shmzone-stat [--json] [--classes] [--check] (--posix /NAME | --sysv KEY | --file PATH)
+//! shmzone-stat [--json] [--classes] (--posix /NAME | --sysv KEY | --file PATH)
 //! ```
 //!
 //! It attaches **read-only** (so read permission on the region is enough,
 //! and it cannot disturb the server) and works on a private snapshot of the
 //! region taken at attach time: see `Zones::attach` with
-//! `NamedSpec::read_only`. Exit status: 0, 1 when the region cannot be
-//! attached (not there, no permission, not a valid region), 2 for a usage
-//! error, 3 when `--check` finds a zone inconsistent in three snapshots
-//! running.
+//! `NamedSpec::read_only`. Every zone is `check()`ed before its counters
+//! are read (they are only trusted once the pages and bitmaps are sound).
+//! Exit status: 0; 1 when the region cannot be attached (not there, no
+//! permission, not a valid region); 2 for a usage error; 3 when a zone is
+//! inconsistent in three snapshots running.
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
@@ -19,20 +20,18 @@ use std::process::ExitCode;
 use shmzone::slab::PoolStats;
 use shmzone::{NamedSpec, Zones};
 
-const USAGE: &str = "usage: shmzone-stat [--json] [--classes] [--check] \
+const USAGE: &str = "usage: shmzone-stat [--json] [--classes] \
                      (--posix /NAME | --sysv KEY | --file PATH)\n\
                      \n  --posix /NAME   a POSIX shm region (/dev/shm/NAME on Linux)\
                      \n  --sysv KEY      a SysV keyed region (decimal or 0x hex, as `ipcs -m` shows)\
                      \n  --file PATH     a file region\
                      \n  --json          print JSON instead of a table\
-                     \n  --classes       also print every size class in use (table output)\
-                     \n  --check         walk every zone's pages and bitmaps and report the result";
+                     \n  --classes       also print every size class in use (table output)";
 
 struct Args {
     spec: NamedSpec,
     json: bool,
     classes: bool,
-    check: bool,
 }
 
 fn parse_key(s: &str) -> Option<i32> {
@@ -44,7 +43,7 @@ fn parse_key(s: &str) -> Option<i32> {
 }
 
 fn parse(args: &[String]) -> Result<Args, String> {
-    let (mut spec, mut json, mut classes, mut check) = (None, false, false, false);
+    let (mut spec, mut json, mut classes) = (None, false, false);
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = || {
@@ -59,10 +58,6 @@ fn parse(args: &[String]) -> Result<Args, String> {
             }
             "--classes" => {
                 classes = true;
-                None
-            }
-            "--check" => {
-                check = true;
                 None
             }
             "--posix" => Some(NamedSpec::posix(&value()?)),
@@ -86,7 +81,6 @@ fn parse(args: &[String]) -> Result<Args, String> {
         spec: spec.ok_or("which region? give --posix, --sysv or --file")?,
         json,
         classes,
-        check,
     })
 }
 
@@ -96,8 +90,8 @@ struct Row {
     size: usize,
     tag: u64,
     root: usize,
-    stats: PoolStats,
-    check: Option<Result<(), String>>,
+    /// The counters, if `check()` passed (else what it found).
+    stats: Result<PoolStats, String>,
 }
 
 fn snapshot(args: &Args) -> Result<(Zones, Vec<Row>, PoolStats), shmzone::Error> {
@@ -109,11 +103,18 @@ fn snapshot(args: &Args) -> Result<(Zones, Vec<Row>, PoolStats), shmzone::Error>
             size: z.size(),
             tag: z.tag(),
             root: z.root(),
-            stats: z.stats(),
-            check: args.check.then(|| z.check().map_err(|e| e.to_string())),
+            stats: z.check().map(|()| z.stats()).map_err(|e| e.to_string()),
         })
         .collect();
-    let free = zones.region_pool().stats();
+    let pool = zones.region_pool();
+    let free = match pool.check() {
+        Ok(()) => pool.stats(),
+        Err(e) => {
+            return Err(shmzone::Error::BadRegion {
+                reason: format!("the region pool: {e}"),
+            })
+        }
+    };
     Ok((zones, rows, free))
 }
 
@@ -130,12 +131,12 @@ fn main() -> ExitCode {
         }
     };
     // A snapshot copied while a worker was inside a critical section can
-    // look inconsistent: with --check, take up to three before believing it.
+    // look inconsistent: take up to three before believing it.
     let mut tries = 0;
     let (zones, rows, free) = loop {
         tries += 1;
         match snapshot(&args) {
-            Ok(s) if tries < 3 && s.1.iter().any(|r| matches!(r.check, Some(Err(_)))) => {}
+            Ok(s) if tries < 3 && s.1.iter().any(|r| r.stats.is_err()) => {}
             Ok(s) => break s,
             Err(e) => {
                 eprintln!("shmzone-stat: {e}");
@@ -149,7 +150,7 @@ fn main() -> ExitCode {
         table(&args, &zones, &rows, &free)
     };
     print!("{out}");
-    if rows.iter().any(|r| matches!(r.check, Some(Err(_)))) {
+    if rows.iter().any(|r| r.stats.is_err()) {
         return ExitCode::from(3);
     }
     ExitCode::SUCCESS
@@ -198,20 +199,34 @@ fn table(args: &Args, zones: &Zones, rows: &[Row], free: &PoolStats) -> String {
         "REQS",
         "FAILS",
         "ROOT",
-        if args.check { "  CHECK" } else { "" }
+        "  CHECK"
     );
     for r in rows {
-        let st = &r.stats;
+        let st = match &r.stats {
+            Ok(st) => st,
+            Err(e) => {
+                let _ = writeln!(
+                    s,
+                    "{:<24} {:>9} {:>6} {:>7} {:>7} {:>9} {:>9} {:>9} {:>6} {:>10}  BROKEN: {e}",
+                    r.name,
+                    human(r.size),
+                    r.tag,
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    format!("{:#x}", r.root),
+                );
+                continue;
+            }
+        };
         let reqs = st.classes.iter().map(|c| c.reqs).sum::<u64>() + st.page_reqs;
         let fails = st.classes.iter().map(|c| c.fails).sum::<u64>() + st.page_fails;
-        let check = match &r.check {
-            None => String::new(),
-            Some(Ok(())) => "  ok".to_string(),
-            Some(Err(e)) => format!("  BROKEN: {e}"),
-        };
         let _ = writeln!(
             s,
-            "{:<24} {:>9} {:>6} {:>7} {:>7} {:>9} {:>9} {:>9} {:>6} {:>10}{check}",
+            "{:<24} {:>9} {:>6} {:>7} {:>7} {:>9} {:>9} {:>9} {:>6} {:>10}  ok",
             r.name,
             human(r.size),
             r.tag,
@@ -297,18 +312,16 @@ fn json(args: &Args, zones: &Zones, rows: &[Row], free: &PoolStats) -> String {
     let zone_objs: Vec<String> = rows
         .iter()
         .map(|r| {
-            let check = match &r.check {
-                None => String::new(),
-                Some(Ok(())) => ", \"check\": \"ok\"".to_string(),
-                Some(Err(e)) => format!(", \"check\": {}", q(e)),
+            let rest = match &r.stats {
+                Ok(st) => format!("\"check\": \"ok\", {}", stats_json(st)),
+                Err(e) => format!("\"check\": {}", q(e)),
             };
             format!(
-                "    {{\"name\": {}, \"size\": {}, \"tag\": {}, \"root\": {}{check}, {}}}",
+                "    {{\"name\": {}, \"size\": {}, \"tag\": {}, \"root\": {}, {rest}}}",
                 q(&r.name),
                 r.size,
                 r.tag,
                 r.root,
-                stats_json(&r.stats)
             )
         })
         .collect();
