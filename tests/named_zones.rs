@@ -409,3 +409,13 @@ fn garbage_in_a_posix_or_sysv_region_is_refused() {
         );
     }
 }
+
+#[test]
+fn from_region_refuses_a_read_only_mapping() {
+    let f = Fresh::new("posix");
+    let _master = Zones::create_named(builder(), &f.spec()).unwrap();
+    let ro = Region::attach_named(&f.spec().read_only(true)).unwrap();
+    bad_region(Zones::from_region(ro).map(|_| ()), "read-only");
+    let rw = Region::attach_named(&f.spec()).unwrap();
+    Zones::from_region(rw).unwrap();
+}

@@ -174,8 +174,17 @@ impl Zones {
     /// header and directory with [`validate_region`].
     ///
     /// # Errors
-    /// [`Error::BadRegion`] naming what is wrong.
+    /// [`Error::BadRegion`] naming what is wrong, or for a read-only mapping
+    /// (every lookup takes a lock, which needs a write: a read-only reader
+    /// uses [`Zones::attach`] with `NamedSpec::read_only`, a snapshot).
     pub fn from_region(region: Region) -> Result<Zones, Error> {
+        if region.is_read_only() {
+            return Err(Error::BadRegion {
+                reason: "a read-only mapping cannot take the zones' locks; \
+                         Zones::attach with NamedSpec::read_only makes a snapshot"
+                    .into(),
+            });
+        }
         // SAFETY: the region's whole mapping is readable while `region` lives.
         unsafe { validate_region(region.base(), region.len()) }?;
         // SAFETY: validated just above: the pool range is inside the region.
