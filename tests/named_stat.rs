@@ -104,6 +104,22 @@ fn table_lists_zones_and_stats_for_every_kind() {
 }
 
 #[test]
+fn the_kind_colon_name_form() {
+    for kind in ["posix", "sysv", "file"] {
+        let s = Served::new(kind);
+        let arg = match &s.id {
+            NamedId::Posix(n) => format!("posix:{n}"),
+            NamedId::SysVKey(k) => format!("sysv:{k}"),
+            NamedId::File(p) => format!("file:{}", p.display()),
+            _ => unreachable!(),
+        };
+        let out = stat(&[&arg]);
+        assert!(out.status.success(), "{kind}: {}", text(&out.stderr));
+        assert!(text(&out.stdout).contains("2 zones"));
+    }
+}
+
+#[test]
 fn json_output() {
     let s = Served::new("file");
     let out = with(&["--json"], &s);
@@ -159,7 +175,15 @@ fn errors_and_usage() {
         text(&out.stderr)
     );
 
-    for args in [&[][..], &["--frob"], &["--sysv", "zz"], &["--file"]] {
+    for args in [
+        &[][..],
+        &["--frob"],
+        &["--sysv", "zz"],
+        &["--file"],
+        &["/x"],
+        &["sysv:zz"],
+        &["posix:/a", "file:/b"],
+    ] {
         let out = stat(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         assert!(text(&out.stderr).contains("usage:"));

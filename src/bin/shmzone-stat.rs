@@ -2,6 +2,7 @@
 //! statistics, as a table or as JSON.
 //!
 //! ```text
+//! shmzone-stat [--json] [--classes] (posix:/NAME | sysv:KEY | file:PATH)
 //! shmzone-stat [--json] [--classes] (--posix /NAME | --sysv KEY | --file PATH)
 //! ```
 //!
@@ -18,10 +19,10 @@ use std::fmt::Write as _;
 use std::process::ExitCode;
 
 use shmzone::slab::PoolStats;
-use shmzone::{NamedSpec, Zones};
+use shmzone::{NamedId, NamedSpec, Zones};
 
 const USAGE: &str = "usage: shmzone-stat [--json] [--classes] \
-                     (--posix /NAME | --sysv KEY | --file PATH)\n\
+                     (posix:/NAME | sysv:KEY | file:PATH | --posix /NAME | --sysv KEY | --file PATH)\n\
                      \n  --posix /NAME   a POSIX shm region (/dev/shm/NAME on Linux)\
                      \n  --sysv KEY      a SysV keyed region (decimal or 0x hex, as `ipcs -m` shows)\
                      \n  --file PATH     a file region\
@@ -32,14 +33,6 @@ struct Args {
     spec: NamedSpec,
     json: bool,
     classes: bool,
-}
-
-fn parse_key(s: &str) -> Option<i32> {
-    let v = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-        Some(hex) => u32::from_str_radix(hex, 16).ok()? as i32,
-        None => s.parse::<i32>().ok()?,
-    };
-    Some(v)
 }
 
 fn parse(args: &[String]) -> Result<Args, String> {
@@ -63,13 +56,12 @@ fn parse(args: &[String]) -> Result<Args, String> {
             "--posix" => Some(NamedSpec::posix(&value()?)),
             "--sysv" => {
                 let v = value()?;
-                Some(NamedSpec::sysv_key(
-                    parse_key(&v).ok_or_else(|| format!("bad SysV key {v:?}"))?,
-                ))
+                Some(NamedSpec::new(format!("sysv:{v}").parse::<NamedId>()?))
             }
             "--file" => Some(NamedSpec::file(value()?)),
             "-h" | "--help" => return Err(String::new()),
-            other => return Err(format!("unknown argument {other:?}")),
+            other if other.starts_with('-') => return Err(format!("unknown argument {other:?}")),
+            other => Some(NamedSpec::new(other.parse::<NamedId>()?)),
         };
         if let Some(s) = next {
             if spec.replace(s).is_some() {

@@ -57,6 +57,39 @@ impl fmt::Display for NamedId {
     }
 }
 
+/// Parses `posix:/NAME`, `sysv:KEY` (decimal, or hex with `0x`) or
+/// `file:PATH`: the form command lines take (`shmzone-stat`, servers).
+///
+/// ```
+/// use shmzone::NamedId;
+/// assert_eq!("posix:/cache".parse(), Ok(NamedId::Posix("/cache".into())));
+/// assert_eq!("sysv:0x5a4d".parse(), Ok(NamedId::SysVKey(0x5a4d)));
+/// assert_eq!("sysv:-2".parse(), Ok(NamedId::SysVKey(-2)));
+/// assert_eq!("file:/tmp/x".parse(), Ok(NamedId::File("/tmp/x".into())));
+/// assert!("/cache".parse::<NamedId>().is_err());
+/// ```
+impl std::str::FromStr for NamedId {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<NamedId, String> {
+        let bad = || format!("{s:?} is not posix:/NAME, sysv:KEY or file:PATH");
+        let (kind, rest) = s.split_once(':').ok_or_else(bad)?;
+        match kind {
+            "posix" if !rest.is_empty() => Ok(NamedId::Posix(rest.to_string())),
+            "file" if !rest.is_empty() => Ok(NamedId::File(PathBuf::from(rest))),
+            "sysv" => {
+                let key = match rest.strip_prefix("0x").or_else(|| rest.strip_prefix("0X")) {
+                    Some(hex) => u32::from_str_radix(hex, 16).map(|k| k as i32).ok(),
+                    None => rest.parse::<i32>().ok(),
+                };
+                key.map(NamedId::SysVKey)
+                    .ok_or_else(|| format!("{rest:?} is not a SysV key (decimal or 0x hex)"))
+            }
+            _ => Err(bad()),
+        }
+    }
+}
+
 /// How to create a named region.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct CreateOpts {
