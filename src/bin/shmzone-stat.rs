@@ -180,18 +180,8 @@ fn table(args: &Args, zones: &Zones, rows: &[Row], free: &PoolStats) -> String {
     );
     let _ = writeln!(
         s,
-        "{:<24} {:>9} {:>6} {:>7} {:>7} {:>9} {:>9} {:>9} {:>6} {:>10}{}",
-        "ZONE",
-        "SIZE",
-        "TAG",
-        "PAGES",
-        "FREE",
-        "LARGEST",
-        "IN USE",
-        "REQS",
-        "FAILS",
-        "ROOT",
-        "  CHECK"
+        "{:<24} {:>9} {:>6} {:>7} {:>7} {:>9} {:>9} {:>9} {:>6} {:>10}  CHECK",
+        "ZONE", "SIZE", "TAG", "PAGES", "FREE", "LARGEST", "IN USE", "REQS", "FAILS", "ROOT",
     );
     for r in rows {
         let st = match &r.stats {
