@@ -1,10 +1,25 @@
 //! Process identity and liveness.
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Once;
 
+/// The cached pid; 0 = not known in this process (yet).
 static PID: AtomicU32 = AtomicU32::new(0);
-static ATFORK: Once = Once::new();
+
+/// Registration of the `pthread_atfork` handler that clears `PID`:
+///
+/// | value | meaning |
+/// |---|---|
+/// | `0` | not registered |
+/// | `pid` | process `pid` is registering it right now |
+/// | `u32::MAX` | registered |
+///
+/// Not a `std::sync::Once`: a `fork` by another thread in the middle of
+/// `call_once` would leave the child a `Once` that stays "running" forever,
+/// and the child's first lock would hang (it did, in the tests). Here a
+/// child that finds its parent's pid in the word takes the registration
+/// over, and nothing ever blocks.
+static ATFORK: AtomicU32 = AtomicU32::new(0);
+const ATFORK_DONE: u32 = u32::MAX;
 
 extern "C" fn forget_pid() {
     PID.store(0, Ordering::Relaxed);
@@ -14,7 +29,8 @@ extern "C" fn forget_pid() {
 ///
 /// The cache is cleared in a forked child by a `pthread_atfork` handler, so
 /// a child that forked through libc's `fork` sees its own pid, as nginx's
-/// workers refresh `ngx_pid`.
+/// workers refresh `ngx_pid`. (A child made by a raw `clone` syscall that
+/// bypasses libc's fork handlers would see its parent's pid.)
 #[inline]
 pub(crate) fn current_pid() -> u32 {
     let pid = PID.load(Ordering::Relaxed);
@@ -26,15 +42,32 @@ pub(crate) fn current_pid() -> u32 {
 
 #[cold]
 fn current_pid_slow() -> u32 {
-    ATFORK.call_once(|| {
-        // SAFETY: registers a handler that only stores to an atomic, which is
-        // async-signal-safe and valid in the child after fork.
-        unsafe { libc::pthread_atfork(None, None, Some(forget_pid)) };
-    });
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() } as u32;
-    PID.store(pid, Ordering::Relaxed);
-    pid
+    let mut state = ATFORK.load(Ordering::Acquire);
+    loop {
+        if state == ATFORK_DONE {
+            // The handler exists, so a fork after this store clears it.
+            PID.store(pid, Ordering::Relaxed);
+            return pid;
+        }
+        if state == pid {
+            // Another thread of ours is registering: answer without caching.
+            return pid;
+        }
+        // Nobody registered yet, or a fork interrupted our parent's
+        // registration: ours to do.
+        match ATFORK.compare_exchange(state, pid, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => {
+                // SAFETY: registers a handler that only stores to an atomic,
+                // which is async-signal-safe and valid in the child.
+                unsafe { libc::pthread_atfork(None, None, Some(forget_pid)) };
+                ATFORK.store(ATFORK_DONE, Ordering::Release);
+                state = ATFORK_DONE;
+            }
+            Err(now) => state = now,
+        }
+    }
 }
 
 /// Whether the process `pid` exists and can still run: `kill(pid, 0)`
@@ -153,5 +186,18 @@ mod tests {
         assert!(!pid_alive(0));
         assert!(!pid_alive(u32::MAX));
         assert!(ncpu() >= 1);
+    }
+
+    /// Regression: a fork in the middle of the first `current_pid` (then a
+    /// `std::sync::Once`) left the child hung in its first `lock()`.
+    #[test]
+    fn registration_interrupted_by_fork_is_taken_over() {
+        let me = current_pid();
+        // What a child sees when its parent forked mid-registration.
+        ATFORK.store(i32::MAX as u32, Ordering::SeqCst);
+        PID.store(0, Ordering::SeqCst);
+        assert_eq!(current_pid(), me);
+        assert_eq!(ATFORK.load(Ordering::SeqCst), ATFORK_DONE);
+        assert_eq!(PID.load(Ordering::SeqCst), me);
     }
 }
