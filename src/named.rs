@@ -50,6 +50,7 @@
 //! mapping goes.
 
 use std::path::Path;
+use std::time::Duration;
 
 use crate::error::Error;
 pub use crate::os::NamedId;
@@ -269,9 +270,11 @@ impl Zones {
     ///
     /// With [`NamedSpec::read_only`] the object is opened and mapped
     /// read-only, validated, and **copied** into a private mapping, on
-    /// which the returned handle works: a consistent-enough snapshot for an
-    /// inspector (`shmzone-stat`). The zone and region locks need writes,
-    /// so in the copy any lock held at the moment of the copy is released
+    /// which the returned handle works: a snapshot for an inspector
+    /// (`shmzone-stat`). Copies are retried (up to 20, 0.2 ms apart) until
+    /// one holds no lock, as one taken while a lock is held may catch its
+    /// holder mid-operation (`check()` tells). The zone and region locks
+    /// need writes, so in the copy any lock still held is released
     /// (as after a dead holder: the copy's next guard reports it with
     /// `recovered_from`). Changes to the snapshot stay private; it costs
     /// resident memory equal to the region's length.
@@ -288,11 +291,31 @@ impl Zones {
         // SAFETY: the mapping is readable for its whole length while
         // `region` lives.
         unsafe { validate_region(region.base(), region.len()) }?;
-        let zones = Zones::from_region(region.private_copy()?)?;
-        drop(region);
-        release_copied_locks(&zones);
-        Ok(zones)
+        // A copy taken while some lock is held may catch its holder
+        // mid-operation: take a few, a moment apart, before settling.
+        let mut tries = 1;
+        loop {
+            let zones = Zones::from_region(region.private_copy()?)?;
+            if tries == SNAPSHOT_TRIES || !any_lock_held(&zones) {
+                release_copied_locks(&zones);
+                return Ok(zones);
+            }
+            drop(zones);
+            tries += 1;
+            std::thread::sleep(Duration::from_micros(200));
+        }
     }
+}
+
+/// How many copies a read-only attach takes, at most, looking for one in
+/// which no lock is held.
+const SNAPSHOT_TRIES: u32 = 20;
+
+/// Whether the region lock or any zone lock is held in `zones`.
+fn any_lock_held(zones: &Zones) -> bool {
+    // The region lock first: `iter` takes it.
+    zones.region_pool().mutex().holder().is_some()
+        || zones.iter().any(|z| z.mutex().holder().is_some())
 }
 
 /// In a private copy, every lock that was held when the copy was taken is

@@ -189,3 +189,52 @@ fn errors_and_usage() {
         assert!(text(&out.stderr).contains("usage:"));
     }
 }
+
+#[test]
+fn inspecting_a_region_that_a_worker_is_churning() {
+    let s = Served::new("posix");
+    let zones = s.zones.as_ref().unwrap();
+    let hits = zones.get("hits").unwrap();
+    // A forked worker allocates and frees as fast as it can, holding the
+    // zone lock most of the time, until it is killed.
+    let zone_ptr = &hits as *const shmzone::Zone<'_> as usize;
+    // SAFETY: forks; the child only uses the zone (shared memory, its own
+    // stack) and never returns.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        // SAFETY: the child's copy of `hits`, alive on this stack frame.
+        let zone = unsafe { &*(zone_ptr as *const shmzone::Zone<'_>) };
+        let mut held = [std::ptr::null_mut::<u8>(); 64];
+        let mut i = 0usize;
+        loop {
+            let slot = i % held.len();
+            if !held[slot].is_null() {
+                // SAFETY: allocated below from this zone, freed once.
+                let _ = unsafe { zone.free(held[slot]) };
+            }
+            held[slot] = zone
+                .alloc(8 + (i * 37) % 3000)
+                .map_or(std::ptr::null_mut(), |p| p.as_ptr());
+            i = i.wrapping_add(1);
+        }
+    }
+    let mut codes = Vec::new();
+    for _ in 0..20 {
+        let out = with(&["--json"], &s);
+        codes.push(out.status.code());
+    }
+    // SAFETY: kills and reaps our own child.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+    }
+    eprintln!("inspector exit codes under churn: {codes:?}");
+    // Never a crash (a signal has no code); 0, or 3 if five snapshots in a
+    // row caught the worker mid-operation.
+    assert!(
+        codes.iter().all(|c| *c == Some(0) || *c == Some(3)),
+        "{codes:?}"
+    );
+    assert!(codes.contains(&Some(0)), "{codes:?}");
+}

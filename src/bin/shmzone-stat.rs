@@ -13,7 +13,7 @@
 //! are read (they are only trusted once the pages and bitmaps are sound).
 //! Exit status: 0; 1 when the region cannot be attached (not there, no
 //! permission, not a valid region); 2 for a usage error; 3 when a zone is
-//! inconsistent in three snapshots running.
+//! inconsistent in five snapshots running.
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
@@ -123,12 +123,12 @@ fn main() -> ExitCode {
         }
     };
     // A snapshot copied while a worker was inside a critical section can
-    // look inconsistent: take up to three before believing it.
+    // look inconsistent: take up to five before believing it.
     let mut tries = 0;
     let (zones, rows, free) = loop {
         tries += 1;
         match snapshot(&args) {
-            Ok(s) if tries < 3 && s.1.iter().any(|r| r.stats.is_err()) => {}
+            Ok(s) if tries < 5 && s.1.iter().any(|r| r.stats.is_err()) => {}
             Ok(s) => break s,
             Err(e) => {
                 eprintln!("shmzone-stat: {e}");
