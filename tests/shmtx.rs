@@ -48,6 +48,36 @@ fn shared(region: &Region) -> &Shared {
     }
 }
 
+/// Children of one test: if the test fails, those still running are killed
+/// and reaped, so that none is left blocked on a lock forever.
+struct Kids(Vec<libc::pid_t>);
+
+impl Kids {
+    fn add(&mut self, pid: libc::pid_t) -> libc::pid_t {
+        self.0.push(pid);
+        pid
+    }
+}
+
+impl Drop for Kids {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for &pid in &self.0 {
+            let mut status = 0;
+            // SAFETY: only our own children; WNOHANG returns 0 for a child
+            // that still runs (ECHILD once reaped, so no stranger is hit).
+            unsafe {
+                if libc::waitpid(pid, &mut status, libc::WNOHANG) == 0 {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, &mut status, 0);
+                }
+            }
+        }
+    }
+}
+
 /// Polls `cond` every millisecond; panics after `limit`.
 fn wait_until(what: &str, limit: Duration, cond: impl Fn() -> bool) {
     let start = Instant::now();
@@ -68,13 +98,14 @@ fn barrier(s: &Shared) {
 /// Forks `procs` children that each run `body` after the start barrier;
 /// releases them together and waits for all to exit with 0.
 fn run_together(s: &Shared, procs: u32, body: impl Fn() + Copy) {
+    let mut kids = Kids(Vec::new());
     let pids: Vec<_> = (0..procs)
         .map(|_| {
-            fork_child(move || {
+            kids.add(fork_child(move || {
                 barrier(s);
                 body();
                 0
-            })
+            }))
         })
         .collect();
     wait_until("children at the barrier", Duration::from_secs(10), || {
@@ -199,12 +230,13 @@ fn without_the_lock_updates_are_lost() {
 fn dead_holder_force_unlock_hands_the_lock_to_a_waiter() {
     let region = Region::new(4096).unwrap();
     let s = shared(&region);
-    let holder = fork_doomed_holder(s);
+    let mut kids = Kids(Vec::new());
+    let holder = kids.add(fork_doomed_holder(s));
     wait_until("the holder to lock", Duration::from_secs(10), || {
         s.stage.load(SeqCst) == 1
     });
     assert_eq!(s.mutex.holder(), Some(holder as u32));
-    let waiter = fork_waiter(s);
+    let waiter = kids.add(fork_waiter(s));
     wait_until("the waiter to sleep", Duration::from_secs(10), || {
         s.mutex.waiters() == 1
     });
@@ -239,13 +271,14 @@ fn force_unlock_of_a_non_holder_changes_nothing() {
     let me = std::process::id();
     assert!(!s.mutex.force_unlock(me), "free lock");
     let g = s.mutex.lock();
+    let mut kids = Kids(Vec::new());
     // A live process that does not hold the lock.
-    let bystander = fork_child(move || {
+    let bystander = kids.add(fork_child(move || {
         while s.stage.load(SeqCst) == 0 {
             std::thread::sleep(Duration::from_millis(1));
         }
         i32::from(s.mutex.try_lock().is_some())
-    });
+    }));
     let before = format!("{:?}", s.mutex);
     for pid in [bystander as u32, 0, u32::MAX, me + 1_000_000] {
         assert!(!s.mutex.force_unlock(pid), "pid {pid}");
@@ -295,11 +328,12 @@ fn self_healing_waiter_takes_over_from_a_dead_holder() {
     let region = Region::new(4096).unwrap();
     let s = shared(&region);
     s.mutex.set_heal_after(Some(Duration::from_millis(50)));
-    let holder = fork_doomed_holder(s);
+    let mut kids = Kids(Vec::new());
+    let holder = kids.add(fork_doomed_holder(s));
     wait_until("the holder to lock", Duration::from_secs(10), || {
         s.stage.load(SeqCst) == 1
     });
-    let waiter = fork_waiter(s);
+    let waiter = kids.add(fork_waiter(s));
     wait_until("the waiter to sleep", Duration::from_secs(10), || {
         s.mutex.waiters() == 1
     });
@@ -319,11 +353,12 @@ fn self_healing_leaves_a_live_holder_alone() {
     let s = shared(&region);
     s.mutex.set_heal_after(Some(Duration::from_millis(5)));
     let g = s.mutex.lock();
-    let waiter = fork_child(move || {
+    let mut kids = Kids(Vec::new());
+    let waiter = kids.add(fork_child(move || {
         let g = s.mutex.lock();
         // Acquired only after the parent released it, and not "recovered".
         i32::from(s.stage.load(SeqCst) != 1) + 2 * i32::from(g.recovered_from().is_some())
-    });
+    }));
     wait_until("the waiter to sleep", Duration::from_secs(10), || {
         s.mutex.waiters() == 1
     });
@@ -342,7 +377,8 @@ fn a_blocked_waiter_sleeps_instead_of_burning_cpu() {
     let region = Region::new(4096).unwrap();
     let s = shared(&region);
     let g = s.mutex.lock();
-    let waiter = fork_child(move || {
+    let mut kids = Kids(Vec::new());
+    let waiter = kids.add(fork_child(move || {
         let g = s.mutex.lock();
         if s.stage.load(SeqCst) != 1 {
             return 1; // got it while the parent still held it
@@ -355,7 +391,7 @@ fn a_blocked_waiter_sleeps_instead_of_burning_cpu() {
         let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
         s.report64.store(us(ru.ru_utime) + us(ru.ru_stime), SeqCst);
         0
-    });
+    }));
     wait_until("the waiter to sleep", Duration::from_secs(10), || {
         s.mutex.waiters() == 1
     });
@@ -366,4 +402,44 @@ fn a_blocked_waiter_sleeps_instead_of_burning_cpu() {
     let cpu_us = s.report64.load(SeqCst);
     eprintln!("blocked 1 s, used {cpu_us} us of CPU");
     assert!(cpu_us < 200_000, "the waiter used {cpu_us} us of CPU");
+}
+
+#[test]
+fn force_unlock_wakes_all_sleepers_and_one_reports_the_recovery() {
+    const WAITERS: u32 = 3;
+    let region = Region::new(4096).unwrap();
+    let s = shared(&region);
+    let mut kids = Kids(Vec::new());
+    let holder = kids.add(fork_doomed_holder(s));
+    wait_until("the holder to lock", Duration::from_secs(10), || {
+        s.stage.load(SeqCst) == 1
+    });
+    let waiters: Vec<_> = (0..WAITERS)
+        .map(|_| {
+            kids.add(fork_child(move || {
+                let g = s.mutex.lock();
+                if g.recovered_from().is_some() {
+                    s.report.fetch_add(1, SeqCst);
+                }
+                s.report64.fetch_add(1, SeqCst);
+                std::thread::sleep(Duration::from_millis(5));
+                0
+            }))
+        })
+        .collect();
+    wait_until("every waiter to sleep", Duration::from_secs(10), || {
+        s.mutex.waiters() == WAITERS
+    });
+    s.stage.store(2, SeqCst);
+    assert_eq!(wait_dead_nowait(holder), Some(libc::SIGKILL));
+    assert!(s.mutex.force_unlock(holder as u32));
+    assert_eq!(wait(holder), Exit::Signal(libc::SIGKILL));
+    for pid in waiters {
+        assert_eq!(wait_within(pid, Duration::from_secs(10)), Exit::Code(0));
+    }
+    assert_eq!(s.report64.load(SeqCst), WAITERS as u64, "all got the lock");
+    assert_eq!(s.report.load(SeqCst), 1, "exactly one guard reports it");
+    assert_eq!(s.mutex.recoveries(), 1);
+    assert_eq!(s.mutex.waiters(), 0);
+    assert_eq!(s.mutex.holder(), None);
 }
