@@ -115,18 +115,20 @@ fn w1<A: Alloc>(a: &A, size: usize, n: usize) -> Duration {
     t.elapsed()
 }
 
-/// W2 on `k` slots and `n` ops; returns the time of the churn phase.
-fn w2<A: Alloc>(a: &A, slots: &mut [(*mut u8, usize)], n: usize) -> Duration {
+/// W2 on `S` slots and `n` ops; returns the time of the churn phase. `S`
+/// is a constant, as `K` is in the workload's definition, so `x % S` is a
+/// multiplication rather than a division.
+fn w2<A: Alloc, const S: usize>(a: &A, slots: &mut [(*mut u8, usize)], n: usize) -> Duration {
+    let slots = &mut slots[..S];
     let mut rng = Rng::new();
     for s in slots.iter_mut() {
         let size = rng.size();
         *s = (a.alloc(size), size);
         assert!(!s.0.is_null());
     }
-    let k = slots.len() as u64;
     let t = Instant::now();
     for _ in 0..n {
-        let slot = &mut slots[(rng.next() % k) as usize];
+        let slot = &mut slots[(rng.next() % S as u64) as usize];
         // SAFETY: every slot holds a live allocation of its size.
         unsafe { a.free(slot.0, slot.1) };
         let size = rng.size();
@@ -216,11 +218,11 @@ fn bench_w2(cfg: &Cfg) {
     let mut v = Vec::new();
     for _ in 0..REPS {
         let zone = Zone::new();
-        v.push(ns_per(w2(&zone.pool, &mut slots, n), n));
+        v.push(ns_per(w2::<_, K>(&zone.pool, &mut slots, n), n));
     }
     emit("W2", "-", Pool::NAME, median(v), "ns/op");
     let v: Vec<_> = (0..REPS)
-        .map(|_| ns_per(w2(&System, &mut slots, n), n))
+        .map(|_| ns_per(w2::<_, K>(&System, &mut slots, n), n))
         .collect();
     emit("W2", "-", System::NAME, median(v), "ns/op");
 }
@@ -239,7 +241,13 @@ fn bench_w3() {
         }
         let n = median(counts);
         emit("W3", &size.to_string(), Pool::NAME, n, "count");
-        emit("W3", &size.to_string(), Pool::NAME, n * size as f64 / ZONE as f64, "fraction");
+        emit(
+            "W3",
+            &size.to_string(),
+            Pool::NAME,
+            n * size as f64 / ZONE as f64,
+            "fraction",
+        );
     }
 }
 
@@ -260,7 +268,11 @@ fn bench_w4(cfg: &Cfg) {
                 let pid = unsafe { libc::fork() };
                 assert!(pid >= 0, "fork failed");
                 if pid == 0 {
-                    w2(&zone.pool, &mut slots, n / procs);
+                    match procs {
+                        1 => w2::<_, K>(&zone.pool, &mut slots, n),
+                        2 => w2::<_, { K / 2 }>(&zone.pool, &mut slots, n / 2),
+                        _ => w2::<_, { K / 4 }>(&zone.pool, &mut slots, n / 4),
+                    };
                     // SAFETY: ends the child without running destructors.
                     unsafe { libc::_exit(0) };
                 }

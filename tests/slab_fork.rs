@@ -21,7 +21,7 @@ fn churn(pool: &Pool, id: u64) -> i32 {
     let mut x = 0x1234_5678_9abc_def1u64 ^ (id << 32);
     let mut live = [(0usize, 0usize, 0u64); LIVE];
     let mut n = 0usize;
-    let mut next = |x: &mut u64| {
+    let next = |x: &mut u64| {
         *x ^= *x << 13;
         *x ^= *x >> 7;
         *x ^= *x << 17;

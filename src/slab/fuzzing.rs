@@ -13,7 +13,8 @@
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::ptr::NonNull;
 
-use super::{class_of, class_size, FreeError, Pool, MAX_CHUNK, SLAB_PAGE};
+use super::layout::{class_of, class_size};
+use super::{FreeError, Pool, MAX_CHUNK, SLAB_PAGE};
 
 struct Buffer {
     ptr: NonNull<u8>,

@@ -271,8 +271,9 @@ pub(crate) struct State {
     pub page_fails: u64,
     /// Sum of the sizes asked for by successful allocations.
     pub bytes_requested: u64,
-    /// Sum of the chunk or run sizes they were given.
-    pub bytes_handed_out: u64,
+    /// Sum of the run sizes given to successful page-run allocations (the
+    /// chunks handed out are (reqs - fails) x size per class).
+    pub run_bytes: u64,
 }
 
 assert_eq_size!(State, [u8; 408]);

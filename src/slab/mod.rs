@@ -37,28 +37,24 @@ mod check;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+mod guard;
 mod layout;
 mod page;
 mod stats;
 
-use std::cell::Cell;
 use std::fmt;
-use std::marker::PhantomData;
-use std::ptr::{addr_of, addr_of_mut, NonNull};
+use std::ptr::{addr_of, NonNull};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 pub use check::CheckError;
 pub use error::{FreeError, PoolError};
+pub use guard::PoolGuard;
 pub use layout::{MAX_CHUNK, NAME_MAX, NCLASSES, SLAB_PAGE};
 pub use stats::{ClassStats, PoolStats};
 
-use layout::{
-    class_of, class_size, geometry, pages_for, Desc, Header, Link, RawClassStats, State, MAGIC,
-    NIL, VERSION,
-};
-use page::Core;
+use layout::{class_of, geometry, Desc, Header, Link, RawClassStats, State, MAGIC, NIL, VERSION};
 
-use crate::shmtx::{ShmGuard, ShmMutex};
+use crate::shmtx::ShmMutex;
 
 /// A per-process handle on a slab pool in (shared) memory.
 ///
@@ -151,7 +147,7 @@ impl Pool {
                 page_reqs: 0,
                 page_fails: 0,
                 bytes_requested: 0,
-                bytes_handed_out: 0,
+                run_bytes: 0,
             },
         };
         // SAFETY: (1) the range is ours and at least MIN_SIZE long; base is
@@ -302,12 +298,8 @@ impl Pool {
     #[inline]
     pub fn lock(&self) -> PoolGuard<'_> {
         let guard = self.mutex().lock();
-        let g = PoolGuard {
-            pool: self,
-            guard,
-            _not_sync: PhantomData,
-        };
-        if g.guard.recovered_from().is_some() {
+        let g = PoolGuard::new(self, guard);
+        if g.recovered_from().is_some() {
             g.recovered();
         }
         g
@@ -321,11 +313,32 @@ impl Pool {
     /// unless [`Pool::set_log_nomem`] turned that off.
     #[inline]
     pub fn alloc(&self, size: usize) -> Option<NonNull<u8>> {
-        let r = self.lock().alloc_quiet(size);
+        let r = if size <= MAX_CHUNK {
+            // The class is computed before the lock is taken.
+            let c = class_of(size);
+            let off = self.lock().core().alloc_chunk(c, size);
+            off.map(|off| self.data_ptr(off))
+        } else {
+            self.alloc_large(size)
+        };
         if r.is_none() {
             self.log_nomem(size);
         }
         r
+    }
+
+    #[inline(never)]
+    fn alloc_large(&self, size: usize) -> Option<NonNull<u8>> {
+        self.lock().alloc_quiet(size)
+    }
+
+    /// The address of byte `off` of the data pages.
+    #[inline]
+    fn data_ptr(&self, off: usize) -> NonNull<u8> {
+        debug_assert!(off < self.npages as usize * SLAB_PAGE);
+        // SAFETY: off is inside the data pages (the allocator only returns
+        // such offsets), so the pointer is inside the pool and non-null.
+        unsafe { NonNull::new_unchecked(self.base.as_ptr().add(self.start_off + off)) }
     }
 
     /// As [`Pool::alloc`], with the `size` requested bytes zeroed.
@@ -465,168 +478,5 @@ impl fmt::Debug for Pool {
             .field("len", &self.len)
             .field("pages", &self.npages)
             .finish()
-    }
-}
-
-/// The pool lock, held; the allocator's `_locked` calls are its methods.
-///
-/// The guard is not `Sync`: its `_locked` calls take `&self`, and must not
-/// run in two threads at once.
-pub struct PoolGuard<'a> {
-    pool: &'a Pool,
-    guard: ShmGuard<'a>,
-    _not_sync: PhantomData<Cell<()>>,
-}
-
-impl PoolGuard<'_> {
-    /// The pid of a holder that died holding the lock, if this guard took
-    /// it over (see [`ShmGuard::recovered_from`]).
-    pub fn recovered_from(&self) -> Option<u32> {
-        self.guard.recovered_from()
-    }
-
-    /// The pool this guard locks.
-    pub fn pool(&self) -> &Pool {
-        self.pool
-    }
-
-    /// The allocator state, borrowed mutably. Callers use it within one
-    /// method and never hold two at once (no callbacks run meanwhile).
-    #[inline]
-    #[allow(clippy::mut_from_ref)]
-    fn core(&self) -> Core<'_> {
-        let p = self.pool;
-        // SAFETY: we hold the lock, so no other process touches the state or
-        // the descriptors; the guard is not Sync and each method makes one
-        // Core and drops it before returning, so no other reference to them
-        // exists in this process. Both are inside the pool (geometry
-        // checked by init/attach) and aligned.
-        unsafe {
-            Core {
-                st: &mut *addr_of_mut!((*p.hdr()).state),
-                d: std::slice::from_raw_parts_mut(
-                    p.base.as_ptr().add(size_of::<Header>()).cast::<Desc>(),
-                    p.npages as usize,
-                ),
-                pages: p.base.as_ptr().add(p.start_off),
-            }
-        }
-    }
-
-    #[inline]
-    fn view(&self) -> (&State, &[Desc], *const u8) {
-        let p = self.pool;
-        // SAFETY: as in `core`, read-only.
-        unsafe {
-            (
-                &*addr_of!((*p.hdr()).state),
-                std::slice::from_raw_parts(
-                    p.base.as_ptr().add(size_of::<Header>()).cast::<Desc>(),
-                    p.npages as usize,
-                ),
-                p.base.as_ptr().add(p.start_off),
-            )
-        }
-    }
-
-    #[inline]
-    fn alloc_quiet(&self, size: usize) -> Option<NonNull<u8>> {
-        let start = self.pool.start_off;
-        let base = self.pool.base.as_ptr();
-        let npages = self.pool.npages as usize;
-        let off = if size <= MAX_CHUNK {
-            self.core().alloc_chunk(class_of(size), size)?
-        } else {
-            let n = pages_for(size);
-            let mut core = self.core();
-            if n > npages {
-                core.st.page_reqs += 1;
-                core.st.page_fails += 1;
-                return None;
-            }
-            core.alloc_run(n, size)?
-        };
-        // SAFETY: off is inside the data pages, so the pointer is inside the
-        // pool and non-null.
-        Some(unsafe { NonNull::new_unchecked(base.add(start + off)) })
-    }
-
-    /// [`Pool::alloc`] with the lock already held. Logs "no memory" (under
-    /// the lock, as nginx) unless `log_nomem` is off.
-    pub fn alloc_locked(&self, size: usize) -> Option<NonNull<u8>> {
-        let r = self.alloc_quiet(size);
-        if r.is_none() {
-            self.pool.log_nomem(size);
-        }
-        r
-    }
-
-    /// [`Pool::calloc`] with the lock already held.
-    pub fn calloc_locked(&self, size: usize) -> Option<NonNull<u8>> {
-        let p = self.alloc_locked(size)?;
-        // SAFETY: p is a fresh allocation of at least `size` bytes.
-        unsafe { p.as_ptr().write_bytes(0, size) };
-        Some(p)
-    }
-
-    /// [`Pool::free`] with the lock already held (a refused free is logged
-    /// under the lock, as nginx does).
-    ///
-    /// # Safety
-    /// As [`Pool::free`].
-    ///
-    /// # Errors
-    /// See [`FreeError`].
-    pub unsafe fn free_locked(&self, p: *mut u8) -> Result<(), FreeError> {
-        let r = match self.pool.locate(p) {
-            Ok((idx, off)) => self.core().free_at(idx, off),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = r {
-            self.pool.log_bad_free(e, p);
-        }
-        r
-    }
-
-    /// [`Pool::largest_alloc`] with the lock already held.
-    pub fn largest_alloc_locked(&self) -> usize {
-        let mut core = self.core();
-        core.trim();
-        let run = core.largest_run();
-        if run > 0 {
-            return run * SLAB_PAGE;
-        }
-        (0..NCLASSES)
-            .rev()
-            .find(|&c| core.st.slots[c] != NIL)
-            .map_or(0, class_size)
-    }
-
-    /// [`Pool::check`] with the lock already held.
-    ///
-    /// # Errors
-    /// The first broken invariant.
-    pub fn check_locked(&self) -> Result<(), CheckError> {
-        let (st, d, pages) = self.view();
-        check::check(st, d, pages)
-    }
-
-    /// [`Pool::stats`] with the lock already held (allocates nothing).
-    pub fn stats_locked(&self) -> PoolStats {
-        let (st, d, _) = self.view();
-        let largest = Core::largest_run_of(st, d);
-        PoolStats::from_state(st, d.len(), largest)
-    }
-
-    #[cold]
-    fn recovered(&self) {
-        let pid = self.guard.recovered_from().unwrap_or(0);
-        log::warn!(
-            "slab pool lock taken over from dead process {pid} in zone \"{}\"; checking the pool",
-            self.pool.name()
-        );
-        if let Err(e) = self.check_locked() {
-            log::error!("{e} in zone \"{}\"", self.pool.name());
-        }
     }
 }

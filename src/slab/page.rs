@@ -70,7 +70,6 @@ impl Core<'_> {
         let st = &mut *self.st;
         st.stats[c].used += 1;
         st.bytes_requested += size as u64;
-        st.bytes_handed_out += 1u64 << (MIN_SHIFT as usize + c);
         Some(idx as usize * SLAB_PAGE + ((bit as usize) << (MIN_SHIFT as usize + c)))
     }
 
@@ -119,6 +118,7 @@ impl Core<'_> {
     /// Takes a free page for class `c`, sets it up with its first chunk
     /// used, and puts it on the class list.
     #[cold]
+    #[inline(never)]
     fn new_slab_page(&mut self, c: usize) -> Option<(u32, u32)> {
         let Some(idx) = self.alloc_pages_or_trim(1) else {
             self.st.stats[c].fails += 1;
@@ -156,6 +156,7 @@ impl Core<'_> {
     }
 
     /// A run of `n` pages, as an offset from the first page.
+    #[inline(never)]
     pub fn alloc_run(&mut self, n: usize, size: usize) -> Option<usize> {
         self.st.page_reqs += 1;
         let Some(first) = self.alloc_pages_or_trim(n) else {
@@ -178,7 +179,7 @@ impl Core<'_> {
         let st = &mut *self.st;
         st.run_pages += n32;
         st.bytes_requested += size as u64;
-        st.bytes_handed_out += (n * SLAB_PAGE) as u64;
+        st.run_bytes += (n * SLAB_PAGE) as u64;
         Some(first as usize * SLAB_PAGE)
     }
 
@@ -357,7 +358,7 @@ impl Core<'_> {
         Ok(())
     }
 
-    #[inline]
+    #[inline(never)]
     fn free_run(&mut self, idx: u32, off: usize, desc: Desc) -> Result<(), FreeError> {
         match desc.prev.tag() {
             Link::RUN if off != 0 => Err(FreeError::WrongChunk),

@@ -66,7 +66,11 @@ impl PoolStats {
             page_reqs: st.page_reqs,
             page_fails: st.page_fails,
             bytes_requested: st.bytes_requested,
-            bytes_handed_out: st.bytes_handed_out,
+            bytes_handed_out: st.run_bytes
+                + classes
+                    .iter()
+                    .map(|c| (c.reqs - c.fails) * c.size as u64)
+                    .sum::<u64>(),
         }
     }
 
