@@ -188,6 +188,36 @@ mod tests {
         assert!(ncpu() >= 1);
     }
 
+    // Only Linux tells a zombie apart (`/proc`).
+    #[cfg_attr(not(any(target_os = "linux", target_os = "android")), ignore)]
+    #[test]
+    fn a_zombie_and_a_reaped_child_are_not_alive() {
+        // SAFETY: the child does nothing but `_exit`.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            // SAFETY: ends the child at once.
+            unsafe { libc::_exit(0) };
+        }
+        // SAFETY: zeroed siginfo_t is valid; waitid with WNOWAIT leaves the
+        // child a zombie.
+        let r = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        assert_eq!(r, 0);
+        assert!(!pid_alive(pid as u32), "a zombie counts as dead");
+        let mut status = 0;
+        // SAFETY: reaps our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(!pid_alive(pid as u32), "a reaped child is gone");
+    }
+
     /// Regression: a fork in the middle of the first `current_pid` (then a
     /// `std::sync::Once`) left the child hung in its first `lock()`.
     #[test]
