@@ -172,6 +172,13 @@ pub(crate) fn check(st: &State, d: &[Desc], pages: *const u8) -> Result<(), Chec
     if free_pages != st.pfree as u64 {
         return fail_pool("free page count", st.pfree as u64, free_pages);
     }
+    if st.page_fails > st.page_reqs {
+        return fail_pool(
+            "page-run failures above requests",
+            st.page_fails,
+            st.page_reqs,
+        );
+    }
     if run_pages != st.run_pages as u64 {
         return fail_pool("page run count", st.run_pages as u64, run_pages);
     }
@@ -200,6 +207,13 @@ pub(crate) fn check(st: &State, d: &[Desc], pages: *const u8) -> Result<(), Chec
             );
         }
         let s = &st.stats[c];
+        if s.fails > s.reqs || s.used > s.reqs - s.fails {
+            return fail_pool(
+                "class requests fewer than failures plus chunks in use",
+                s.reqs,
+                s.fails.saturating_add(s.used),
+            );
+        }
         if s.used != used[c] {
             return fail_pool("class used count", s.used, used[c]);
         }

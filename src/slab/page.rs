@@ -384,9 +384,12 @@ impl Core<'_> {
         let mut best = 0;
         let mut i = st.free_head;
         let mut steps = 0;
-        while i != NIL && steps <= d.len() {
-            best = best.max(d[i as usize].slab as usize);
-            i = d[i as usize].next;
+        while let Some(q) = d.get(i as usize) {
+            if steps > d.len() {
+                break;
+            }
+            best = best.max(q.slab as usize);
+            i = q.next;
             steps += 1;
         }
         best

@@ -66,11 +66,12 @@ impl PoolStats {
             page_reqs: st.page_reqs,
             page_fails: st.page_fails,
             bytes_requested: st.bytes_requested,
-            bytes_handed_out: st.run_bytes
-                + classes
+            bytes_handed_out: st.run_bytes.wrapping_add(
+                classes
                     .iter()
-                    .map(|c| (c.reqs - c.fails) * c.size as u64)
-                    .sum::<u64>(),
+                    .map(|c| c.reqs.saturating_sub(c.fails).wrapping_mul(c.size as u64))
+                    .fold(0u64, u64::wrapping_add),
+            ),
         }
     }
 
@@ -78,8 +79,8 @@ impl PoolStats {
     pub fn bytes_in_use(&self) -> usize {
         self.classes
             .iter()
-            .map(|c| c.used as usize * c.size)
-            .sum::<usize>()
-            + self.pages_in_runs * SLAB_PAGE
+            .map(|c| (c.used as usize).saturating_mul(c.size))
+            .fold(0usize, usize::saturating_add)
+            .saturating_add(self.pages_in_runs.saturating_mul(SLAB_PAGE))
     }
 }
