@@ -4,7 +4,7 @@
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::ptr::NonNull;
 
-use shmzone::slab::{fuzzing, NCLASSES};
+use shmzone::slab::fuzzing;
 use shmzone::{FreeError, Pool, PoolError, SLAB_PAGE};
 
 /// A page-aligned heap buffer to format pools in.
@@ -35,17 +35,6 @@ impl Drop for Buf {
         // SAFETY: allocated in `new` with this layout.
         unsafe { dealloc(self.ptr.as_ptr(), self.layout) };
     }
-}
-
-/// The descriptor array and header state, for comparing pool states: the
-/// header (minus the lock and the request counters) and descriptors.
-fn layout_bytes(pool: &Pool, buf: &Buf) -> Vec<u8> {
-    let b = buf.bytes();
-    let s = pool.stats();
-    let start = b.len() - s.pages_total * SLAB_PAGE;
-    let mut v = b[..start].to_vec();
-    v[128..192].fill(0); // the lock
-    v
 }
 
 fn page_of(pool: &Pool, p: NonNull<u8>) -> usize {
@@ -404,7 +393,7 @@ fn fill_64mib_beats_nginx_usable_fraction() {
 fn freeing_everything_restores_the_fresh_pool() {
     let buf = Buf::new(48 * SLAB_PAGE);
     let pool = buf.pool("fresh");
-    let fresh = layout_bytes(&pool, &buf);
+    let fresh = fuzzing::layout_snapshot(&pool);
     let mut x = 42u64;
     let mut live = Vec::new();
     for _ in 0..3000 {
@@ -431,11 +420,8 @@ fn freeing_everything_restores_the_fresh_pool() {
     }
     pool.trim();
     pool.check().unwrap();
-    // Counters aside, the header state and every descriptor are as fresh.
-    let mut now = layout_bytes(&pool, &buf);
-    let state = 192;
-    let stats_at = state + 4 * 2 * NCLASSES + 16;
-    now[stats_at..state + 408].copy_from_slice(&fresh[stats_at..state + 408]);
+    // Counters aside, the state and every descriptor are as fresh.
+    let now = fuzzing::layout_snapshot(&pool);
     let s = pool.stats();
     for c in s.classes {
         assert_eq!((c.total, c.used), (0, 0));

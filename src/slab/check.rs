@@ -158,7 +158,7 @@ pub(crate) fn check(st: &State, d: &[Desc], pages: *const u8) -> Result<(), Chec
                 total[c] += info.cap as u64;
                 if n < info.cap as u64 {
                     open[c] += 1;
-                } else if p.next != NIL || p.prev.idx() != NIL || st.slots[c] == i {
+                } else if p.next != NIL || p.prev.idx() != NIL || st.classes[c].head == i {
                     return fail("full page still on its class list", i, n, info.cap as u64);
                 }
                 if n == 0 {
@@ -189,7 +189,7 @@ pub(crate) fn check(st: &State, d: &[Desc], pages: *const u8) -> Result<(), Chec
         return fail_pool("free runs on the list", listed, free_runs);
     }
     for c in 0..NCLASSES {
-        let listed = walk(st.slots[c], d, |q| {
+        let listed = walk(st.classes[c].head, d, |q| {
             q.prev.class() == Some(c) && {
                 let n = if c < FIRST_DESC_BITMAP_CLASS {
                     q.slab
@@ -206,7 +206,7 @@ pub(crate) fn check(st: &State, d: &[Desc], pages: *const u8) -> Result<(), Chec
                 open[c],
             );
         }
-        let s = &st.stats[c];
+        let s = &st.classes[c];
         if s.fails > s.reqs || s.used > s.reqs - s.fails {
             return fail_pool(
                 "class requests fewer than failures plus chunks in use",
@@ -220,7 +220,7 @@ pub(crate) fn check(st: &State, d: &[Desc], pages: *const u8) -> Result<(), Chec
         if s.total != total[c] {
             return fail_pool("class total count", s.total, total[c]);
         }
-        let cached = st.cached[c];
+        let cached = st.classes[c].cached;
         let want_empty = (cached != NIL) as u64;
         if empty[c] != want_empty {
             return fail_pool("empty pages kept by a class", empty[c], want_empty);

@@ -14,7 +14,7 @@ use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::ptr::NonNull;
 
 use super::layout::{class_of, class_size};
-use super::{FreeError, Pool, MAX_CHUNK, SLAB_PAGE};
+use super::{FreeError, Pool, MAX_CHUNK, NCLASSES, SLAB_PAGE};
 
 struct Buffer {
     ptr: NonNull<u8>,
@@ -77,6 +77,7 @@ pub fn run(data: &[u8]) {
     let pool = unsafe { Pool::init(buf.ptr, len, "fuzz") }.expect("init");
     pool.set_log_nomem(false);
     let fresh = pool.stats();
+    let fresh_layout = layout_snapshot(&pool);
     let base = pool.base().as_ptr() as usize;
     let mut live: Vec<Live> = Vec::new();
     let mut freed: Vec<usize> = Vec::new();
@@ -171,6 +172,10 @@ pub fn run(data: &[u8]) {
         fresh_classes(&s, &fresh),
         "classes not back to fresh"
     );
+    assert!(
+        layout_snapshot(&pool) == fresh_layout,
+        "pool not back to its fresh state"
+    );
     let p = pool.alloc(whole).expect("whole pool as one allocation");
     pool.check().expect("check with the whole pool allocated");
     assert!(pool.alloc(1).is_none(), "alloc after the whole pool");
@@ -243,4 +248,31 @@ fn model_stats(pool: &Pool, live: &[Live]) {
         assert_eq!(s.classes[c].used, *u, "class {c} used");
     }
     assert_eq!(s.pages_in_runs, run_pages, "pages in runs");
+}
+
+/// The pool's allocation state without its request counters: every page
+/// descriptor, each class's list head, kept page, total and used count, and
+/// the free list head, free and run page counts. Two pools in the same
+/// state give equal snapshots.
+pub fn layout_snapshot(pool: &Pool) -> Vec<u8> {
+    let npages = pool.stats().pages_total;
+    // Allocated before the lock is taken.
+    let mut v = Vec::with_capacity(npages * 16 + NCLASSES * 24 + 12);
+    let g = pool.lock();
+    let (st, d, _) = g.view();
+    for q in d {
+        v.extend_from_slice(&q.slab.to_le_bytes());
+        v.extend_from_slice(&q.next.to_le_bytes());
+        v.extend_from_slice(&q.prev.0.to_le_bytes());
+    }
+    for c in &st.classes {
+        v.extend_from_slice(&c.head.to_le_bytes());
+        v.extend_from_slice(&c.cached.to_le_bytes());
+        v.extend_from_slice(&c.total.to_le_bytes());
+        v.extend_from_slice(&c.used.to_le_bytes());
+    }
+    v.extend_from_slice(&st.free_head.to_le_bytes());
+    v.extend_from_slice(&st.pfree.to_le_bytes());
+    v.extend_from_slice(&st.run_pages.to_le_bytes());
+    v
 }

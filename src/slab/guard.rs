@@ -68,7 +68,7 @@ impl<'a> PoolGuard<'a> {
     }
 
     #[inline]
-    fn view(&self) -> (&State, &[Desc], *const u8) {
+    pub(super) fn view(&self) -> (&State, &[Desc], *const u8) {
         let p = self.pool;
         // SAFETY: as in `core`, read-only.
         unsafe {
@@ -148,7 +148,7 @@ impl<'a> PoolGuard<'a> {
         }
         (0..NCLASSES)
             .rev()
-            .find(|&c| core.st.slots[c] != NIL)
+            .find(|&c| core.st.classes[c].head != NIL)
             .map_or(0, class_size)
     }
 

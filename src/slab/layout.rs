@@ -2,7 +2,7 @@
 //! descriptors, and the size-class tables.
 //!
 //! ```text
-//! base ─► Header (640 B: identity, name, lock on its own line, State)
+//! base ─► Header (832 B: identity, name, the lock and each class on lines of their own)
 //!         Desc[npages]   (16 B each, u32 links)
 //!         padding to a SLAB_PAGE boundary
 //! start ─► page 0, page 1, ... page npages-1 (SLAB_PAGE each)
@@ -239,25 +239,49 @@ impl fmt::Debug for Desc {
     }
 }
 
-/// Counters of one size class (plain data, under the pool lock).
-#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
-#[repr(C)]
-pub(crate) struct RawClassStats {
+/// One size class's list head and counters, on a cache line of its own:
+/// an allocation or free of the class touches this line (and the lock's,
+/// and the page's descriptor) and no other header line.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(C, align(64))]
+pub(crate) struct ClassState {
+    /// First page of the class's list of pages with a free chunk.
+    pub head: u32,
+    /// An empty page the class keeps instead of freeing it (at most one),
+    /// or NIL. Given back when a page run cannot be found.
+    pub cached: u32,
+    /// Usable chunks in the class's pages.
     pub total: u64,
+    /// Chunks in use.
     pub used: u64,
+    /// Allocation requests, and those that failed.
     pub reqs: u64,
     pub fails: u64,
+    /// Sum of the sizes asked for by successful allocations.
+    pub bytes_requested: u64,
+    pub _pad: [u64; 2],
+}
+
+assert_eq_size!(ClassState, [u8; 64]);
+
+impl ClassState {
+    pub const EMPTY: ClassState = ClassState {
+        head: NIL,
+        cached: NIL,
+        total: 0,
+        used: 0,
+        reqs: 0,
+        fails: 0,
+        bytes_requested: 0,
+        _pad: [0; 2],
+    };
 }
 
 /// The allocator's mutable state: only touched with the lock held.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-#[repr(C)]
+#[repr(C, align(64))]
 pub(crate) struct State {
-    /// First page of each class's list of pages with a free chunk.
-    pub slots: [u32; NCLASSES],
-    /// An empty page a class keeps instead of freeing it (at most one per
-    /// class), or NIL. Given back when a page run cannot be found.
-    pub cached: [u32; NCLASSES],
+    pub classes: [ClassState; NCLASSES],
     /// First run on the list of free runs.
     pub free_head: u32,
     /// Free pages.
@@ -265,18 +289,16 @@ pub(crate) struct State {
     /// Pages in allocated page runs.
     pub run_pages: u32,
     pub _pad: u32,
-    pub stats: [RawClassStats; NCLASSES],
     /// Page-run requests (over MAX_CHUNK) and their failures.
     pub page_reqs: u64,
     pub page_fails: u64,
-    /// Sum of the sizes asked for by successful allocations.
-    pub bytes_requested: u64,
-    /// Sum of the run sizes given to successful page-run allocations (the
-    /// chunks handed out are (reqs - fails) x size per class).
+    /// Sum of the sizes asked for by successful page-run allocations.
+    pub run_bytes_requested: u64,
+    /// Sum of the run sizes they were given.
     pub run_bytes: u64,
 }
 
-assert_eq_size!(State, [u8; 408]);
+assert_eq_size!(State, [u8; 640]);
 
 /// The pool header at `base`.
 #[repr(C, align(64))]
@@ -298,7 +320,7 @@ pub(crate) struct Header {
     pub state: State,
 }
 
-assert_eq_size!(Header, [u8; 640]);
+assert_eq_size!(Header, [u8; 832]);
 const_assert_eq!(std::mem::align_of::<Header>(), 64);
 const_assert_eq!(std::mem::offset_of!(Header, lock), 128);
 const_assert!(std::mem::size_of::<Header>() % std::mem::align_of::<Desc>() == 0);

@@ -52,7 +52,7 @@ pub use guard::PoolGuard;
 pub use layout::{MAX_CHUNK, NAME_MAX, NCLASSES, SLAB_PAGE};
 pub use stats::{ClassStats, PoolStats};
 
-use layout::{class_of, geometry, Desc, Header, Link, RawClassStats, State, MAGIC, NIL, VERSION};
+use layout::{class_of, geometry, ClassState, Desc, Header, Link, State, MAGIC, NIL, VERSION};
 
 use crate::shmtx::ShmMutex;
 
@@ -137,16 +137,14 @@ impl Pool {
             name: name_buf,
             lock: ShmMutex::new(),
             state: State {
-                slots: [NIL; NCLASSES],
-                cached: [NIL; NCLASSES],
+                classes: [ClassState::EMPTY; NCLASSES],
                 free_head: 0,
                 pfree: npages,
                 run_pages: 0,
                 _pad: 0,
-                stats: [RawClassStats::default(); NCLASSES],
                 page_reqs: 0,
                 page_fails: 0,
-                bytes_requested: 0,
+                run_bytes_requested: 0,
                 run_bytes: 0,
             },
         };

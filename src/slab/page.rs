@@ -59,8 +59,8 @@ impl Core<'_> {
     /// A chunk of class `c`, as an offset from the first page.
     #[inline]
     pub fn alloc_chunk(&mut self, c: usize, size: usize) -> Option<usize> {
-        self.st.stats[c].reqs += 1;
-        let head = self.st.slots[c];
+        self.st.classes[c].reqs += 1;
+        let head = self.st.classes[c].head;
         let (idx, bit) = if head != NIL {
             let bit = self.take_chunk(head, c);
             (head, bit)
@@ -68,8 +68,9 @@ impl Core<'_> {
             self.new_slab_page(c)?
         };
         let st = &mut *self.st;
-        st.stats[c].used += 1;
-        st.bytes_requested += size as u64;
+        let cs = &mut st.classes[c];
+        cs.used += 1;
+        cs.bytes_requested += size as u64;
         Some(idx as usize * SLAB_PAGE + ((bit as usize) << (MIN_SHIFT as usize + c)))
     }
 
@@ -77,8 +78,8 @@ impl Core<'_> {
     /// list, so it has one), unlinking the page if that filled it.
     #[inline]
     fn take_chunk(&mut self, idx: u32, c: usize) -> u32 {
-        if self.st.cached[c] == idx {
-            self.st.cached[c] = NIL;
+        if self.st.classes[c].cached == idx {
+            self.st.classes[c].cached = NIL;
         }
         let info = &CLASS[c];
         let (bit, full) = if c < FIRST_DESC_BITMAP_CLASS {
@@ -110,7 +111,7 @@ impl Core<'_> {
             (b, d.slab == info.full)
         };
         if full {
-            unlink(&mut self.st.slots[c], self.d, idx);
+            unlink(&mut self.st.classes[c].head, self.d, idx);
         }
         bit
     }
@@ -121,7 +122,7 @@ impl Core<'_> {
     #[inline(never)]
     fn new_slab_page(&mut self, c: usize) -> Option<(u32, u32)> {
         let Some(idx) = self.alloc_pages_or_trim(1) else {
-            self.st.stats[c].fails += 1;
+            self.st.classes[c].fails += 1;
             return None;
         };
         let info = &CLASS[c];
@@ -150,8 +151,8 @@ impl Core<'_> {
             next: NIL,
             prev: Link::slab(c, NIL),
         };
-        push(&mut self.st.slots[c], self.d, idx);
-        self.st.stats[c].total += info.cap as u64;
+        push(&mut self.st.classes[c].head, self.d, idx);
+        self.st.classes[c].total += info.cap as u64;
         Some((idx, bit))
     }
 
@@ -178,7 +179,7 @@ impl Core<'_> {
         }
         let st = &mut *self.st;
         st.run_pages += n32;
-        st.bytes_requested += size as u64;
+        st.run_bytes_requested += size as u64;
         st.run_bytes += (n * SLAB_PAGE) as u64;
         Some(first as usize * SLAB_PAGE)
     }
@@ -286,11 +287,11 @@ impl Core<'_> {
     pub fn trim(&mut self) -> bool {
         let mut any = false;
         for (c, info) in CLASS.iter().enumerate() {
-            let idx = self.st.cached[c];
+            let idx = self.st.classes[c].cached;
             if idx != NIL {
-                self.st.cached[c] = NIL;
-                unlink(&mut self.st.slots[c], self.d, idx);
-                self.st.stats[c].total -= info.cap as u64;
+                self.st.classes[c].cached = NIL;
+                unlink(&mut self.st.classes[c].head, self.d, idx);
+                self.st.classes[c].total -= info.cap as u64;
                 self.free_pages(idx, 1);
                 any = true;
             }
@@ -340,18 +341,18 @@ impl Core<'_> {
             d.slab &= !mask;
             (desc.slab == info.full, d.slab == 0)
         };
-        self.st.stats[c].used -= 1;
+        self.st.classes[c].used -= 1;
         if was_full {
-            push(&mut self.st.slots[c], self.d, idx);
+            push(&mut self.st.classes[c].head, self.d, idx);
         }
         if empty {
-            if self.st.slots[c] == idx && self.d[idx as usize].next == NIL {
+            if self.st.classes[c].head == idx && self.d[idx as usize].next == NIL {
                 // The class's only page: keep it, so that an alloc+free
                 // pair does not take and give back a page every time.
-                self.st.cached[c] = idx;
+                self.st.classes[c].cached = idx;
             } else {
-                unlink(&mut self.st.slots[c], self.d, idx);
-                self.st.stats[c].total -= info.cap as u64;
+                unlink(&mut self.st.classes[c].head, self.d, idx);
+                self.st.classes[c].total -= info.cap as u64;
                 self.free_pages(idx, 1);
             }
         }

@@ -48,7 +48,7 @@ impl PoolStats {
     pub(crate) fn from_state(st: &State, pages_total: usize, largest: usize) -> PoolStats {
         let mut classes = [ClassStats::default(); NCLASSES];
         for (c, out) in classes.iter_mut().enumerate() {
-            let s = &st.stats[c];
+            let s = &st.classes[c];
             *out = ClassStats {
                 size: class_size(c),
                 total: s.total,
@@ -65,7 +65,12 @@ impl PoolStats {
             largest_free_run: largest,
             page_reqs: st.page_reqs,
             page_fails: st.page_fails,
-            bytes_requested: st.bytes_requested,
+            bytes_requested: st.run_bytes_requested.wrapping_add(
+                st.classes
+                    .iter()
+                    .map(|c| c.bytes_requested)
+                    .fold(0u64, u64::wrapping_add),
+            ),
             bytes_handed_out: st.run_bytes.wrapping_add(
                 classes
                     .iter()
