@@ -98,8 +98,8 @@ fn spawn_master(
     board: &Board,
     configure: impl FnOnce(Master<&Board>) -> Master<&Board>,
     work: impl Fn(&Board, &Worker) -> i32,
-) -> libc::pid_t {
-    fork_child(|| {
+) -> MasterGuard {
+    MasterGuard(fork_child(|| {
         let master = configure(Master::new(board)).on_death(|b: &&Board, d| {
             b.add(HOOK_CALLS);
             b.at(HOOK_LAST_PID).store(d.pid as u64, Ordering::SeqCst);
@@ -132,7 +132,24 @@ fn spawn_master(
         } else {
             0
         }
-    })
+    }))
+}
+
+/// A master's pid; SIGKILLs the master if the test panics, so that no
+/// process outlives a failed test (its workers then see their stop pipes
+/// hang up and leave).
+struct MasterGuard(libc::pid_t);
+
+impl Drop for MasterGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // SAFETY: kills and reaps our own child.
+            unsafe {
+                libc::kill(self.0, libc::SIGKILL);
+                libc::waitpid(self.0, std::ptr::null_mut(), 0);
+            }
+        }
+    }
 }
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -143,8 +160,8 @@ fn sigterm_stops_every_worker_gracefully() {
     let m = spawn_master(&b, |m| m.workers(3), patient);
     b.until("3 workers", |b| (0..3).all(|i| b.get(STARTS + i) == 1));
     let pids: Vec<u64> = (0..3).map(|i| b.get(PIDS + i)).collect();
-    signal(m, libc::SIGTERM);
-    assert_eq!(wait_within(m, LIMIT), Exit::Code(0));
+    signal(m.0, libc::SIGTERM);
+    assert_eq!(wait_within(m.0, LIMIT), Exit::Code(0));
     assert_eq!(b.get(GRACEFUL), 3, "every worker left on the stop request");
     assert_eq!(b.get(R_SPAWNED), 3);
     assert_eq!(b.get(R_DEATHS), 3);
@@ -171,8 +188,8 @@ fn killed_worker_is_unlocked_before_reap_and_respawned() {
         "the hook ran while the dead pid was not reaped yet"
     );
     assert_ne!(b.get(PIDS), victim);
-    signal(m, libc::SIGINT);
-    assert_eq!(wait_within(m, LIMIT), Exit::Code(0));
+    signal(m.0, libc::SIGINT);
+    assert_eq!(wait_within(m.0, LIMIT), Exit::Code(0));
     assert_eq!(b.get(R_ABNORMAL), 1);
     assert_eq!(b.get(R_RESPAWNED), 1);
     assert_eq!(b.get(R_SPAWNED), 3);
@@ -194,7 +211,7 @@ fn worker_failing_at_start_is_given_up() {
         },
     );
     // The master ends by itself: every slot given up.
-    assert_eq!(wait_within(m, LIMIT), Exit::Code(3));
+    assert_eq!(wait_within(m.0, LIMIT), Exit::Code(3));
     assert_eq!(b.get(STARTS), 4, "forked exactly give_up_after times");
     assert_eq!(b.get(R_GAVE_UP), 1);
     assert_eq!(b.get(R_ABNORMAL), 4);
@@ -221,8 +238,8 @@ fn fatal_exit_is_not_respawned() {
     b.until("slot 1 died", |b| {
         b.get(HOOK_CALLS) == 1 && b.get(STARTS) == 1
     });
-    signal(m, libc::SIGTERM);
-    assert_eq!(wait_within(m, LIMIT), Exit::Code(0));
+    signal(m.0, libc::SIGTERM);
+    assert_eq!(wait_within(m.0, LIMIT), Exit::Code(0));
     assert_eq!(b.get(STARTS + 1), 1);
     assert_eq!(b.get(R_SPAWNED), 2);
     assert_eq!(b.get(R_RESPAWNED), 0);
@@ -242,13 +259,13 @@ fn sighup_reloads_and_replaces_the_generation() {
         patient,
     );
     b.until("2 workers", |b| (0..2).all(|i| b.get(STARTS + i) == 1));
-    signal(m, libc::SIGHUP);
+    signal(m.0, libc::SIGHUP);
     b.until("new generation", |b| b.get(GEN1_STARTS) == 2);
     b.until("old generation gone", |b| b.get(HOOK_TOLD) == 2);
     assert_eq!(b.get(RELOADS), 1);
     assert_eq!(b.get(GRACEFUL), 2, "the old workers stopped gracefully");
-    signal(m, libc::SIGTERM);
-    assert_eq!(wait_within(m, LIMIT), Exit::Code(0));
+    signal(m.0, libc::SIGTERM);
+    assert_eq!(wait_within(m.0, LIMIT), Exit::Code(0));
     assert_eq!(b.get(R_RELOADS), 1);
     assert_eq!(b.get(R_SPAWNED), 4);
     assert_eq!(b.get(R_ABNORMAL), 0);
@@ -269,10 +286,10 @@ fn refused_reload_keeps_the_old_workers() {
         patient,
     );
     b.until("2 workers", |b| (0..2).all(|i| b.get(STARTS + i) == 1));
-    signal(m, libc::SIGHUP);
+    signal(m.0, libc::SIGHUP);
     b.until("reload hook ran", |b| b.get(RELOADS) == 1);
-    signal(m, libc::SIGTERM);
-    assert_eq!(wait_within(m, LIMIT), Exit::Code(0));
+    signal(m.0, libc::SIGTERM);
+    assert_eq!(wait_within(m.0, LIMIT), Exit::Code(0));
     assert_eq!(b.get(R_FAILED_RELOADS), 1);
     assert_eq!(b.get(R_RELOADS), 0);
     assert_eq!(b.get(R_SPAWNED), 2);
@@ -287,15 +304,16 @@ fn stuck_worker_is_killed_after_the_stop_timeout() {
         |m| m.workers(1).stop_timeout(Duration::from_millis(200)),
         |b, w| {
             b.add(STARTS + w.index());
-            // Ignores the stop request.
-            loop {
-                std::thread::sleep(Duration::from_secs(60));
+            // Ignores the stop request (but not the master's death).
+            while shmzone::prefork::parent_pid() == w.master_pid() {
+                std::thread::sleep(Duration::from_millis(20));
             }
+            1
         },
     );
     b.until("1 worker", |b| b.get(STARTS) == 1);
-    signal(m, libc::SIGTERM);
-    assert_eq!(wait_within(m, LIMIT), Exit::Code(0));
+    signal(m.0, libc::SIGTERM);
+    assert_eq!(wait_within(m.0, LIMIT), Exit::Code(0));
     assert_eq!(b.get(R_KILLED), 1);
     assert_eq!(b.get(R_ABNORMAL), 1);
 }
@@ -305,7 +323,71 @@ fn workers_stop_when_the_master_dies() {
     let b = Board::new();
     let m = spawn_master(&b, |m| m.workers(2), patient);
     b.until("2 workers", |b| (0..2).all(|i| b.get(STARTS + i) == 1));
-    signal(m, libc::SIGKILL);
-    assert_eq!(wait_within(m, LIMIT), Exit::Signal(libc::SIGKILL));
+    signal(m.0, libc::SIGKILL);
+    assert_eq!(wait_within(m.0, LIMIT), Exit::Signal(libc::SIGKILL));
     b.until("orphaned workers stopped", |b| b.get(GRACEFUL) == 2);
+}
+
+const LOCKED_BY: usize = 40; // pid of the worker that took the zone lock
+const UNLOCKED_Z: usize = 41; // hook: recoveries that released zone "z"
+const BROKEN: usize = 42; // hook: zones found inconsistent
+const RECOVERED_FROM: usize = 43; // 1 + the dead pid the next locker was told of
+
+#[test]
+fn worker_killed_holding_a_zone_lock_is_recovered_before_reap() {
+    use shmzone::prefork::recover_zones;
+    use shmzone::Zones;
+    let b = Board::new();
+    let zones = Zones::builder().zone("z", 64 << 10).build().unwrap();
+    let m = MasterGuard(fork_child(|| {
+        let master = Master::new((zones, &b))
+            .workers(1)
+            .on_death(|(zones, b), d| {
+                let r = recover_zones(zones, d.pid);
+                if r.unlocked == ["z"] {
+                    b.add(UNLOCKED_Z);
+                }
+                b.at(BROKEN).store(r.broken.len() as u64, Ordering::SeqCst);
+            });
+        // SAFETY: the forked child has a single thread.
+        let run = unsafe {
+            master.run(|(zones, b), w| {
+                let zone = zones.get("z").unwrap();
+                let first = b.get(STARTS) == 0;
+                b.add(STARTS);
+                let guard = zone.lock();
+                if first {
+                    // Hold the lock until killed.
+                    b.at(LOCKED_BY)
+                        .store(std::process::id() as u64, Ordering::SeqCst);
+                    while shmzone::prefork::parent_pid() == w.master_pid() {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    return 1;
+                }
+                // The master's check took the recovery notice; this worker
+                // just gets a free lock.
+                let notice = guard.recovered_from().map_or(0, |p| p as u64);
+                drop(guard);
+                b.at(RECOVERED_FROM).store(1 + notice, Ordering::SeqCst);
+                while !w.wait_stop(None) {}
+                0
+            })
+        };
+        match run {
+            Ok(_) => 0,
+            Err(_) => 9,
+        }
+    }));
+    b.until("the lock taken", |b| b.get(LOCKED_BY) != 0);
+    let holder = b.get(LOCKED_BY);
+    signal(holder as libc::pid_t, libc::SIGKILL);
+    b.until("the respawned worker got the lock", |b| {
+        b.get(RECOVERED_FROM) != 0
+    });
+    assert_eq!(b.get(UNLOCKED_Z), 1, "the hook released zone z");
+    assert_eq!(b.get(BROKEN), 0, "the pool was consistent");
+    assert_eq!(b.get(RECOVERED_FROM), 1, "the notice went to the master");
+    signal(m.0, libc::SIGTERM);
+    assert_eq!(wait_within(m.0, LIMIT), Exit::Code(0));
 }

@@ -30,6 +30,11 @@ impl Recovery {
 /// half-updated), logging what it found as nginx's master does
 /// (`shared memory zone "x" was locked by PID`).
 ///
+/// Since the check takes each such zone's lock, the master is the process
+/// that [`recovered_from`](crate::slab::PoolGuard::recovered_from) tells;
+/// a caller whose own structures in the zone need repair after such a
+/// death does it in the same hook, using [`Recovery::unlocked`].
+///
 /// ```
 /// use shmzone::{prefork::recover_zones, Zones};
 /// let zones = Zones::builder().zone("z", 64 << 10).build()?;
@@ -47,7 +52,17 @@ pub fn recover_zones(zones: &Zones, pid: u32) -> Recovery {
         let Some(zone) = zones.get(name) else {
             continue;
         };
-        match zone.check() {
+        // The check takes the lock, so the master's guard (not the next
+        // worker's) is the one told that the lock was taken from a dead
+        // holder: repairing the user's data in the zone belongs in the same
+        // death hook, after this call (see the `prefork_http` example).
+        let guard = zone.lock();
+        if guard.recovered_from() == Some(pid) {
+            log::debug!("zone \"{name}\": recovery from {pid} confirmed");
+        }
+        let checked = guard.check_locked();
+        drop(guard);
+        match checked {
             Ok(()) => log::info!("zone \"{name}\" checked after the death of {pid}: consistent"),
             Err(e) => {
                 log::error!("zone \"{name}\" is inconsistent after the death of {pid}: {e}");
