@@ -121,6 +121,14 @@ fn run(config: Config) -> Result<ExitCode, Box<dyn std::error::Error>> {
                     r.broken.len()
                 );
             }
+            // Our own structure in the limits zone may be half-updated.
+            if r.unlocked.iter().any(|z| z == app::LIMITS) {
+                if let Some(z) = s.zones.get(app::LIMITS) {
+                    if limiter::repair(&z) {
+                        log::warn!("limiter table inconsistent after {d}: emptied");
+                    }
+                }
+            }
         })
         .on_reload(move |s: &mut Shared| {
             let report = s.zones.reload(app::builder(&reload_config))?;

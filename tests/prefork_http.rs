@@ -511,6 +511,7 @@ fn limiter_evicts_least_recently_used_keys_when_its_zone_is_full() {
         limits_zone_fails(&stats) > 0,
         "the allocator said no first: {stats}"
     );
+    assert!(stats.contains("\"consistent\":true"), "{stats}");
     // The newest key is still limited; the oldest was evicted, so it is new.
     assert_eq!(c.get(&format!("/limit?key=key{}", n - 1)).unwrap().0, 429);
     assert_eq!(c.get("/limit?key=key0").unwrap().0, 200);

@@ -202,8 +202,8 @@ impl<'a> App<'a> {
         if let Some(t) = self.limits.as_ref().and_then(limiter::stats) {
             let _ = write!(
                 s,
-                "\"limiter\":{{\"keys\":{},\"evicted\":{},\"expired\":{},\"rebuilt\":{}}},",
-                t.keys, t.evicted, t.expired, t.rebuilt
+                "\"limiter\":{{\"keys\":{},\"evicted\":{},\"expired\":{},\"rebuilt\":{},\"consistent\":{}}},",
+                t.keys, t.evicted, t.expired, t.rebuilt, t.consistent
             );
         }
         s.push_str("\"zones\":[");

@@ -14,8 +14,10 @@
 //! Inside the critical section: no allocation, no I/O, no panic: only
 //! reads and writes of plain words and the `_locked` allocator calls. Loops
 //! over the list and the chains are bounded by the node count, so a table
-//! left half-updated by a worker killed in the middle cannot hang anyone;
-//! the next holder is told (`recovered_from`) and rebuilds the table empty.
+//! left half-updated by a worker killed in the middle cannot hang anyone.
+//! The master's death hook calls [`repair`]: a table whose list and chains
+//! disagree is emptied (its nodes leak until the zone is made anew); an
+//! offset found outside the zone during a request does the same.
 
 use std::ptr::NonNull;
 
@@ -81,6 +83,8 @@ pub struct TableStats {
     pub evicted: u64,
     pub expired: u64,
     pub rebuilt: u64,
+    /// The list and the chains agree (walked under the lock).
+    pub consistent: bool,
 }
 
 /// The zone's init callback: a fresh table, or keep the old one on reload.
@@ -276,6 +280,48 @@ impl Locked<'_, '_> {
         Some(())
     }
 
+    /// Whether the LRU list and the hash chains agree with `count`: every
+    /// link inside the zone, the list doubly linked, both walks of length
+    /// `count`. Bounded by `count + 1` steps per walk.
+    fn consistent(&self) -> Option<bool> {
+        let t = *self.t();
+        let mut n = 0u64;
+        let (mut prev, mut off) = (NONE, t.head);
+        while off != NONE {
+            if n > t.count {
+                return Some(false);
+            }
+            let node = self.node(off)?;
+            if node.prev != prev {
+                return Some(false);
+            }
+            n += 1;
+            prev = off;
+            off = node.next;
+        }
+        if n != t.count || prev != t.tail {
+            return Some(false);
+        }
+        let mut chained = 0u64;
+        for i in 0..u64::from(t.nbuckets) {
+            let mut off = *self
+                .zone
+                .value_at::<u64>((t.buckets + i * 8) as usize)
+                .map(|p| {
+                    // SAFETY: in bounds and aligned; the lock is held.
+                    unsafe { &*p.as_ptr() }
+                })?;
+            while off != NONE {
+                chained += 1;
+                if chained > t.count {
+                    return Some(false);
+                }
+                off = self.node(off)?.chain;
+            }
+        }
+        Some(chained == t.count)
+    }
+
     /// Empties the table (after a worker died mid-update): chains and list
     /// are forgotten. Nodes that were linked leak until the zone is made
     /// anew (no allocation here: the walk may be broken).
@@ -322,7 +368,9 @@ pub fn account(zone: &Zone<'_>, key: &[u8], now: u64, rate: u64, burst: u64) -> 
         guard: &guard,
         t,
     };
-    if guard.recovered_from().is_some() {
+    // Taken over from a dead holder (self-healing, before the master's
+    // hook ran): check the table first.
+    if guard.recovered_from().is_some() && l.consistent() != Some(true) {
         l.rebuild();
     }
     let verdict = account_locked(&l, &fresh, now, rate, burst);
@@ -382,16 +430,43 @@ fn account_locked(
     Some(Verdict::Allowed(0))
 }
 
+/// After a worker died holding the zone lock (called by the master's death
+/// hook): keeps the table if it is consistent, else empties it. Returns
+/// whether it had to.
+pub fn repair(zone: &Zone<'_>) -> bool {
+    let Some(t) = table(zone) else {
+        return false;
+    };
+    let guard = zone.lock();
+    let l = Locked {
+        zone,
+        guard: &guard,
+        t,
+    };
+    if l.consistent() == Some(true) {
+        return false;
+    }
+    l.rebuild();
+    true
+}
+
 /// The table's counters (read under the lock).
 pub fn stats(zone: &Zone<'_>) -> Option<TableStats> {
-    let t = table(zone)?;
-    let _guard = zone.lock();
+    let tp = table(zone)?;
+    let guard = zone.lock();
+    let l = Locked {
+        zone,
+        guard: &guard,
+        t: tp,
+    };
+    let consistent = l.consistent() == Some(true);
     // SAFETY: checked by `table`; read under the lock.
-    let t = unsafe { t.as_ptr().read() };
+    let t = unsafe { tp.as_ptr().read() };
     Some(TableStats {
         keys: t.count,
         evicted: t.evicted,
         expired: t.expired,
         rebuilt: t.rebuilt,
+        consistent,
     })
 }
