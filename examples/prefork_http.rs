@@ -29,6 +29,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use shmzone::prefork::{recover_zones, Master, Wake, Worker};
+use shmzone::{NamedSpec, Zones};
 
 use app::{App, Shared};
 use args::{Config, Parsed};
@@ -79,18 +80,37 @@ fn run(config: Config) -> Result<ExitCode, Box<dyn std::error::Error>> {
     // Workers poll the shared socket and accept without blocking: whoever
     // loses the race for a connection gets WouldBlock and waits again.
     listener.set_nonblocking(true)?;
-    let zones = app::builder(&config).build()?;
+    let zones = match &config.named {
+        // The master's drop removes the name when the server stops; a
+        // forked worker's drop never does.
+        Some(id) => Zones::create_named(
+            app::builder(&config),
+            &NamedSpec::new(id.clone())
+                .replace(config.replace)
+                .remove_on_drop(true),
+        )?,
+        None => app::builder(&config).build()?,
+    };
 
     let addr = listener.local_addr()?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "listening on http://{addr}")?;
-    writeln!(
-        out,
-        "backend {}, region {} bytes, master pid {}",
-        zones.region().backend(),
-        zones.len(),
-        std::process::id()
-    )?;
+    match zones.region().named() {
+        Some(id) => writeln!(
+            out,
+            "named region {id}, {} bytes, master pid {}; inspect with: shmzone-stat {}",
+            zones.len(),
+            std::process::id(),
+            id.to_arg()
+        )?,
+        None => writeln!(
+            out,
+            "backend {}, region {} bytes, master pid {}",
+            zones.region().backend(),
+            zones.len(),
+            std::process::id()
+        )?,
+    }
     for z in zones.iter() {
         writeln!(out, "zone {:?}: {} bytes", z.name(), z.size())?;
     }

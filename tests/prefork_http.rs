@@ -30,6 +30,8 @@ fn binary() -> &'static PathBuf {
                 "--release",
                 "--example",
                 "prefork_http",
+                "--bin",
+                "shmzone-stat",
                 "--target-dir",
             ])
             .arg(&target)
@@ -599,6 +601,55 @@ fn sigterm_lets_an_idle_keepalive_connection_go_and_exits_zero() {
     server.stop();
     assert!(idle.closed(), "the idle connection was closed");
     assert!(TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err());
+}
+
+/// `--named`: the region is a POSIX shm object that the inspector, an
+/// unrelated process, reads while the server serves; a graceful stop
+/// removes the name.
+#[test]
+fn the_inspector_reads_a_named_region_while_the_server_serves() {
+    let name = format!("/shmzone-test-http-{}", std::process::id());
+    let id = format!("posix:{name}");
+    let server = Server::start(&["--workers", "2", "--named", &id, "--replace"]);
+    let mut c = Client::connect(server.addr).unwrap();
+    for _ in 0..25 {
+        assert_eq!(c.get("/hit").unwrap().0, 200);
+    }
+    assert_eq!(c.get("/limit?key=k").unwrap().0, 200);
+    let shm = PathBuf::from(format!("/dev/shm{name}"));
+    assert!(shm.exists());
+    let inspector = binary()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("shmzone-stat");
+    let out = Command::new(&inspector).arg(&id).output().unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{table}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for zone in ["counters", "limits"] {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(zone))
+            .unwrap_or_else(|| panic!("no row for {zone} in\n{table}"));
+        assert!(row.ends_with("ok"), "{row}");
+    }
+    let out = Command::new(&inspector)
+        .args(["--json", &id])
+        .output()
+        .unwrap();
+    let json = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && json.contains("\"counters\""),
+        "{json}"
+    );
+    drop(c);
+    server.stop();
+    assert!(!shm.exists(), "a graceful stop removes the name");
 }
 
 #[test]

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use shmzone::Backend;
+use shmzone::{Backend, NamedId};
 
 /// Everything the command line sets.
 #[derive(Clone, Debug)]
@@ -19,6 +19,11 @@ pub struct Config {
     pub limit_zone: usize,
     pub counters_zone: usize,
     pub backend: Backend,
+    /// Make the region a named one that other processes (shmzone-stat) can
+    /// attach to.
+    pub named: Option<NamedId>,
+    /// Remove a region left under that name before creating it.
+    pub replace: bool,
     pub keepalive: Duration,
     pub read_timeout: Duration,
     pub stop_timeout: Duration,
@@ -41,6 +46,10 @@ options:
   --limit-zone SIZE      size of the limiter zone (k, m suffixes)   [1m]
   --counters-zone SIZE   size of the counters zone                 [32k]
   --backend NAME         map_anon, dev_zero or sysv        [probed default]
+  --named ID             a named region instead: posix:/NAME, sysv:KEY or
+                         file:PATH (mode 0600; removed when the server
+                         stops), for `shmzone-stat ID` to read while it runs
+  --replace              with --named: remove a region left under that name
   --keepalive SECS       idle keep-alive timeout                     [5]
   --read-timeout SECS    time allowed to send one request           [10]
   --stop-timeout SECS    graceful stop limit before SIGKILL         [10]
@@ -74,6 +83,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
         limit_zone: 1 << 20,
         counters_zone: 32 << 10,
         backend: Backend::default(),
+        named: None,
+        replace: false,
         keepalive: Duration::from_secs(5),
         read_timeout: Duration::from_secs(10),
         stop_timeout: Duration::from_secs(10),
@@ -111,6 +122,11 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
             "--burst" => c.burst = count(&name, &value()?, 0, 1_000_000)? as u64,
             "--limit-zone" => c.limit_zone = size(&name, &value()?)?,
             "--counters-zone" => c.counters_zone = size(&name, &value()?)?,
+            "--named" => {
+                let v = value()?;
+                c.named = Some(v.parse().map_err(|e| format!("--named: {e}"))?);
+            }
+            "--replace" => c.replace = true,
             "--backend" => {
                 let v = value()?;
                 c.backend = v.parse().map_err(|e| format!("--backend: {e}"))?;

@@ -57,6 +57,25 @@ impl fmt::Display for NamedId {
     }
 }
 
+impl NamedId {
+    /// The form [`FromStr`](std::str::FromStr) reads back: `posix:/NAME`,
+    /// `sysv:0xKEY` or `file:PATH` (what to pass to `shmzone-stat`).
+    ///
+    /// ```
+    /// use shmzone::NamedId;
+    /// let id: NamedId = "sysv:0x5a4d".parse().unwrap();
+    /// assert_eq!(id.to_arg(), "sysv:0x00005a4d");
+    /// assert_eq!(id.to_arg().parse::<NamedId>().unwrap(), id);
+    /// ```
+    pub fn to_arg(&self) -> String {
+        match self {
+            NamedId::Posix(name) => format!("posix:{name}"),
+            NamedId::SysVKey(key) => format!("sysv:{key:#010x}"),
+            NamedId::File(path) => format!("file:{}", path.display()),
+        }
+    }
+}
+
 /// Parses `posix:/NAME`, `sysv:KEY` (decimal, or hex with `0x`) or
 /// `file:PATH`: the form command lines take (`shmzone-stat`, servers).
 ///
