@@ -533,3 +533,46 @@ fn locked_variants_share_one_critical_section() {
     drop(g);
     pool.check().unwrap();
 }
+
+/// A class keeps its last empty page; the kept-page hint may go stale
+/// (the page refilled, or given back) and trim() must then leave it alone.
+#[test]
+fn kept_empty_page_and_its_stale_hint() {
+    let buf = Buf::new(16 * SLAB_PAGE);
+    let pool = buf.pool("kept");
+    let total = pool.stats().pages_total;
+    let free = |p: NonNull<u8>| {
+        // SAFETY: live chunks of this pool.
+        unsafe { pool.free(p.as_ptr()) }.unwrap();
+        pool.check().unwrap();
+    };
+    let a = pool.alloc(2048).unwrap();
+    free(a);
+    // The page stays with the class (one page out of the free pages).
+    assert_eq!(pool.stats().pages_free, total - 1);
+    assert_eq!(pool.stats().classes[8].total, 2);
+    let a = pool.alloc(2048).unwrap();
+    let b = pool.alloc(2048).unwrap();
+    let c = pool.alloc(2048).unwrap();
+    assert_ne!(page_of(&pool, a), page_of(&pool, c));
+    free(a);
+    free(b); // empty but not the class's only page: given back at once
+    assert_eq!(pool.stats().pages_free, total - 1);
+    pool.trim(); // the hint names a free page now: nothing to do
+    pool.check().unwrap();
+    assert_eq!(pool.stats().pages_free, total - 1);
+    // Refill: the hint may now name a page in use again.
+    let d = pool.alloc(2048).unwrap();
+    let e = pool.alloc(2048).unwrap();
+    pool.trim();
+    pool.check().unwrap();
+    assert_eq!(pool.stats().classes[8].used, 3);
+    for p in [c, d, e] {
+        free(p);
+    }
+    assert_eq!(pool.stats().pages_free, total - 1);
+    pool.trim();
+    pool.check().unwrap();
+    assert_eq!(pool.stats().pages_free, total);
+    assert_eq!(pool.stats().largest_free_run, total);
+}

@@ -2,12 +2,12 @@
 
 use std::cell::Cell;
 use std::marker::PhantomData;
-use std::ptr::{addr_of, addr_of_mut, NonNull};
+use std::ptr::NonNull;
 
 use super::check::{self, CheckError};
 use super::error::FreeError;
 use super::layout::{
-    class_of, class_size, pages_for, Desc, Header, State, MAX_CHUNK, NCLASSES, NIL, SLAB_PAGE,
+    class_of, class_size, pages_for, Desc, State, MAX_CHUNK, NCLASSES, NIL, SLAB_PAGE,
 };
 use super::page::Core;
 use super::stats::PoolStats;
@@ -47,40 +47,16 @@ impl<'a> PoolGuard<'a> {
     /// The allocator state, borrowed mutably. Callers use it within one
     /// method and never hold two at once (no callbacks run meanwhile).
     #[inline]
-    #[allow(clippy::mut_from_ref)]
     pub(super) fn core(&self) -> Core<'_> {
-        let p = self.pool;
-        // SAFETY: we hold the lock, so no other process touches the state or
-        // the descriptors; the guard is not Sync and each method makes one
-        // Core and drops it before returning, so no other reference to them
-        // exists in this process. Both are inside the pool (geometry
-        // checked by init/attach) and aligned.
-        unsafe {
-            Core {
-                st: &mut *addr_of_mut!((*p.hdr()).state),
-                d: std::slice::from_raw_parts_mut(
-                    p.base.as_ptr().add(size_of::<Header>()).cast::<Desc>(),
-                    p.npages as usize,
-                ),
-                pages: p.base.as_ptr().add(p.start_off),
-            }
-        }
+        // SAFETY: this guard holds the lock; it is not Sync and each method
+        // makes one Core and drops it before returning.
+        unsafe { self.pool.core() }
     }
 
     #[inline]
     pub(super) fn view(&self) -> (&State, &[Desc], *const u8) {
-        let p = self.pool;
-        // SAFETY: as in `core`, read-only.
-        unsafe {
-            (
-                &*addr_of!((*p.hdr()).state),
-                std::slice::from_raw_parts(
-                    p.base.as_ptr().add(size_of::<Header>()).cast::<Desc>(),
-                    p.npages as usize,
-                ),
-                p.base.as_ptr().add(p.start_off),
-            )
-        }
+        // SAFETY: this guard holds the lock; read-only.
+        unsafe { self.pool.view() }
     }
 
     #[inline]
@@ -166,17 +142,5 @@ impl<'a> PoolGuard<'a> {
         let (st, d, _) = self.view();
         let largest = Core::largest_run_of(st, d);
         PoolStats::from_state(st, d.len(), largest)
-    }
-
-    #[cold]
-    pub(super) fn recovered(&self) {
-        let pid = self.guard.recovered_from().unwrap_or(0);
-        log::warn!(
-            "slab pool lock taken over from dead process {pid} in zone \"{}\"; checking the pool",
-            self.pool.name()
-        );
-        if let Err(e) = self.check_locked() {
-            log::error!("{e} in zone \"{}\"", self.pool.name());
-        }
     }
 }

@@ -167,9 +167,9 @@ impl Link {
     /// The class of a slab page, if this is one.
     #[inline]
     pub const fn class(self) -> Option<usize> {
-        let t = self.tag();
-        if t >= Link::SLAB0 && t < Link::SLAB0 + NCLASSES as u32 {
-            Some((t - Link::SLAB0) as usize)
+        let c = self.tag().wrapping_sub(Link::SLAB0);
+        if c < NCLASSES as u32 {
+            Some(c as usize)
         } else {
             None
         }

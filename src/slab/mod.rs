@@ -43,7 +43,7 @@ mod page;
 mod stats;
 
 use std::fmt;
-use std::ptr::{addr_of, NonNull};
+use std::ptr::{addr_of, addr_of_mut, NonNull};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 pub use check::CheckError;
@@ -54,7 +54,8 @@ pub use stats::{ClassStats, PoolStats};
 
 use layout::{class_of, geometry, ClassState, Desc, Header, Link, State, MAGIC, NIL, VERSION};
 
-use crate::shmtx::ShmMutex;
+use crate::shmtx::{ShmGuard, ShmMutex};
+use page::Core;
 
 /// A per-process handle on a slab pool in (shared) memory.
 ///
@@ -295,12 +296,77 @@ impl Pool {
     /// the pool is inconsistent.
     #[inline]
     pub fn lock(&self) -> PoolGuard<'_> {
-        let guard = self.mutex().lock();
-        let g = PoolGuard::new(self, guard);
-        if g.recovered_from().is_some() {
-            g.recovered();
+        PoolGuard::new(self, self.lock_raw())
+    }
+
+    /// Takes the lock without wrapping it in a `PoolGuard` (the hot paths
+    /// keep everything in registers this way).
+    #[inline]
+    fn lock_raw(&self) -> ShmGuard<'_> {
+        let g = self.mutex().lock();
+        if let Some(pid) = g.recovered_from() {
+            self.recovered(pid);
         }
         g
+    }
+
+    /// The previous holder died holding the lock: say so, and check the
+    /// pool (under the lock just taken).
+    #[cold]
+    #[inline(never)]
+    fn recovered(&self, pid: u32) {
+        log::warn!(
+            "slab pool lock taken over from dead process {pid} in zone \"{}\"; checking the pool",
+            self.name()
+        );
+        // SAFETY: called by lock_raw with the lock held.
+        let (st, d, pages) = unsafe { self.view() };
+        if let Err(e) = check::check(st, d, pages) {
+            log::error!("{e} in zone \"{}\"", self.name());
+        }
+    }
+
+    /// The allocator state and descriptors, borrowed mutably.
+    ///
+    /// # Safety
+    /// The caller holds the pool lock for as long as the result lives, and
+    /// makes no other `core` or `view` borrow meanwhile.
+    #[inline]
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn core(&self) -> Core<'_> {
+        // SAFETY: the caller holds the lock, so no other process touches the
+        // state or the descriptors, and no other reference to them exists
+        // in this process. Both are inside the pool (geometry checked by
+        // init/attach) and aligned.
+        unsafe {
+            Core {
+                st: &mut *addr_of_mut!((*self.hdr()).state),
+                d: std::slice::from_raw_parts_mut(
+                    self.base.as_ptr().add(size_of::<Header>()).cast::<Desc>(),
+                    self.npages as usize,
+                ),
+                pages: self.base.as_ptr().add(self.start_off),
+            }
+        }
+    }
+
+    /// The allocator state and descriptors, read-only.
+    ///
+    /// # Safety
+    /// As [`Pool::core`].
+    #[inline]
+    unsafe fn view(&self) -> (&State, &[Desc], *const u8) {
+        // SAFETY: as in `core`, read-only.
+        unsafe {
+            (
+                &*addr_of!((*self.hdr()).state),
+                std::slice::from_raw_parts(
+                    self.base.as_ptr().add(size_of::<Header>()).cast::<Desc>(),
+                    self.npages as usize,
+                ),
+                self.base.as_ptr().add(self.start_off),
+            )
+        }
     }
 
     /// Allocates `size` bytes, aligned to their class size (up to a page),
@@ -314,7 +380,10 @@ impl Pool {
         let r = if size <= MAX_CHUNK {
             // The class is computed before the lock is taken.
             let c = class_of(size);
-            let off = self.lock().core().alloc_chunk(c, size);
+            let g = self.lock_raw();
+            // SAFETY: `g` holds the lock until after this borrow ends.
+            let off = unsafe { self.core() }.alloc_chunk(c, size);
+            drop(g);
             off.map(|off| self.data_ptr(off))
         } else {
             self.alloc_large(size)
@@ -360,7 +429,13 @@ impl Pool {
     #[inline]
     pub unsafe fn free(&self, p: *mut u8) -> Result<(), FreeError> {
         let r = match self.locate(p) {
-            Ok((idx, off)) => self.lock().core().free_at(idx, off),
+            Ok((idx, off)) => {
+                let g = self.lock_raw();
+                // SAFETY: `g` holds the lock until after this borrow ends.
+                let r = unsafe { self.core() }.free_at(idx, off);
+                drop(g);
+                r
+            }
             Err(e) => Err(e),
         };
         if let Err(e) = r {

@@ -2,7 +2,9 @@
 //! pool lock. Nothing here allocates, logs or panics on valid state.
 
 use super::error::FreeError;
-use super::layout::{Desc, Link, State, CLASS, FIRST_DESC_BITMAP_CLASS, MIN_SHIFT, NIL, SLAB_PAGE};
+use super::layout::{
+    Desc, Link, State, CLASS, FIRST_DESC_BITMAP_CLASS, MIN_SHIFT, NIL, PAGE_SHIFT, SLAB_PAGE,
+};
 
 /// The pool's state and descriptors, borrowed exclusively: only built by a
 /// holder of the pool lock.
@@ -59,61 +61,63 @@ impl Core<'_> {
     /// A chunk of class `c`, as an offset from the first page.
     #[inline]
     pub fn alloc_chunk(&mut self, c: usize, size: usize) -> Option<usize> {
-        self.st.classes[c].reqs += 1;
-        let head = self.st.classes[c].head;
-        let (idx, bit) = if head != NIL {
-            let bit = self.take_chunk(head, c);
-            (head, bit)
-        } else {
-            self.new_slab_page(c)?
-        };
-        let st = &mut *self.st;
-        let cs = &mut st.classes[c];
-        cs.used += 1;
-        cs.bytes_requested += size as u64;
-        Some(idx as usize * SLAB_PAGE + ((bit as usize) << (MIN_SHIFT as usize + c)))
-    }
-
-    /// Takes the lowest free chunk of page `idx` (the head of class `c`'s
-    /// list, so it has one), unlinking the page if that filled it.
-    #[inline]
-    fn take_chunk(&mut self, idx: u32, c: usize) -> u32 {
-        if self.st.classes[c].cached == idx {
-            self.st.classes[c].cached = NIL;
-        }
-        let info = &CLASS[c];
-        let (bit, full) = if c < FIRST_DESC_BITMAP_CLASS {
-            let bm = self.small_bitmap(idx);
-            let words = (info.chunks / 64) as usize;
-            let mut bit = u32::MAX;
-            for w in 0..words {
-                // SAFETY: page `idx` is a small page of class c (we hold the
-                // lock, it is on c's list); its first `words` u64s are its
-                // bitmap, inside the pool and 8-aligned (pages are
-                // SLAB_PAGE-aligned).
-                let word = unsafe { *bm.add(w) };
-                if word != u64::MAX {
+        let shift = MIN_SHIFT as usize + c;
+        let pages = self.pages;
+        let cs = &mut self.st.classes[c];
+        cs.reqs += 1;
+        let head = cs.head;
+        // NIL (like any index out of range) is past the descriptors' end.
+        let (idx, bit) = match self.d.get_mut(head as usize) {
+            Some(d) => {
+                let info = &CLASS[c];
+                let (bit, full) = if c < FIRST_DESC_BITMAP_CLASS {
+                    let bm = pages.wrapping_add(head as usize * SLAB_PAGE).cast::<u64>();
+                    let words = (info.chunks / 64) as usize;
+                    let mut w = 0;
+                    // SAFETY: page `head` is a small page of class c (it is
+                    // on c's list, and we hold the lock); its first `words`
+                    // u64s are its bitmap, 8-aligned; w < words.
+                    while w < words && unsafe { *bm.add(w) } == u64::MAX {
+                        w += 1;
+                    }
+                    if w == words {
+                        // A full page on the list: only a corrupt pool.
+                        return self.alloc_chunk_slow(c, size);
+                    }
+                    // SAFETY: as above, w < words.
+                    let word = unsafe { *bm.add(w) };
                     let b = (!word).trailing_zeros();
                     // SAFETY: as above.
                     unsafe { *bm.add(w) = word | (1 << b) };
-                    bit = w as u32 * 64 + b;
-                    break;
+                    d.slab += 1;
+                    (w as u32 * 64 + b, d.slab == info.cap as u64)
+                } else {
+                    let b = (!d.slab).trailing_zeros();
+                    d.slab |= 1 << b;
+                    (b, d.slab == info.full)
+                };
+                if full {
+                    unlink(&mut self.st.classes[c].head, self.d, head);
                 }
+                (head, bit)
             }
-            debug_assert!(bit != u32::MAX, "page on the list has no free chunk");
-            let d = &mut self.d[idx as usize];
-            d.slab += 1;
-            (bit, d.slab == info.cap as u64)
-        } else {
-            let d = &mut self.d[idx as usize];
-            let b = (!d.slab).trailing_zeros();
-            d.slab |= 1 << b;
-            (b, d.slab == info.full)
+            None => self.new_slab_page(c)?,
         };
-        if full {
-            unlink(&mut self.st.classes[c].head, self.d, idx);
-        }
-        bit
+        let cs = &mut self.st.classes[c];
+        cs.used += 1;
+        cs.bytes_requested += size as u64;
+        Some(((idx as usize) << PAGE_SHIFT) + ((bit as usize) << shift))
+    }
+
+    /// `alloc_chunk` when the head page of the class list turned out full
+    /// (which `check()` reports): take it off the list and use a new page.
+    #[cold]
+    #[inline(never)]
+    fn alloc_chunk_slow(&mut self, c: usize, size: usize) -> Option<usize> {
+        let head = self.st.classes[c].head;
+        unlink(&mut self.st.classes[c].head, self.d, head);
+        self.st.classes[c].reqs -= 1;
+        self.alloc_chunk(c, size)
     }
 
     /// Takes a free page for class `c`, sets it up with its first chunk
@@ -283,13 +287,20 @@ impl Core<'_> {
         }
     }
 
-    /// Gives back every class's cached empty page; true if there was one.
+    /// Gives back every class's kept empty page; true if there was one.
+    ///
+    /// `cached` is a hint: it names the class's empty page if the class
+    /// has one (`free_at` sets it when it keeps a page), but allocations do
+    /// not clear it, so it may name a page that is no longer empty.
     pub fn trim(&mut self) -> bool {
         let mut any = false;
         for (c, info) in CLASS.iter().enumerate() {
-            let idx = self.st.classes[c].cached;
-            if idx != NIL {
-                self.st.classes[c].cached = NIL;
+            let idx = std::mem::replace(&mut self.st.classes[c].cached, NIL);
+            let kept = self
+                .d
+                .get(idx as usize)
+                .is_some_and(|q| q.prev.class() == Some(c) && q.slab == 0);
+            if kept {
                 unlink(&mut self.st.classes[c].head, self.d, idx);
                 self.st.classes[c].total -= info.cap as u64;
                 self.free_pages(idx, 1);
