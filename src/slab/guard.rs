@@ -61,18 +61,12 @@ impl<'a> PoolGuard<'a> {
 
     #[inline]
     pub(super) fn alloc_quiet(&self, size: usize) -> Option<NonNull<u8>> {
-        let npages = self.pool.npages as usize;
         let off = if size <= MAX_CHUNK {
             self.core().alloc_chunk(class_of(size), size)?
         } else {
-            let n = pages_for(size);
-            let mut core = self.core();
-            if n > npages {
-                core.st.page_reqs += 1;
-                core.st.page_fails += 1;
-                return None;
-            }
-            core.alloc_run(n, size)?
+            let npages = self.pool.npages as usize;
+            self.core()
+                .alloc_run_checked(pages_for(size), size, npages)?
         };
         Some(self.pool.data_ptr(off))
     }

@@ -52,7 +52,9 @@ pub use guard::PoolGuard;
 pub use layout::{MAX_CHUNK, NAME_MAX, NCLASSES, SLAB_PAGE};
 pub use stats::{ClassStats, PoolStats};
 
-use layout::{class_of, geometry, ClassState, Desc, Header, Link, State, MAGIC, NIL, VERSION};
+use layout::{
+    class_of, geometry, pages_for, ClassState, Desc, Header, Link, State, MAGIC, NIL, VERSION,
+};
 
 use crate::shmtx::{ShmGuard, ShmMutex};
 use page::Core;
@@ -396,7 +398,12 @@ impl Pool {
 
     #[inline(never)]
     fn alloc_large(&self, size: usize) -> Option<NonNull<u8>> {
-        self.lock().alloc_quiet(size)
+        let n = pages_for(size);
+        let g = self.lock_raw();
+        // SAFETY: `g` holds the lock until after this borrow ends.
+        let off = unsafe { self.core() }.alloc_run_checked(n, size, self.npages as usize);
+        drop(g);
+        off.map(|off| self.data_ptr(off))
     }
 
     /// The address of byte `off` of the data pages.

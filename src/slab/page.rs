@@ -160,9 +160,22 @@ impl Core<'_> {
         Some((idx, bit))
     }
 
+    /// A run of `n` pages (counted as a request, and as a failure if the
+    /// pool has fewer than `n` pages at all), as an offset from the first
+    /// page.
+    #[inline]
+    pub fn alloc_run_checked(&mut self, n: usize, size: usize, npages: usize) -> Option<usize> {
+        if n > npages {
+            self.st.page_reqs += 1;
+            self.st.page_fails += 1;
+            return None;
+        }
+        self.alloc_run(n, size)
+    }
+
     /// A run of `n` pages, as an offset from the first page.
-    #[inline(never)]
-    pub fn alloc_run(&mut self, n: usize, size: usize) -> Option<usize> {
+    #[inline]
+    fn alloc_run(&mut self, n: usize, size: usize) -> Option<usize> {
         self.st.page_reqs += 1;
         let Some(first) = self.alloc_pages_or_trim(n) else {
             self.st.page_fails += 1;
@@ -195,6 +208,12 @@ impl Core<'_> {
         if let Some(i) = self.alloc_pages(n) {
             return Some(i);
         }
+        self.alloc_pages_after_trim(n)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn alloc_pages_after_trim(&mut self, n: usize) -> Option<u32> {
         if self.trim() {
             self.alloc_pages(n)
         } else {
@@ -205,6 +224,7 @@ impl Core<'_> {
     /// First fit on the list of free runs; the pages are taken from the end
     /// of the run, so the run keeps its place. The caller writes all `n`
     /// descriptors.
+    #[inline(always)]
     fn alloc_pages(&mut self, n: usize) -> Option<u32> {
         if n == 0 || n > self.st.pfree as usize {
             return None;
@@ -242,6 +262,7 @@ impl Core<'_> {
 
     /// Frees pages `idx..idx+n` (descriptors in any state) and coalesces
     /// them with free neighbours on both sides.
+    #[inline(always)]
     fn free_pages(&mut self, idx: u32, n: u32) {
         let npages = self.d.len() as u32;
         self.st.pfree += n;
@@ -287,6 +308,13 @@ impl Core<'_> {
         }
     }
 
+    /// Gives a slab page back to the free runs (out of line: the hot free
+    /// path stays small).
+    #[inline(never)]
+    fn release_page(&mut self, idx: u32) {
+        self.free_pages(idx, 1);
+    }
+
     /// Gives back every class's kept empty page; true if there was one.
     ///
     /// `cached` is a hint: it names the class's empty page if the class
@@ -303,7 +331,7 @@ impl Core<'_> {
             if kept {
                 unlink(&mut self.st.classes[c].head, self.d, idx);
                 self.st.classes[c].total -= info.cap as u64;
-                self.free_pages(idx, 1);
+                self.release_page(idx);
                 any = true;
             }
         }
@@ -364,7 +392,7 @@ impl Core<'_> {
             } else {
                 unlink(&mut self.st.classes[c].head, self.d, idx);
                 self.st.classes[c].total -= info.cap as u64;
-                self.free_pages(idx, 1);
+                self.release_page(idx);
             }
         }
         Ok(())
