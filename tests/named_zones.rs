@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -63,39 +62,9 @@ fn builder() -> shmzone::ZonesBuilder {
         .slack(1 << 20)
 }
 
-fn encode(id: &NamedId) -> String {
-    match id {
-        NamedId::Posix(n) => format!("posix:{n}"),
-        NamedId::SysVKey(k) => format!("sysv:{k}"),
-        NamedId::File(p) => format!("file:{}", p.display()),
-        _ => unreachable!(),
-    }
-}
-
-fn decode(s: &str) -> NamedId {
-    let (kind, rest) = s.split_once(':').unwrap();
-    match kind {
-        "posix" => NamedId::Posix(rest.to_string()),
-        "sysv" => NamedId::SysVKey(rest.parse().unwrap()),
-        "file" => NamedId::File(rest.into()),
-        _ => panic!("bad kind {kind}"),
-    }
-}
-
+/// Runs `role` for `id` in a new process (this binary, re-executed).
 fn run_child(role: &str, id: &NamedId) -> i32 {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["child_entry", "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_VAR, format!("{role};{}", encode(id)))
-        .output()
-        .expect("start the child process");
-    if !out.status.success() {
-        eprintln!(
-            "child stdout:\n{}\nchild stderr:\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    out.status.code().unwrap_or(-1)
+    common::run_child_entry(CHILD_VAR, &format!("{role};{}", id.to_arg()))
 }
 
 /// Reads the u64 at the root of zone `name`.
@@ -124,7 +93,7 @@ fn child_entry() {
         return;
     };
     let (role, id) = what.split_once(';').unwrap();
-    let spec = NamedSpec::new(decode(id));
+    let spec = NamedSpec::new(id.parse().expect("a named id"));
     let code = match role {
         // Reads the parent's value, answers with its own and a new zone.
         "exchange" => {

@@ -117,36 +117,6 @@ fn run_together(s: &Shared, procs: u32, body: impl Fn() + Copy) {
     }
 }
 
-/// `waitid(P_PID, pid, WEXITED | WNOWAIT)`: waits for `pid` to end without
-/// reaping it (so its pid cannot be reused yet); returns the signal that
-/// killed it, or `None` if it exited.
-fn wait_dead_nowait(pid: libc::pid_t) -> Option<i32> {
-    // SAFETY: siginfo_t is plain data; all-zero is a valid value.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    loop {
-        // SAFETY: `info` is a valid out-pointer; WNOWAIT leaves the child
-        // waitable.
-        let r = unsafe {
-            libc::waitid(
-                libc::P_PID,
-                pid as libc::id_t,
-                &mut info,
-                libc::WEXITED | libc::WNOWAIT,
-            )
-        };
-        if r == 0 {
-            break;
-        }
-        let err = std::io::Error::last_os_error();
-        assert_eq!(err.raw_os_error(), Some(libc::EINTR), "waitid: {err}");
-    }
-    // SAFETY: waitid filled `info` for a child state change (SIGCHLD
-    // layout), so the pid and status fields are the ones set.
-    let (who, status) = unsafe { (info.si_pid(), info.si_status()) };
-    assert_eq!(who, pid);
-    (info.si_code == libc::CLD_KILLED || info.si_code == libc::CLD_DUMPED).then_some(status)
-}
-
 /// A child that takes the lock, reports `stage = 1`, waits for `stage = 2`
 /// and then SIGKILLs itself while holding the lock.
 fn fork_doomed_holder(s: &Shared) -> libc::pid_t {
@@ -243,7 +213,7 @@ fn dead_holder_force_unlock_hands_the_lock_to_a_waiter() {
     s.stage.store(2, SeqCst);
 
     // See the death without reaping, so the pid cannot be reused yet.
-    assert_eq!(wait_dead_nowait(holder), Some(libc::SIGKILL));
+    assert_eq!(common::wait_dead_nowait(holder), Some(libc::SIGKILL));
     assert_eq!(
         s.mutex.holder(),
         Some(holder as u32),
@@ -431,7 +401,7 @@ fn force_unlock_wakes_all_sleepers_and_one_reports_the_recovery() {
         s.mutex.waiters() == WAITERS
     });
     s.stage.store(2, SeqCst);
-    assert_eq!(wait_dead_nowait(holder), Some(libc::SIGKILL));
+    assert_eq!(common::wait_dead_nowait(holder), Some(libc::SIGKILL));
     assert!(s.mutex.force_unlock(holder as u32));
     assert_eq!(wait(holder), Exit::Signal(libc::SIGKILL));
     for pid in waiters {

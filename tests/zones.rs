@@ -359,18 +359,7 @@ fn force_unlock_all_names_the_zone_a_dead_worker_held() {
         Some(pid as u32)
     );
     // See the death without reaping, so the pid cannot be reused.
-    // SAFETY: a zeroed siginfo_t is a valid out-parameter.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    // SAFETY: waits for our own child; `info` is valid.
-    let r = unsafe {
-        libc::waitid(
-            libc::P_PID,
-            pid as libc::id_t,
-            &mut info,
-            libc::WEXITED | libc::WNOWAIT,
-        )
-    };
-    assert_eq!(r, 0);
+    assert_eq!(common::wait_dead_nowait(pid), Some(libc::SIGKILL));
     let names = zones.force_unlock_all(pid as u32);
     assert_eq!(names, ["held"]);
     assert_eq!(wait(pid), Exit::Signal(libc::SIGKILL));

@@ -79,3 +79,52 @@ pub fn wait_within(pid: libc::pid_t, limit: Duration) -> Exit {
         std::thread::sleep(Duration::from_millis(2));
     }
 }
+
+/// Re-executes this test binary to run only its test `child_entry` (which
+/// reads its role from `var`) in a process that did not fork from this
+/// one; returns the exit code, printing the child's output if it failed.
+pub fn run_child_entry(var: &str, value: &str) -> i32 {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["child_entry", "--exact", "--nocapture", "--test-threads=1"])
+        .env(var, value)
+        .output()
+        .expect("start the child process");
+    if !out.status.success() {
+        eprintln!(
+            "child stdout:\n{}\nchild stderr:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out.status.code().unwrap_or(-1)
+}
+
+/// `waitid(P_PID, pid, WEXITED | WNOWAIT)`: waits for `pid` to end without
+/// reaping it (so its pid cannot be reused yet); returns the signal that
+/// killed it, or `None` if it exited.
+pub fn wait_dead_nowait(pid: libc::pid_t) -> Option<i32> {
+    // SAFETY: siginfo_t is plain data; all-zero is a valid value.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: `info` is a valid out-pointer; WNOWAIT leaves the child
+        // waitable.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if r == 0 {
+            break;
+        }
+        let err = std::io::Error::last_os_error();
+        assert_eq!(err.raw_os_error(), Some(libc::EINTR), "waitid: {err}");
+    }
+    // SAFETY: waitid filled `info` for a child state change (SIGCHLD
+    // layout), so the pid and status fields are the ones set.
+    let (who, status) = unsafe { (info.si_pid(), info.si_status()) };
+    assert_eq!(who, pid);
+    (info.si_code == libc::CLD_KILLED || info.si_code == libc::CLD_DUMPED).then_some(status)
+}
