@@ -38,13 +38,14 @@ mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod guard;
+mod init;
 mod layout;
 mod page;
 mod stats;
 
 use std::fmt;
 use std::ptr::{addr_of, addr_of_mut, NonNull};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 pub use check::CheckError;
 pub use error::{FreeError, PoolError};
@@ -52,9 +53,7 @@ pub use guard::PoolGuard;
 pub use layout::{MAX_CHUNK, NAME_MAX, NCLASSES, SLAB_PAGE};
 pub use stats::{ClassStats, PoolStats};
 
-use layout::{
-    class_of, geometry, pages_for, ClassState, Desc, Header, Link, State, MAGIC, NIL, VERSION,
-};
+use layout::{class_of, pages_for, Desc, Header, State};
 
 use crate::shmtx::{ShmGuard, ShmMutex};
 use page::Core;
@@ -83,176 +82,6 @@ impl Pool {
     /// header and descriptors take the first, 7 pages remain), as nginx's
     /// minimum zone size.
     pub const MIN_SIZE: usize = 8 * SLAB_PAGE;
-
-    fn validate_range(base: NonNull<u8>, len: usize) -> Result<usize, PoolError> {
-        let addr = base.as_ptr() as usize;
-        if addr % SLAB_PAGE != 0 {
-            return Err(PoolError::Misaligned { addr });
-        }
-        let len = len & !(SLAB_PAGE - 1);
-        if len < Pool::MIN_SIZE {
-            return Err(PoolError::TooSmall {
-                len,
-                min: Pool::MIN_SIZE,
-            });
-        }
-        Ok(len)
-    }
-
-    /// Formats a fresh pool over `base..base+len`.
-    ///
-    /// `len` is truncated to whole [`SLAB_PAGE`]s. `name` (at most
-    /// [`NAME_MAX`] bytes, longer names are cut at a character boundary) is
-    /// named in every log alert, as nginx's `log_ctx`.
-    ///
-    /// # Safety
-    /// 1. `base..base+len` is valid for reads and writes for as long as any
-    ///    handle on the pool is used, and nothing else uses it.
-    /// 2. No other process or thread uses a pool at this range while it is
-    ///    being formatted.
-    ///
-    /// # Errors
-    /// [`PoolError::Misaligned`] if `base` is not `SLAB_PAGE`-aligned,
-    /// [`PoolError::TooSmall`] below [`Pool::MIN_SIZE`].
-    pub unsafe fn init(base: NonNull<u8>, len: usize, name: &str) -> Result<Pool, PoolError> {
-        let len = Pool::validate_range(base, len)?;
-        let g = geometry(len).ok_or(PoolError::TooSmall {
-            len,
-            min: Pool::MIN_SIZE,
-        })?;
-        let mut cut = name.len().min(NAME_MAX);
-        while !name.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        let mut name_buf = [0u8; 64];
-        name_buf[..cut].copy_from_slice(&name.as_bytes()[..cut]);
-        let npages = g.npages as u32;
-        let header = Header {
-            magic: MAGIC,
-            version: VERSION,
-            npages,
-            len: len as u64,
-            desc_off: g.desc_off as u64,
-            start_off: g.start_off as u64,
-            root: AtomicU64::new(0),
-            log_nomem: AtomicU32::new(1),
-            name_len: cut as u32,
-            name: name_buf,
-            lock: ShmMutex::new(),
-            state: State {
-                classes: [ClassState::EMPTY; NCLASSES],
-                free_head: 0,
-                pfree: npages,
-                run_pages: 0,
-                _pad: 0,
-                page_reqs: 0,
-                page_fails: 0,
-                run_bytes_requested: 0,
-                run_bytes: 0,
-            },
-        };
-        // SAFETY: (1) the range is ours and at least MIN_SIZE long; base is
-        // page-aligned, so the header (align 64) and the descriptors (align
-        // 8, at desc_off = 640) are aligned and end before start_off <= len.
-        unsafe {
-            base.as_ptr().cast::<Header>().write(header);
-            let d = base.as_ptr().add(g.desc_off).cast::<Desc>();
-            for i in 0..g.npages {
-                d.add(i).write(Desc::INNER_FREE);
-            }
-            d.write(Desc {
-                slab: npages as u64,
-                next: NIL,
-                prev: Link::new(Link::FREE, NIL),
-            });
-            if npages > 1 {
-                d.add(g.npages - 1).write(Desc {
-                    slab: 0,
-                    next: NIL,
-                    prev: Link::new(Link::FREE, 0),
-                });
-            }
-        }
-        Ok(Pool {
-            base,
-            len,
-            npages,
-            start_off: g.start_off,
-        })
-    }
-
-    /// A handle on a pool that [`Pool::init`] already formatted at `base`
-    /// (perhaps mapped at another address in this process).
-    ///
-    /// Checks the header (magic, version, length, geometry, name, root) and
-    /// reads nothing outside `base..base+len`.
-    ///
-    /// # Safety
-    /// `base..base+len` is valid for reads and writes for as long as the
-    /// handle is used, and is only used as a pool by the pool's own code.
-    ///
-    /// # Errors
-    /// As [`Pool::init`], plus [`PoolError::BadHeader`] naming what does
-    /// not match.
-    pub unsafe fn attach(base: NonNull<u8>, len: usize) -> Result<Pool, PoolError> {
-        let len = Pool::validate_range(base, len)?;
-        let h = base.as_ptr().cast::<Header>();
-        let bad = |s: String| Err(PoolError::BadHeader(s));
-        // SAFETY: len >= MIN_SIZE > size_of::<Header>() and base is aligned,
-        // so every field read is inside the range; these fields are written
-        // once by init and never change.
-        let (magic, version, hlen, npages, desc_off, start_off, name_len) = unsafe {
-            (
-                addr_of!((*h).magic).read(),
-                addr_of!((*h).version).read(),
-                addr_of!((*h).len).read(),
-                addr_of!((*h).npages).read(),
-                addr_of!((*h).desc_off).read(),
-                addr_of!((*h).start_off).read(),
-                addr_of!((*h).name_len).read(),
-            )
-        };
-        if magic != MAGIC {
-            return bad(format!("magic {magic:#x}"));
-        }
-        if version != VERSION {
-            return bad(format!(
-                "layout version {version}, this build knows {VERSION}"
-            ));
-        }
-        if hlen != len as u64 {
-            return bad(format!("formatted for {hlen} bytes, attached with {len}"));
-        }
-        let g = geometry(len).ok_or_else(|| PoolError::BadHeader("no pages".into()))?;
-        if npages as usize != g.npages
-            || desc_off != g.desc_off as u64
-            || start_off != g.start_off as u64
-        {
-            return bad(format!(
-                "geometry {npages} pages at {start_off}, expected {} at {}",
-                g.npages, g.start_off
-            ));
-        }
-        if name_len as usize > NAME_MAX {
-            return bad(format!("name length {name_len}"));
-        }
-        // SAFETY: inside the header, see above.
-        let name = unsafe { &*addr_of!((*h).name) };
-        if std::str::from_utf8(&name[..name_len as usize]).is_err() {
-            return bad("name is not UTF-8".into());
-        }
-        // SAFETY: an atomic inside the header.
-        let root = unsafe { &*addr_of!((*h).root) }.load(Ordering::Acquire);
-        if root >= len as u64 {
-            return bad(format!("root offset {root} outside the pool"));
-        }
-        Ok(Pool {
-            base,
-            len,
-            npages,
-            start_off: g.start_off,
-        })
-    }
 
     #[inline]
     fn hdr(&self) -> *mut Header {
@@ -296,6 +125,22 @@ impl Pool {
     /// If the previous holder died holding the lock, logs a warning naming
     /// the zone and runs [`PoolGuard::check_locked`], logging an error if
     /// the pool is inconsistent.
+    ///
+    /// ```
+    /// # use shmzone::{Pool, Region};
+    /// # let region = Region::new(1 << 20)?;
+    /// # // SAFETY: the region is ours, page-aligned and unused.
+    /// # let pool = unsafe { Pool::init(region.base(), region.len(), "doc") }.unwrap();
+    /// let g = pool.lock();
+    /// let node = g.alloc_locked(48).unwrap();
+    /// // ... link `node` into a shared tree in the same critical section ...
+    /// if g.alloc_locked(1 << 30).is_none() {
+    ///     // evict something, retry: still under the one lock
+    /// }
+    /// g.check_locked().unwrap();
+    /// drop(g);
+    /// # Ok::<(), shmzone::Error>(())
+    /// ```
     #[inline]
     pub fn lock(&self) -> PoolGuard<'_> {
         PoolGuard::new(self, self.lock_raw())
@@ -377,6 +222,19 @@ impl Pool {
     /// Returns `None` when there is no memory (sizes larger than the pool
     /// included): the class's `fails` is counted and "no memory" logged
     /// unless [`Pool::set_log_nomem`] turned that off.
+    ///
+    /// ```
+    /// # use shmzone::{Pool, Region};
+    /// # let region = Region::new(1 << 20)?;
+    /// # // SAFETY: the region is ours, page-aligned and unused.
+    /// # let pool = unsafe { Pool::init(region.base(), region.len(), "doc") }.unwrap();
+    /// let p = pool.alloc(100).unwrap();
+    /// assert_eq!(p.as_ptr() as usize % 128, 0); // a 128-byte chunk
+    /// let run = pool.alloc(10_000).unwrap(); // three whole pages
+    /// assert_eq!(run.as_ptr() as usize % shmzone::SLAB_PAGE, 0);
+    /// assert!(pool.alloc(usize::MAX).is_none());
+    /// # Ok::<(), shmzone::Error>(())
+    /// ```
     #[inline]
     pub fn alloc(&self, size: usize) -> Option<NonNull<u8>> {
         let r = if size <= MAX_CHUNK {
@@ -416,6 +274,17 @@ impl Pool {
     }
 
     /// As [`Pool::alloc`], with the `size` requested bytes zeroed.
+    ///
+    /// ```
+    /// # use shmzone::{Pool, Region};
+    /// # let region = Region::new(1 << 20)?;
+    /// # // SAFETY: the region is ours, page-aligned and unused.
+    /// # let pool = unsafe { Pool::init(region.base(), region.len(), "doc") }.unwrap();
+    /// let p = pool.calloc(40).unwrap();
+    /// // SAFETY: 40 bytes just allocated.
+    /// assert!(unsafe { std::slice::from_raw_parts(p.as_ptr(), 40) }.iter().all(|&b| b == 0));
+    /// # Ok::<(), shmzone::Error>(())
+    /// ```
     pub fn calloc(&self, size: usize) -> Option<NonNull<u8>> {
         let p = self.alloc(size)?;
         // SAFETY: p is a fresh allocation of at least `size` bytes.
@@ -427,6 +296,22 @@ impl Pool {
     ///
     /// Every bad pointer is refused with its own [`FreeError`], logged with
     /// the zone's name, and changes nothing.
+    ///
+    /// ```
+    /// # use shmzone::{Pool, Region};
+    /// # let region = Region::new(1 << 20)?;
+    /// # // SAFETY: the region is ours, page-aligned and unused.
+    /// # let pool = unsafe { Pool::init(region.base(), region.len(), "doc") }.unwrap();
+    /// use shmzone::FreeError;
+    /// let p = pool.alloc(64).unwrap().as_ptr();
+    /// // SAFETY: p came from this pool and is not used again.
+    /// unsafe {
+    ///     pool.free(p).unwrap();
+    ///     assert_eq!(pool.free(p), Err(FreeError::ChunkAlreadyFree));
+    ///     assert_eq!(pool.free(p.add(1)), Err(FreeError::WrongChunk));
+    /// }
+    /// # Ok::<(), shmzone::Error>(())
+    /// ```
     ///
     /// # Safety
     /// If `p` came from this pool, it is not used after this call.
@@ -462,6 +347,19 @@ impl Pool {
     }
 
     /// A snapshot of the counters, taken under the lock.
+    ///
+    /// ```
+    /// # use shmzone::{Pool, Region};
+    /// # let region = Region::new(1 << 20)?;
+    /// # // SAFETY: the region is ours, page-aligned and unused.
+    /// # let pool = unsafe { Pool::init(region.base(), region.len(), "doc") }.unwrap();
+    /// let _p = pool.alloc(24).unwrap();
+    /// let s = pool.stats();
+    /// assert_eq!((s.classes[2].size, s.classes[2].used, s.classes[2].total), (32, 1, 127));
+    /// assert_eq!(s.bytes_requested, 24);
+    /// assert_eq!(s.pages_free, s.pages_total - 1);
+    /// # Ok::<(), shmzone::Error>(())
+    /// ```
     pub fn stats(&self) -> PoolStats {
         self.lock().stats_locked()
     }
@@ -483,6 +381,18 @@ impl Pool {
 
     /// nginx's `shpool->data`: the offset from [`Pool::base`] of the user's
     /// root structure, 0 for none.
+    ///
+    /// ```
+    /// # use shmzone::{Pool, Region};
+    /// # let region = Region::new(1 << 20)?;
+    /// # // SAFETY: the region is ours, page-aligned and unused.
+    /// # let pool = unsafe { Pool::init(region.base(), region.len(), "doc") }.unwrap();
+    /// let p = pool.alloc(256).unwrap();
+    /// pool.set_root(pool.offset_of(p.as_ptr()).unwrap());
+    /// // Another process finds it again at its own address:
+    /// assert_eq!(pool.ptr_at(pool.root()), Some(p));
+    /// # Ok::<(), shmzone::Error>(())
+    /// ```
     pub fn root(&self) -> usize {
         // SAFETY: an atomic in the header.
         unsafe { &*addr_of!((*self.hdr()).root) }.load(Ordering::Acquire) as usize
@@ -522,6 +432,20 @@ impl Pool {
     /// The biggest size one allocation can get now: the longest free run,
     /// or if there is none, the largest class with a free chunk. Gives back
     /// the classes' kept empty pages first (see [`Pool::trim`]).
+    ///
+    /// ```
+    /// # use shmzone::{Pool, Region};
+    /// # let region = Region::new(1 << 20)?;
+    /// # // SAFETY: the region is ours, page-aligned and unused.
+    /// # let pool = unsafe { Pool::init(region.base(), region.len(), "doc") }.unwrap();
+    /// let all = pool.largest_alloc();
+    /// let p = pool.alloc(all).unwrap();
+    /// assert_eq!(pool.largest_alloc(), 0);
+    /// // SAFETY: p came from this pool.
+    /// unsafe { pool.free(p.as_ptr()) }.unwrap();
+    /// assert_eq!(pool.largest_alloc(), all);
+    /// # Ok::<(), shmzone::Error>(())
+    /// ```
     pub fn largest_alloc(&self) -> usize {
         self.lock().largest_alloc_locked()
     }
