@@ -167,8 +167,53 @@ fn four_processes_count_exactly_under_the_lock() {
         assert_eq!(total, PROCS as u64 * INCREMENTS, "backend {backend}");
         assert_eq!(s.mutex.holder(), None);
         assert_eq!(s.mutex.recoveries(), 0);
+        // A sleep that ended without its wake (the futex found `seq` moved
+        // on) leaves one count, which the next unlock takes off: at most one
+        // per process, and gone after as many unlocks.
+        assert!(s.mutex.waiters() <= PROCS, "backend {backend}");
+        for _ in 0..PROCS {
+            drop(s.mutex.lock());
+        }
         assert_eq!(s.mutex.waiters(), 0, "backend {backend}");
     }
+}
+
+/// Holders that keep the lock long enough for the waiters to exhaust their
+/// spin and sleep, over and over: no sleeper is ever stranded (every child
+/// finishes within a generous bound) and no count leaks.
+#[test]
+fn sleepers_are_always_woken() {
+    let region = Region::new(4096).unwrap();
+    let s = shared(&region);
+    let mut kids = Kids(Vec::new());
+    for p in 0..PROCS {
+        kids.add(fork_child(move || {
+            for i in 0..150u32 {
+                let _g = s.mutex.lock();
+                // Hold for 0, 1 or 2 ms: longer than the waiters' spin.
+                let hold = std::time::Duration::from_micros(u64::from((i + p) % 3) * 1000);
+                let t = std::time::Instant::now();
+                while t.elapsed() < hold {
+                    std::hint::spin_loop();
+                }
+                // SAFETY: under the lock.
+                unsafe { *s.counter.get() += 1 };
+            }
+            0
+        }));
+    }
+    for &pid in &kids.0 {
+        assert_eq!(
+            wait_within(pid, std::time::Duration::from_secs(60)),
+            Exit::Code(0)
+        );
+    }
+    // SAFETY: every child has exited.
+    assert_eq!(unsafe { *s.counter.get() }, 150 * PROCS as u64);
+    for _ in 0..PROCS {
+        drop(s.mutex.lock());
+    }
+    assert_eq!(s.mutex.waiters(), 0);
 }
 
 #[test]

@@ -21,10 +21,6 @@ use std::time::Duration;
 
 cfg_if::cfg_if! {
     if #[cfg(any(target_os = "linux", target_os = "android"))] {
-        /// Whether `wait` really sleeps in the kernel (a futex) rather than
-        /// only yielding the CPU.
-        pub(crate) const SLEEPS: bool = true;
-
         /// Sleeps while `*word == expected`, at most `timeout` (forever if
         /// `None`). Returns on a wake, a signal, the timeout, or at once when
         /// the word already differs; the caller re-checks the word.
@@ -83,10 +79,6 @@ cfg_if::cfg_if! {
             }
         }
     } else {
-        /// Whether `wait` really sleeps in the kernel (a futex) rather than
-        /// only yielding the CPU.
-        pub(crate) const SLEEPS: bool = false;
-
         /// No process-shared wait queue here: gives the CPU away once
         /// (`sched_yield`, as nginx does without semaphores) and returns.
         pub(crate) fn wait(_word: &AtomicU32, _expected: u32, _timeout: Option<Duration>) {
