@@ -178,6 +178,18 @@ fn four_processes_count_exactly_under_the_lock() {
     }
 }
 
+/// On Linux the unlock path that the other tests exercise is the plain
+/// store (membarrier(2) is available), in a forked child as well.
+#[test]
+fn unlocks_are_plain_stores_on_linux() {
+    if !cfg!(target_os = "linux") {
+        return;
+    }
+    assert!(ShmMutex::unlock_is_a_plain_store());
+    let pid = fork_child(|| i32::from(!ShmMutex::unlock_is_a_plain_store()));
+    wait_ok(pid);
+}
+
 /// Holders that keep the lock long enough for the waiters to exhaust their
 /// spin and sleep, over and over: no sleeper is ever stranded (every child
 /// finishes within a generous bound) and no count leaks.

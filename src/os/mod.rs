@@ -34,6 +34,7 @@ pub use named::NamedId;
 pub(crate) use named::{remove as remove_named, CreateOpts, NamedMap};
 
 pub(crate) mod futex;
+pub(crate) mod membarrier;
 pub(crate) mod process;
 pub(crate) mod signal;
 

@@ -1,9 +1,16 @@
 //! Process identity and liveness.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+use super::membarrier;
 
 /// The cached pid; 0 = not known in this process (yet).
 static PID: AtomicU32 = AtomicU32::new(0);
+
+/// This process is registered for membarrier(2) global barriers, so its
+/// unlocks may be a plain store (see `os::membarrier`). Set with `PID`,
+/// cleared with it in a forked child until the child registers itself.
+static BARRIER: AtomicBool = AtomicBool::new(false);
 
 /// Registration of the `pthread_atfork` handler that clears `PID`:
 ///
@@ -23,6 +30,15 @@ const ATFORK_DONE: u32 = u32::MAX;
 
 extern "C" fn forget_pid() {
     PID.store(0, Ordering::Relaxed);
+    BARRIER.store(false, Ordering::Relaxed);
+}
+
+/// Whether this process may unlock with a plain store: it is registered for
+/// membarrier(2) global barriers. Valid after [`current_pid`] returned in
+/// this process.
+#[inline]
+pub(crate) fn barrier_registered() -> bool {
+    BARRIER.load(Ordering::Relaxed)
 }
 
 /// This process's pid, cached (glibc's `getpid` is a real syscall).
@@ -47,7 +63,8 @@ fn current_pid_slow() -> u32 {
     let mut state = ATFORK.load(Ordering::Acquire);
     loop {
         if state == ATFORK_DONE {
-            // The handler exists, so a fork after this store clears it.
+            // The handler exists, so a fork after these stores clears them.
+            BARRIER.store(membarrier::register(), Ordering::Relaxed);
             PID.store(pid, Ordering::Relaxed);
             return pid;
         }
