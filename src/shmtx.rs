@@ -43,8 +43,8 @@
 //!
 //! When the lock is busy, [`ShmMutex::lock`] goes to a `#[cold]` slow path
 //! that works like nginx's, with a longer spin: on a machine with more than
-//! one CPU it spins in rounds of 64, 128, … 32768 `spin_loop()` hints,
-//! trying the lock after each round (nginx: 1, 2, … 1024; the measurements
+//! one CPU it spins in rounds of 1, 2, 4, … 32768 `spin_loop()` hints,
+//! trying the lock after each round (nginx stops at 1024; the measurements
 //! that chose ours are at `SPIN_FIRST` in the source); then it sleeps once,
 //! and on waking spins again.
 //! On Linux it sleeps in a futex on the `seq` word (a process-shared futex,
@@ -94,26 +94,24 @@ const FREE: u32 = 0;
 const RECOVERED: u32 = u32::MAX;
 /// The spin phase: rounds of `SPIN_FIRST`, twice that, … `spin_loop()`
 /// hints while below `SPIN_LIMIT`, trying the lock after each round (about
-/// 65,000 hints in 11 rounds: 0.7 ms at the 10.7 ns a hint takes on this
+/// 65,000 hints in 16 rounds: 0.7 ms at the 10.7 ns a hint takes on this
 /// project's Xeon VMs). nginx spins rounds of 1 … 1024 (2,047 hints, 22 µs
 /// here) and then sleeps. Measured on W4 (2 cores, one zone, every op
 /// locked), total M ops/s at P = 1 / 2 / 4:
 ///
 /// | first, limit | P=1 | P=2 | P=4 |
 /// |---|---|---|---|
-/// | 1, 2048 (nginx) | 28.6 | 13.0 | 13.1 |
-/// | 1, 65536 | 27.9 | 22.3 | 19.9 |
-/// | 64, 16384 | 28.0 | 21.2 | 21.5 |
-/// | 64, 65536 | 28.4 | 23.9 | 21.9 |
+/// | 1, 2048 (nginx) | 36.8 | 16.2 | 16.2 |
+/// | 1, 65536 (ours) | 37.0 | 33.1 | 29.8 |
+/// | 64, 65536 | 37.3 | 33.2 | 29.2 |
 ///
 /// Under steady contention the cost is the handoff (the lock and the
 /// pool's hot lines moving to the other core) and, after a sleep, the wake
 /// syscall and a woken waiter that takes the lock at once; a waiter that
-/// probes late and sleeps rarely lets the holder run long streaks. The
-/// price is latency under light contention (the first probe comes 64 hints,
-/// 0.7 µs, after the fast path failed) and CPU burnt by a waiter behind a
-/// slow holder (at most the whole budget per sleep).
-const SPIN_FIRST: u32 = 64;
+/// keeps spinning with ever sparser probes rarely sleeps and lets the
+/// holder run long streaks. The price is CPU burnt by a waiter behind a
+/// slow holder: at most the whole budget before each sleep.
+const SPIN_FIRST: u32 = 1;
 /// See [`SPIN_FIRST`].
 const SPIN_LIMIT: u32 = 65536;
 
