@@ -6,51 +6,15 @@
 
 mod common;
 
+use common::named::{tmp, Fresh, KINDS};
+
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use common::{fork_child, wait, Exit};
 use shmzone::named::{self, DEFAULT_MODE};
 use shmzone::{Error, NamedId, NamedSpec, Region};
 
 const CHILD_VAR: &str = "SHMZONE_NAMED_CHILD";
-
-/// A name, key or path no other test (or test run) uses; removed on drop.
-struct Fresh(NamedId);
-
-impl Fresh {
-    fn new(kind: &str) -> Fresh {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let pid = std::process::id();
-        let id = match kind {
-            "posix" => NamedId::Posix(format!("/shmzone-test-{pid}-{n}")),
-            "sysv" => NamedId::SysVKey(0x5a00_0000 | ((pid as i32 & 0xffff) << 8) | n as i32),
-            "file" => NamedId::File(tmp(&format!("region-{n}.shm"))),
-            _ => unreachable!(),
-        };
-        let _ = named::remove(&id);
-        Fresh(id)
-    }
-
-    fn spec(&self) -> NamedSpec {
-        NamedSpec::new(self.0.clone())
-    }
-}
-
-impl Drop for Fresh {
-    fn drop(&mut self) {
-        let _ = named::remove(&self.0);
-    }
-}
-
-/// A path in the temporary directory that this test run alone uses.
-fn tmp(what: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("shmzone-named-{}-{what}", std::process::id()))
-}
-
-const KINDS: [&str; 3] = ["posix", "sysv", "file"];
 
 /// Runs `role` for `id` in a new process (this binary, re-executed).
 fn run_child(role: &str, id: &NamedId) -> i32 {

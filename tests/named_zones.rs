@@ -4,56 +4,13 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
+use common::named::{Fresh, KINDS};
+
 use std::time::Duration;
 
-use shmzone::named;
 use shmzone::{Error, NamedId, NamedSpec, Region, Zones};
 
 const CHILD_VAR: &str = "SHMZONE_NAMED_ZONES_CHILD";
-const KINDS: [&str; 3] = ["posix", "sysv", "file"];
-
-/// A name, key or path no other test uses; removed on drop.
-struct Fresh(NamedId);
-
-impl Fresh {
-    fn new(kind: &str) -> Fresh {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let pid = std::process::id();
-        let id = match kind {
-            "posix" => NamedId::Posix(format!("/shmzone-ztest-{pid}-{n}")),
-            "sysv" => NamedId::SysVKey(0x5b00_0000 | ((pid as i32 & 0xffff) << 8) | n as i32),
-            "file" => NamedId::File(tmp(&format!("zones-{n}.shm"))),
-            _ => unreachable!(),
-        };
-        let _ = named::remove(&id);
-        Fresh(id)
-    }
-
-    fn spec(&self) -> NamedSpec {
-        NamedSpec::new(self.0.clone())
-    }
-
-    fn path(&self) -> &PathBuf {
-        match &self.0 {
-            NamedId::File(p) => p,
-            _ => panic!("not a file"),
-        }
-    }
-}
-
-impl Drop for Fresh {
-    fn drop(&mut self) {
-        let _ = named::remove(&self.0);
-    }
-}
-
-/// A path in the temporary directory that this test run alone uses.
-fn tmp(what: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("shmzone-named-zones-{}-{what}", std::process::id()))
-}
 
 fn builder() -> shmzone::ZonesBuilder {
     Zones::builder()

@@ -6,6 +6,8 @@
 //! returning or unwinding into the test harness.
 #![allow(dead_code)]
 
+pub mod named;
+
 use std::time::{Duration, Instant};
 
 /// Forks; the child runs `f` and `_exit`s with its return value (101 if it
