@@ -365,24 +365,19 @@ impl<T> Master<T> {
     where
         W: Fn(&T, &Worker) -> i32,
     {
-        signal::reset_wake_pipe()?;
-        for s in [
+        const CAUGHT: [Signal; 5] = [
             Signal::Term,
             Signal::Int,
             Signal::Quit,
             Signal::Hup,
             Signal::Chld,
-        ] {
+        ];
+        signal::reset_wake_pipe()?;
+        for s in CAUGHT {
             signal::catch(s)?;
         }
         let result = self.run_loop(&work);
-        for s in [
-            Signal::Term,
-            Signal::Int,
-            Signal::Quit,
-            Signal::Hup,
-            Signal::Chld,
-        ] {
+        for s in CAUGHT {
             let _ = signal::default_action(s);
         }
         result.map(|report| (self.state, report))
