@@ -18,19 +18,17 @@ const CHILD_VAR: &str = "SHMZONE_NAMED_CHILD";
 
 /// Runs `role` for `id` in a new process (this binary, re-executed).
 fn run_child(role: &str, id: &NamedId) -> i32 {
-    common::run_child_entry(CHILD_VAR, &format!("{role};{}", id.to_arg()))
+    common::named::run_child(CHILD_VAR, role, id)
 }
 
 /// The child's side. Without `SHMZONE_NAMED_CHILD` it does nothing (it is
 /// then just one more test of the parent run).
 #[test]
 fn child_entry() {
-    let Ok(what) = std::env::var(CHILD_VAR) else {
+    let Some((role, spec)) = common::named::child_request(CHILD_VAR) else {
         return;
     };
-    let (role, id) = what.split_once(';').unwrap();
-    let spec = NamedSpec::new(id.parse().expect("a named id"));
-    let code = match role {
+    let code = match role.as_str() {
         // Reads the parent's pattern, answers in the second page.
         "exchange" => {
             let r = Region::attach_named(&spec).expect("child attach");

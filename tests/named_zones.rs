@@ -8,7 +8,7 @@ use common::named::{Fresh, KINDS};
 
 use std::time::Duration;
 
-use shmzone::{Error, NamedId, NamedSpec, Region, Zones};
+use shmzone::{Error, NamedId, Region, Zones};
 
 const CHILD_VAR: &str = "SHMZONE_NAMED_ZONES_CHILD";
 
@@ -21,7 +21,7 @@ fn builder() -> shmzone::ZonesBuilder {
 
 /// Runs `role` for `id` in a new process (this binary, re-executed).
 fn run_child(role: &str, id: &NamedId) -> i32 {
-    common::run_child_entry(CHILD_VAR, &format!("{role};{}", id.to_arg()))
+    common::named::run_child(CHILD_VAR, role, id)
 }
 
 /// Reads the u64 at the root of zone `name`.
@@ -46,12 +46,10 @@ fn set_root_value(zones: &Zones, name: &str, v: u64) {
 /// The child's side; a no-op test without `SHMZONE_NAMED_ZONES_CHILD`.
 #[test]
 fn child_entry() {
-    let Ok(what) = std::env::var(CHILD_VAR) else {
+    let Some((role, spec)) = common::named::child_request(CHILD_VAR) else {
         return;
     };
-    let (role, id) = what.split_once(';').unwrap();
-    let spec = NamedSpec::new(id.parse().expect("a named id"));
-    let code = match role {
+    let code = match role.as_str() {
         // Reads the parent's value, answers with its own and a new zone.
         "exchange" => {
             let zones = Zones::attach(&spec).expect("child attach");

@@ -67,3 +67,20 @@ impl Drop for Fresh {
         let _ = named::remove(&self.0);
     }
 }
+
+/// Runs `role` for `id` in a new process: this test binary, re-executed to
+/// run only `child_entry`, which reads the request from `var`.
+pub fn run_child(var: &str, role: &str, id: &NamedId) -> i32 {
+    super::run_child_entry(var, &format!("{role};{}", id.to_arg()))
+}
+
+/// In `child_entry`: the role and spec that [`run_child`] sent through
+/// `var`, or `None` when this is the ordinary test run.
+pub fn child_request(var: &str) -> Option<(String, NamedSpec)> {
+    let what = std::env::var(var).ok()?;
+    let (role, id) = what.split_once(';').expect("role;id");
+    Some((
+        role.to_string(),
+        NamedSpec::new(id.parse().expect("a named id")),
+    ))
+}
