@@ -165,7 +165,6 @@ cfg_if::cfg_if! {
 }
 
 /// Gives the CPU away (`sched_yield`).
-#[allow(dead_code)] // the lock's wait where futex.rs has no futex
 pub(crate) fn yield_now() {
     // SAFETY: no preconditions.
     unsafe { libc::sched_yield() };

@@ -146,6 +146,22 @@ impl Pool {
         PoolGuard::new(self, self.lock_raw())
     }
 
+    /// As [`Pool::lock`], waiting at most `limit` (for a pool in a region
+    /// whose other users this process does not control).
+    ///
+    /// # Errors
+    /// [`LockTimeout`](crate::LockTimeout) naming the holder.
+    pub fn lock_for(
+        &self,
+        limit: std::time::Duration,
+    ) -> Result<PoolGuard<'_>, crate::shmtx::LockTimeout> {
+        let g = self.mutex().lock_for(limit)?;
+        if let Some(pid) = g.recovered_from() {
+            self.recovered(pid);
+        }
+        Ok(PoolGuard::new(self, g))
+    }
+
     /// Takes the lock without wrapping it in a `PoolGuard` (the hot paths
     /// keep everything in registers this way).
     #[inline]
