@@ -297,6 +297,7 @@ pub struct ShmMutex {
     seq: AtomicU32,
     heir: AtomicU32,
     handoffs: AtomicU32,
+    spinners: AtomicU32,
 }
 
 assert_eq_size!(ShmMutex, [u8; 64]);
@@ -309,6 +310,7 @@ const_assert_eq!(std::mem::offset_of!(ShmMutex, heal_ms), 16);
 const_assert_eq!(std::mem::offset_of!(ShmMutex, seq), 20);
 const_assert_eq!(std::mem::offset_of!(ShmMutex, heir), 24);
 const_assert_eq!(std::mem::offset_of!(ShmMutex, handoffs), 28);
+const_assert_eq!(std::mem::offset_of!(ShmMutex, spinners), 32);
 
 impl Default for ShmMutex {
     fn default() -> Self {
@@ -329,6 +331,7 @@ impl ShmMutex {
             seq: AtomicU32::new(0),
             heir: AtomicU32::new(0),
             handoffs: AtomicU32::new(0),
+            spinners: AtomicU32::new(0),
         }
     }
 
@@ -454,7 +457,9 @@ impl ShmMutex {
     /// barging newcomer or luckier spinner can take it first.
     fn wait_for(&self, pid: u32, deadline: Option<Instant>) -> Option<ShmGuard<'_>> {
         let start = Instant::now();
-        let spin = os::process::ncpu() > 1;
+        let ncpu = os::process::ncpu() as u32;
+        let spin = ncpu > 1;
+        let max_spinners = ncpu.saturating_sub(1);
         let mut w = Waiter {
             pid,
             deadline,
@@ -469,8 +474,17 @@ impl ShmMutex {
             // The heir spins once (a hand-off usually finds it spinning),
             // then only naps: it must not burn a spin budget every 1 ms.
             if spin && !w.napped {
-                if let Some(g) = self.spin(&mut w) {
-                    return Some(g);
+                // At most one spinner per other CPU: with more processes
+                // waiting than CPUs, spinners only steal the CPU the holder
+                // (or the heir just handed the lock) needs to go on.
+                let r = if self.spinners.fetch_add(1, Ordering::Relaxed) < max_spinners {
+                    self.spin(&mut w)
+                } else {
+                    None
+                };
+                self.spinners.fetch_sub(1, Ordering::Relaxed);
+                if r.is_some() {
+                    return r;
                 }
             }
             if !w.heir && start.elapsed() >= FAIR_AFTER {
