@@ -219,9 +219,9 @@ impl Drop for Map {
                     log::error!("{e}");
                 }
             }
-            Ok(_) => log::warn!(
-                "POSIX shm {name:?} was replaced by another creator: not removing it"
-            ),
+            Ok(_) => {
+                log::warn!("POSIX shm {name:?} was replaced by another creator: not removing it")
+            }
             Err(_) => {} // already removed
         }
     }

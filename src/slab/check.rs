@@ -303,6 +303,19 @@ impl PoolGuard<'_> {
 }
 
 impl Pool {
+    /// Where this pool keeps its metadata, for tests and fuzz targets that
+    /// craft damaged pools: `(desc, start, npages)`, offsets from the pool's
+    /// base of the descriptor array and of the first data page, and the
+    /// page count. Page `i`'s descriptor is the 16 bytes at `desc + 16 * i`:
+    /// `slab: u64`, `next: u32`, `prev: u32` with the page's tag in the top
+    /// 4 bits of `prev` (0 free, 1 page run, 2 + c a page of class c) and a
+    /// page index in the low 28. The allocator state (list heads, counters)
+    /// lies in the header, before `desc`.
+    #[doc(hidden)]
+    pub fn metadata_layout(&self) -> (usize, usize, usize) {
+        (size_of::<Header>(), self.start_off, self.npages as usize)
+    }
+
     /// Bytes from the pool's base to its first data page: the header and
     /// the page descriptors, the metadata an inspector reads.
     pub(crate) fn meta_len(&self) -> usize {

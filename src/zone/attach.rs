@@ -234,9 +234,7 @@ unsafe fn copy_range(live: &Region, snap: &Region, off: usize, len: usize) {
     // SAFETY: the caller keeps the range inside both mappings, which are
     // distinct. The source may change under the copy (other processes
     // write it): the copy is validated before anything in it is trusted.
-    unsafe {
-        std::ptr::copy_nonoverlapping(live.as_ptr().add(off), snap.as_ptr().add(off), len)
-    };
+    unsafe { std::ptr::copy_nonoverlapping(live.as_ptr().add(off), snap.as_ptr().add(off), len) };
 }
 
 /// Copies a pool's metadata at `off` (header and descriptors, then the
@@ -245,8 +243,7 @@ unsafe fn copy_range(live: &Region, snap: &Region, off: usize, len: usize) {
 /// snapshot's validation then fails and is tried again.
 fn copy_pool_meta(live: &Region, snap: &Region, off: usize, size: usize) {
     let page = crate::slab::SLAB_PAGE;
-    if off % page != 0 || size % page != 0 || off.checked_add(size).is_none_or(|e| e > snap.len())
-    {
+    if off % page != 0 || size % page != 0 || off.checked_add(size).is_none_or(|e| e > snap.len()) {
         return;
     }
     // SAFETY: the range lies inside the snapshot (checked above); its
