@@ -36,6 +36,21 @@ pub const ATTACH_LOCK_WAIT: Duration = Duration::from_secs(5);
 /// a snapshot taken mid-operation) is tried again, 0.2 ms apart.
 pub(crate) const TRIES: u32 = 20;
 
+/// How many snapshots a read-only attach takes while a zone fails its
+/// check in copies taken with no lock held.
+const ZONE_TRIES: u32 = 3;
+
+/// What a snapshot's validation found (when it found no bad directory).
+enum Snap {
+    /// Sound, and no lock was held when it was copied.
+    Clean,
+    /// Some lock was held when it was copied: its holder may have been
+    /// mid-operation.
+    Held,
+    /// A zone fails its check.
+    ZoneBroken,
+}
+
 /// Why one validation did not pass.
 pub(crate) enum Fail {
     /// The directory changed meanwhile: try again.
@@ -311,16 +326,21 @@ impl Zones {
             let steady = generation(live) == before;
             let last = tries >= TRIES;
             match Zones::check_snapshot(snap) {
-                Ok((zones, clean)) if (clean && steady) || last => return Ok(zones),
+                Ok((zones, Snap::Clean)) if steady => return Ok(zones),
+                // A zone that fails its check in a copy taken with no lock
+                // held and no directory change is most likely broken for
+                // real (its holder may also have started right after its
+                // lock word was copied): a few more tries, not all.
+                Ok((zones, Snap::ZoneBroken)) if steady && tries >= ZONE_TRIES => return Ok(zones),
+                Ok((zones, _)) if last => return Ok(zones),
                 Err(e) if last => return Err(e),
                 _ => std::thread::sleep(Duration::from_micros(200)),
             }
         }
     }
 
-    /// Validates a snapshot; `true` with it when no lock was held in it and
-    /// every zone passed its check.
-    fn check_snapshot(snap: Region) -> Result<(Zones, bool), Error> {
+    /// Validates a snapshot, and says how far it can be trusted.
+    fn check_snapshot(snap: Region) -> Result<(Zones, Snap), Error> {
         // SAFETY: the snapshot is readable for its length while it lives.
         unsafe { super::validate_region(snap.base(), snap.len()) }?;
         // SAFETY: validated just above: the pool range is inside it.
@@ -329,9 +349,12 @@ impl Zones {
         let zones = Zones { region: snap, pool };
         let held = zones.release_copied_locks();
         match zones.validate_once() {
-            Ok(()) => Ok((zones, !held)),
+            Ok(()) if held => Ok((zones, Snap::Held)),
+            Ok(()) => Ok((zones, Snap::Clean)),
             Err(Fail::Bad(e)) => Err(e),
-            Err(Fail::Zone(_)) | Err(Fail::Changed) => Ok((zones, false)),
+            Err(Fail::Zone(_)) if held => Ok((zones, Snap::Held)),
+            Err(Fail::Zone(_)) => Ok((zones, Snap::ZoneBroken)),
+            Err(Fail::Changed) => Ok((zones, Snap::Held)),
         }
     }
 
