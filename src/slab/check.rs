@@ -3,9 +3,7 @@
 
 use std::fmt;
 
-use super::layout::{
-    Desc, Header, Link, State, CLASS, FIRST_DESC_BITMAP_CLASS, NCLASSES, NIL, SLAB_PAGE,
-};
+use super::layout::{Desc, Link, State, CLASS, FIRST_DESC_BITMAP_CLASS, NCLASSES, NIL, SLAB_PAGE};
 use super::{Pool, PoolGuard};
 
 /// The first broken invariant that [`Pool::check`](super::Pool::check) found.
@@ -310,10 +308,10 @@ impl Pool {
     /// `slab: u64`, `next: u32`, `prev: u32` with the page's tag in the top
     /// 4 bits of `prev` (0 free, 1 page run, 2 + c a page of class c) and a
     /// page index in the low 28. The allocator state (list heads, counters)
-    /// lies in the header, before `desc`.
+    /// and the journal lie before `desc`.
     #[doc(hidden)]
     pub fn metadata_layout(&self) -> (usize, usize, usize) {
-        (size_of::<Header>(), self.start_off, self.npages as usize)
+        (self.desc_off, self.start_off, self.npages as usize)
     }
 
     /// Bytes from the pool's base to its first data page: the header and
@@ -336,7 +334,7 @@ impl Pool {
         let d = self
             .base
             .as_ptr()
-            .wrapping_add(size_of::<Header>())
+            .wrapping_add(self.desc_off)
             .cast::<Desc>();
         for i in 0..self.npages as usize {
             // SAFETY: i < npages: a descriptor inside the pool (geometry

@@ -94,11 +94,15 @@ impl Zones {
         // `region` lives.
         let h = unsafe { validate_header(region.base(), region.len()) }?;
         check_pid_ns(h.pid_ns)?;
-        drop(h);
         // SAFETY: validated just above: the pool range is inside the region.
-        let pool =
-            unsafe { Pool::attach(region.base().add(HEADER_LEN), region.len() - HEADER_LEN) }
-                .map_err(Error::Pool)?;
+        let pool = unsafe {
+            Pool::attach_scoped(
+                region.base().add(HEADER_LEN),
+                region.len() - HEADER_LEN,
+                HEADER_LEN as u32,
+            )
+        }
+        .map_err(Error::Pool)?;
         let zones = Zones { region, pool };
         let mut tries = 0;
         loop {
@@ -256,7 +260,7 @@ unsafe fn copy_range(live: &Region, snap: &Region, off: usize, len: usize) {
 /// bitmaps of its small-chunk pages, as the copied descriptors say) from
 /// `live` to `snap`. A range that cannot hold a pool is skipped: the
 /// snapshot's validation then fails and is tried again.
-fn copy_pool_meta(live: &Region, snap: &Region, off: usize, size: usize) {
+fn copy_pool_meta(live: &Region, snap: &Region, off: usize, size: usize, jscope: u32) {
     let page = crate::slab::SLAB_PAGE;
     if off % page != 0 || size % page != 0 || off.checked_add(size).is_none_or(|e| e > snap.len()) {
         return;
@@ -265,7 +269,7 @@ fn copy_pool_meta(live: &Region, snap: &Region, off: usize, size: usize) {
     // header is whatever the object holds now (a copy-on-write page not
     // yet copied) or the full copy's: `attach` validates it and reads
     // nothing outside the range.
-    let Ok(pool) = (unsafe { Pool::attach(snap.base().add(off), size) }) else {
+    let Ok(pool) = (unsafe { Pool::attach_scoped(snap.base().add(off), size, jscope) }) else {
         return;
     };
     // SAFETY: meta_len < size, inside both mappings.
@@ -291,10 +295,16 @@ fn copy_metadata(live: &Region, snap: &Region) {
     let Ok(h) = (unsafe { validate_header(snap.base(), snap.len()) }) else {
         return;
     };
-    copy_pool_meta(live, snap, h.pool_offset as usize, h.pool_len as usize);
+    copy_pool_meta(
+        live,
+        snap,
+        h.pool_offset as usize,
+        h.pool_len as usize,
+        HEADER_LEN as u32,
+    );
     for e in h.dir.iter().filter(|e| e.flags & F_USED != 0) {
         if let (Ok(off), Ok(size)) = (usize::try_from(e.offset), usize::try_from(e.size)) {
-            copy_pool_meta(live, snap, off, size);
+            copy_pool_meta(live, snap, off, size, 0);
         }
     }
 }
@@ -344,8 +354,14 @@ impl Zones {
         // SAFETY: the snapshot is readable for its length while it lives.
         unsafe { super::validate_region(snap.base(), snap.len()) }?;
         // SAFETY: validated just above: the pool range is inside it.
-        let pool = unsafe { Pool::attach(snap.base().add(HEADER_LEN), snap.len() - HEADER_LEN) }
-            .map_err(Error::Pool)?;
+        let pool = unsafe {
+            Pool::attach_scoped(
+                snap.base().add(HEADER_LEN),
+                snap.len() - HEADER_LEN,
+                HEADER_LEN as u32,
+            )
+        }
+        .map_err(Error::Pool)?;
         let zones = Zones { region: snap, pool };
         let held = zones.release_copied_locks();
         match zones.validate_once() {
