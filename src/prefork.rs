@@ -60,6 +60,9 @@ pub use crate::os::signal::Signal;
 mod zones;
 pub use zones::{recover_zones, Recovery};
 
+/// How soon the master's lock waits check whether the holder died.
+const MASTER_HEAL: Duration = Duration::from_millis(2);
+
 /// A worker exit code that means "do not respawn me" (nginx's fatal exit).
 pub const EXIT_FATAL: i32 = 2;
 
@@ -381,7 +384,14 @@ impl<T> Master<T> {
         for s in CAUGHT {
             signal::catch(s)?;
         }
-        let result = self.run_loop(&work);
+        // The master never blocks on a lock whose holder died (a worker
+        // whose death it has not processed yet is a zombie): its waits take
+        // such a lock over after 2 ms (see shmtx::set_process_heal_after).
+        // Workers get the caller's setting back (see `spawn`).
+        let heal = crate::shmtx::process_heal_after();
+        crate::shmtx::set_process_heal_after(Some(MASTER_HEAL));
+        let result = self.run_loop(&work, heal);
+        crate::shmtx::set_process_heal_after(heal);
         for s in CAUGHT {
             let _ = signal::default_action(s);
         }
@@ -390,7 +400,7 @@ impl<T> Master<T> {
 
     // Slot indices address three parallel per-slot vectors at once.
     #[allow(clippy::needless_range_loop)]
-    fn run_loop<W>(&mut self, work: &W) -> Result<Report, Error>
+    fn run_loop<W>(&mut self, work: &W, heal: Option<Duration>) -> Result<Report, Error>
     where
         W: Fn(&T, &Worker) -> i32,
     {
@@ -409,7 +419,7 @@ impl<T> Master<T> {
         let mut old_pending = false;
 
         for i in 0..self.workers {
-            let slot = self.spawn(i, generation, &slots, work)?;
+            let slot = self.spawn(i, generation, &slots, work, heal)?;
             slots.push(slot);
             report.spawned += 1;
         }
@@ -523,7 +533,7 @@ impl<T> Master<T> {
                         due.iter_mut().for_each(|d| *d = None);
                         given_up.iter_mut().for_each(|g| *g = false);
                         for i in 0..self.workers {
-                            match self.spawn(i, generation, &slots, work) {
+                            match self.spawn(i, generation, &slots, work, heal) {
                                 Ok(slot) => {
                                     slots.push(slot);
                                     report.spawned += 1;
@@ -547,7 +557,7 @@ impl<T> Master<T> {
                 for i in 0..self.workers {
                     if due[i].is_some_and(|d| d <= now) {
                         due[i] = None;
-                        match self.spawn(i, generation, &slots, work) {
+                        match self.spawn(i, generation, &slots, work, heal) {
                             Ok(slot) => {
                                 slots.push(slot);
                                 report.spawned += 1;
@@ -646,6 +656,7 @@ impl<T> Master<T> {
         generation: u64,
         slots: &[Slot],
         work: &W,
+        heal: Option<Duration>,
     ) -> Result<Slot, Error>
     where
         W: Fn(&T, &Worker) -> i32,
@@ -656,6 +667,7 @@ impl<T> Master<T> {
         match unsafe { child::fork() }? {
             Forked::Child => {
                 drop(w);
+                crate::shmtx::set_process_heal_after(heal);
                 // The other workers' stop pipes are not ours to hold: if we
                 // kept their write ends they would never see hang-up.
                 for s in slots {

@@ -23,7 +23,7 @@ use shmzone::prefork::{recover_zones, Master, Worker};
 use shmzone::{Region, Zone, Zones, SLAB_PAGE};
 
 const WORKERS: usize = 4;
-const ZONE: usize = 4 << 20;
+const ZONE: usize = 64 << 20;
 
 /// Shared counters, in a region made before the forks.
 struct Board {
@@ -141,7 +141,7 @@ fn churn(zones: &Zones, board: &Board, w: &Worker) -> i32 {
     while !w.should_stop() {
         let r = rng.next();
         match r % 16 {
-            0..=7 if live.len() < 2000 => {
+            0..=7 if live.len() < 32 => {
                 let size = if r % 97 == 0 {
                     SLAB_PAGE + (r >> 8) as usize % (3 * SLAB_PAGE)
                 } else {
@@ -163,7 +163,7 @@ fn churn(zones: &Zones, board: &Board, w: &Worker) -> i32 {
                     live.push(b);
                 }
             }
-            0..=14 => {
+            0..=11 => {
                 if live.is_empty() {
                     continue;
                 }
@@ -186,9 +186,16 @@ fn churn(zones: &Zones, board: &Board, w: &Worker) -> i32 {
                     if *rec.add(1) != v || *rec.add(2) != v {
                         board.add(TORN, 1);
                     }
-                    for k in 0..3 {
-                        g.write(rec.add(k), v + 1).expect("journal room");
+                    g.write(rec, v + 1).expect("journal room");
+                    // A block taken and given back inside the section.
+                    let tmp = g.alloc_locked(64 + (r >> 20) as usize % 3000);
+                    g.write(rec.add(1), v + 1).expect("journal room");
+                    if let Some(t) = tmp {
+                        if g.free_locked(t.as_ptr()).is_err() {
+                            board.add(BAD_FREE, 1);
+                        }
                     }
+                    g.write(rec.add(2), v + 1).expect("journal room");
                 }
             }
         }
@@ -209,11 +216,10 @@ fn churn(zones: &Zones, board: &Board, w: &Worker) -> i32 {
     0
 }
 
-fn kill(pid: u64) {
-    if pid != 0 {
-        // SAFETY: a signal to a worker of our master (or a gone pid: ESRCH).
-        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-    }
+/// SIGKILLs `pid`; whether it was there to be killed.
+fn kill(pid: u64) -> bool {
+    // SAFETY: a signal to a worker of our master (or a gone pid: ESRCH).
+    pid != 0 && unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) } == 0
 }
 
 #[test]
@@ -290,6 +296,8 @@ fn kill_storm_under_the_master() {
     wait_progress("start");
     let mut rng = Rng(0x1234_5678_9abc_def1);
     let mut done = 0usize;
+    let mut last = [0u64; WORKERS];
+    let mut bursts = 0usize;
     let started = Instant::now();
     while done < kills {
         let burst = match rng.next() % 10 {
@@ -297,13 +305,25 @@ fn kill_storm_under_the_master() {
             1 | 2 => 2,
             _ => 1,
         };
-        for _ in 0..burst {
-            let slot = (rng.next() % WORKERS as u64) as usize;
-            kill(board.get(PIDS + slot));
-            done += 1;
+        // Workers not killed yet (a slot's pid changes when it respawns).
+        let mut ready: Vec<usize> = (0..WORKERS)
+            .filter(|&s| board.get(PIDS + s) != last[s])
+            .collect();
+        if ready.len() < burst {
+            std::thread::sleep(Duration::from_micros(200));
+            continue;
         }
+        for _ in 0..burst {
+            let slot = ready.swap_remove((rng.next() % ready.len() as u64) as usize);
+            let pid = board.get(PIDS + slot);
+            last[slot] = pid;
+            if kill(pid) {
+                done += 1;
+            }
+        }
+        bursts += 1;
         std::thread::sleep(Duration::from_micros(rng.next() % 4000));
-        if done % 25 < burst {
+        if bursts % 20 == 0 {
             wait_progress("after a burst");
         }
     }
@@ -319,7 +339,7 @@ fn kill_storm_under_the_master() {
     assert!(!zone.is_fenced());
     let stats = zone.stats();
     let leaked = stats.bytes_in_use() - 32;
-    let p = zone.alloc(1000).expect("the zone still serves");
+    let p = zone.alloc(64).expect("the zone still serves");
     // SAFETY: just allocated.
     unsafe { zone.free(p.as_ptr()) }.unwrap();
     println!(
