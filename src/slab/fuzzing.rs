@@ -287,14 +287,28 @@ pub fn full_snapshot(pool: &Pool) -> Vec<u8> {
     let g = pool.lock();
     let (st, d, pages) = g.view();
     let mut v = Vec::new();
+    // The state without its statistics (requests, failures, bytes asked
+    // for and handed out): a call rolled back after a death still counts
+    // as made there, by design (see `slab::page`).
+    use super::layout::{ClassState, State};
+    use std::mem::offset_of;
     // SAFETY: `st` is a live, initialised State; viewing it as bytes.
-    let st_bytes = unsafe {
-        std::slice::from_raw_parts(
-            (st as *const super::layout::State).cast::<u8>(),
-            size_of_val(st),
-        )
-    };
-    v.extend_from_slice(st_bytes);
+    let mut bytes = unsafe {
+        std::slice::from_raw_parts((st as *const State).cast::<u8>(), size_of::<State>())
+    }
+    .to_vec();
+    let mut zero = |at: usize, n: usize| bytes[at..at + n].fill(0);
+    for c in 0..NCLASSES {
+        let base = offset_of!(State, classes) + c * size_of::<ClassState>();
+        zero(base + offset_of!(ClassState, reqs), 8);
+        zero(base + offset_of!(ClassState, fails), 8);
+        zero(base + offset_of!(ClassState, bytes_requested), 8);
+    }
+    zero(offset_of!(State, page_reqs), 8);
+    zero(offset_of!(State, page_fails), 8);
+    zero(offset_of!(State, run_bytes_requested), 8);
+    zero(offset_of!(State, run_bytes), 8);
+    v.extend_from_slice(&bytes);
     for (i, q) in d.iter().enumerate() {
         v.extend_from_slice(&q.slab.to_le_bytes());
         v.extend_from_slice(&q.next.to_le_bytes());
