@@ -299,6 +299,14 @@ impl Core<'_> {
         let (slab, bit) = if c < FIRST_DESC_BITMAP_CLASS {
             let bm = self.small_bitmap(idx);
             let words = (info.chunks / 64) as usize;
+            // A free page's bytes usually mean nothing, but this page may
+            // have held live chunks freed earlier in this very section: a
+            // rollback revives them, so their bytes are saved too.
+            // SAFETY: we hold the lock; the page is inside the pool.
+            if unsafe { self.j.record(bm.cast(), words * 8) }.is_err() {
+                self.j.overflowed();
+            }
+            self.jat.set(self.j.used());
             let mut used = info.reserved + 1;
             for w in 0..words {
                 let bits = used.min(64);
@@ -309,8 +317,7 @@ impl Core<'_> {
                     (1u64 << bits) - 1
                 };
                 // SAFETY: page `idx` was just taken from the free runs, so it
-                // is ours under the lock; `words` u64s fit in a page. A free
-                // page's bytes mean nothing: no journal record needed.
+                // is ours under the lock; `words` u64s fit in a page.
                 unsafe { *bm.add(w) = word };
             }
             (1, info.reserved)
