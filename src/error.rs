@@ -115,6 +115,9 @@ pub enum Error {
         /// What was asked for.
         name: String,
     },
+    /// A log ring refused (see [`crate::ring`]); lets a zone's init
+    /// callback make a ring with `?`.
+    Ring(Box<crate::ring::RingError>),
 }
 
 impl fmt::Display for Error {
@@ -177,6 +180,7 @@ impl fmt::Display for Error {
                 f,
                 "{name}: named regions are not supported on this target"
             ),
+            Error::Ring(e) => write!(f, "{e}"),
         }
     }
 }
@@ -186,7 +190,17 @@ impl std::error::Error for Error {
         match self {
             Error::Os { source, .. } => Some(source),
             Error::Pool(e) => Some(e),
+            Error::Ring(e) => Some(&**e),
             _ => None,
+        }
+    }
+}
+
+impl From<crate::ring::RingError> for Error {
+    fn from(e: crate::ring::RingError) -> Error {
+        match e {
+            crate::ring::RingError::Zone(e) => e,
+            e => Error::Ring(Box::new(e)),
         }
     }
 }
