@@ -15,7 +15,7 @@
 //! // In a worker: claim a slot once, then write records.
 //! let mut log = ring.producer()?;
 //! log.write(b"GET /hit 200")?;
-//! let rec = reader.next()?.expect("one record");
+//! let rec = reader.next_record()?.expect("one record");
 //! assert_eq!(rec.data, b"GET /hit 200");
 //! assert_eq!(rec.pid, std::process::id());
 //! assert_eq!(reader.lost(), 0);

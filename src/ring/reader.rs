@@ -43,6 +43,8 @@ struct Cursor {
     /// The slot's head when it was last found corrupted: the slot is
     /// skipped (silently) until its head moves.
     bad_head: Option<u64>,
+    /// The reader was lapped in this slot since its last record.
+    lapped: bool,
 }
 
 /// What a reader has read and missed so far (see [`Reader::stats`]).
@@ -53,6 +55,10 @@ pub struct ReaderStats {
     /// Records missed: overwritten before this reader got to them, or
     /// torn by a producer's death (gaps in the sequence numbers).
     pub lost: u64,
+    /// The part of `lost` this reader missed by falling a whole slot
+    /// behind (the gaps found right after it was lapped); `lost - overrun`
+    /// are records torn by producers that died mid-write.
+    pub overrun: u64,
     /// Times the reader found a slot corrupted and skipped ahead.
     pub corrupt: u64,
     /// Records a slot's sequence numbers went backwards on (a slot reset).
@@ -68,7 +74,7 @@ pub struct ReaderStats {
 /// in any processes, each sees every record (unless it falls a whole slot
 /// behind, which it is told through [`lost`](Self::lost)).
 ///
-/// Non-blocking: [`next`](Self::next) returns `Ok(None)` when nothing new
+/// Non-blocking: [`next_record`](Self::next_record) returns `Ok(None)` when nothing new
 /// is there; poll it (`shmzone-tail` sleeps a few ms between polls).
 pub struct Reader<'a> {
     ring: Ring<'a>,
@@ -117,6 +123,7 @@ impl<'a> Reader<'a> {
                         pos: s.head.load(Ordering::Acquire),
                         expect: None,
                         bad_head: None,
+                        lapped: false,
                     },
                     Start::Oldest => {
                         let tail = s.tail.load(Ordering::Acquire);
@@ -125,6 +132,7 @@ impl<'a> Reader<'a> {
                             // A slot never overwritten starts at sequence 0.
                             expect: (tail == 0).then_some(0),
                             bad_head: None,
+                            lapped: false,
                         }
                     }
                 }
@@ -151,7 +159,7 @@ impl<'a> Reader<'a> {
     /// # Errors
     /// [`RingError::Corrupt`] when a slot's words or a record fail their
     /// checks; the reader has then skipped past, and the next call goes on.
-    pub fn next(&mut self) -> Result<Option<Record<'_>>, RingError> {
+    pub fn next_record(&mut self) -> Result<Option<Record<'_>>, RingError> {
         let n = self.ring.slots();
         let mut found = None;
         let mut empty = 0;
@@ -233,11 +241,17 @@ impl<'a> Reader<'a> {
         let c = &mut self.cursors[self.bslot];
         c.pos = next;
         match c.expect {
-            Some(e) if h.seq > e => self.stats.lost = self.stats.lost.saturating_add(h.seq - e),
+            Some(e) if h.seq > e => {
+                self.stats.lost = self.stats.lost.saturating_add(h.seq - e);
+                if c.lapped {
+                    self.stats.overrun = self.stats.overrun.saturating_add(h.seq - e);
+                }
+            }
             Some(e) if h.seq < e => self.stats.reordered += 1,
             _ => {}
         }
         c.expect = Some(h.seq.wrapping_add(1));
+        c.lapped = false;
         self.stats.read += 1;
         // The producer stored `u64::from_le_bytes` of the payload: back to
         // bytes in memory order (nothing to do on little-endian targets).
@@ -302,12 +316,14 @@ impl<'a> Reader<'a> {
                     reason,
                 });
             }
+            if c.pos < tail {
+                self.cursors[slot].lapped = true;
+            }
             let from = c.pos.max(tail);
             let to = head.min(from.saturating_add(self.batch.len() as u64 * 8));
-            let mut w = from / 8;
-            for k in 0..((to - from) / 8) as usize {
-                self.batch[k] = data[(w & mask) as usize].load(Ordering::Relaxed);
-                w += 1;
+            let words = ((to - from) / 8) as usize;
+            for (b, w) in self.batch[..words].iter_mut().zip(from / 8..) {
+                *b = data[(w & mask) as usize].load(Ordering::Relaxed);
             }
             // Any word the producer changed after claiming past it makes
             // this load see that claim.
@@ -322,11 +338,13 @@ impl<'a> Reader<'a> {
                 return Ok(true);
             }
             // Lapped while copying: start again from the new tail.
+            self.cursors[slot].lapped = true;
             self.cursors[slot].pos = s.tail.load(Ordering::Acquire).max(c.pos);
         }
         // The producer laps us faster than we copy: skip to its head (the
         // records in between show up as lost).
         self.cursors[slot].pos = s.head.load(Ordering::Acquire);
+        self.cursors[slot].lapped = true;
         Ok(false)
     }
 

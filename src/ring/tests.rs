@@ -80,19 +80,19 @@ fn write_read_wrap_and_lap() {
         let len = (i * 7 % 150) as usize;
         let rec = vec![i as u8; len];
         assert_eq!(p.write(&rec).unwrap(), i);
-        let r = keeping_up.next().unwrap().expect("a record");
+        let r = keeping_up.next_record().unwrap().expect("a record");
         assert_eq!(
             (r.seq, r.data, r.pid, r.time_ns),
             (i, &rec[..], p.pid(), None)
         );
         got += 1;
-        assert!(keeping_up.next().unwrap().is_none());
+        assert!(keeping_up.next_record().unwrap().is_none());
     }
     assert_eq!((got, keeping_up.lost()), (1000, 0));
     // The one that waited was lapped: it reads what is left, in order,
     // and counts the rest as lost.
     let mut last = None;
-    while let Some(r) = oldest.next().unwrap() {
+    while let Some(r) = oldest.next_record().unwrap() {
         assert_eq!(r.data, &vec![r.seq as u8; (r.seq * 7 % 150) as usize][..]);
         assert!(last.is_none_or(|l| r.seq == l + 1));
         last = Some(r.seq);
