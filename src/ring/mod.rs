@@ -78,6 +78,7 @@
 
 mod error;
 mod layout;
+mod marks;
 mod producer;
 mod reader;
 mod stats;

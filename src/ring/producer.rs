@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 
 use super::layout::{rec_size, RecHdr, SlotHdr, F_STAMP, REC_HDR};
+use super::marks::Marks;
 use super::{Ring, RingError};
 use crate::os::process::{current_pid, pid_alive};
 
@@ -26,6 +27,16 @@ pub struct Producer<'a> {
     claim: u64,
     tail: u64,
     seq: u64,
+    /// Copies of the slot's `written` and `bytes` counters.
+    written: u64,
+    bytes: u64,
+    /// The slot's size in bytes.
+    cap: u64,
+    overwritten: u64,
+    /// Where some of this producer's records start.
+    marks: Marks,
+    /// The sequence number of the record at `tail`, when known.
+    tail_seq: Option<u64>,
 }
 
 impl fmt::Debug for Producer<'_> {
@@ -107,6 +118,12 @@ impl<'a> Producer<'a> {
             claim,
             tail,
             seq,
+            written: hdr.written.load(Ordering::Relaxed),
+            bytes: hdr.bytes.load(Ordering::Relaxed),
+            cap,
+            overwritten: hdr.overwritten.load(Ordering::Relaxed),
+            marks: Marks::new(cap / 8, head),
+            tail_seq: None,
         };
         if !sound {
             log::warn!(
@@ -130,7 +147,22 @@ impl<'a> Producer<'a> {
             // was already taken, so readers count it as lost.
             SlotHdr::bump(&hdr.torn, 1);
         }
+        p.marks = Marks::new(cap / 8, p.head);
+        p.tail_seq = p.seq_at_tail();
         p
+    }
+
+    /// The sequence number of the record at `tail`: the next one written
+    /// if the slot holds nothing, else read from its header.
+    fn seq_at_tail(&self) -> Option<u64> {
+        if self.tail == self.head {
+            return Some(self.seq);
+        }
+        let w = self.tail / 8;
+        let words: [u64; 4] = std::array::from_fn(|k| {
+            self.data[((w + k as u64) & self.mask) as usize].load(Ordering::Relaxed)
+        });
+        RecHdr::decode(words, self.tail, self.ring.geo().max_record).map(|h| h.seq)
     }
 
     /// The pid that claimed the slot (this process).
@@ -190,14 +222,16 @@ impl<'a> Producer<'a> {
         }
         let pos = self.head;
         let end = pos + rec_size(data.len() as u64);
-        let cap = self.ring.geo().slot_bytes;
-        // Whatever lies before `end - cap` is about to be written over.
-        if end - self.tail > cap {
-            self.advance_tail(end - cap);
+        // Whatever lies before `end - cap` is about to be written over:
+        // drop the oldest records in steps of an eighth of the slot, so
+        // the walk over their headers runs once per step, not per record.
+        if end - self.tail > self.cap {
+            self.advance_tail(end - self.cap + self.cap / 8);
             self.hdr.tail.store(self.tail, Ordering::Relaxed);
         }
         let seq = self.seq;
         self.seq += 1;
+        self.marks.note(pos, seq);
         self.hdr.next_seq.store(self.seq, Ordering::Relaxed);
         if end > self.claim {
             self.claim = end;
@@ -211,40 +245,59 @@ impl<'a> Producer<'a> {
             pid: self.pid,
             seq,
             time: time_ns,
-        };
-        let mut w = pos / 8;
-        for word in h.encode(pos) {
-            self.data[(w & self.mask) as usize].store(word, Ordering::Relaxed);
-            w += 1;
         }
-        let mut chunks = data.chunks_exact(8);
-        for c in &mut chunks {
-            let word = u64::from_le_bytes(c.try_into().expect("8 bytes"));
-            self.data[(w & self.mask) as usize].store(word, Ordering::Relaxed);
-            w += 1;
+        .encode(pos);
+        let first = ((pos / 8) & self.mask) as usize;
+        let words = 4 + data.len().div_ceil(8);
+        match self.data.get(first..first + words) {
+            Some(dst) => store_record(dst, h, data),
+            None => self.store_wrapped(first, h, data),
         }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut b = [0u8; 8];
-            b[..rest.len()].copy_from_slice(rest);
-            self.data[(w & self.mask) as usize].store(u64::from_le_bytes(b), Ordering::Relaxed);
-        }
-        SlotHdr::bump(&self.hdr.written, 1);
-        SlotHdr::bump(&self.hdr.bytes, data.len() as u64);
+        self.written += 1;
+        self.bytes += data.len() as u64;
+        self.hdr.written.store(self.written, Ordering::Relaxed);
+        self.hdr.bytes.store(self.bytes, Ordering::Relaxed);
         self.head = end;
         self.hdr.head.store(end, Ordering::Release);
         Ok(seq)
     }
 
-    /// Moves `tail` past every record that starts before `limit` (they are
-    /// about to be overwritten), counting them. A header that does not
-    /// check (memory corrupted by someone else) drops everything up to
-    /// `head`. At most one slot's worth of records is walked.
+    /// A record that runs past the end of the slot's words: word by word.
+    #[cold]
+    fn store_wrapped(&self, first: usize, h: [u64; 4], data: &[u8]) {
+        let n = self.data.len();
+        let payload = data.chunks(8).map(|c| {
+            let mut b = [0u8; 8];
+            b[..c.len()].copy_from_slice(c);
+            u64::from_le_bytes(b)
+        });
+        for (k, w) in h.iter().copied().chain(payload).enumerate() {
+            self.data[(first + k) % n].store(w, Ordering::Relaxed);
+        }
+    }
+
+    /// Moves `tail` to a record at or after `limit` (the ones before are
+    /// about to be overwritten), counting the records it passes: to the
+    /// oldest of this producer's marks past `limit`, or else (after a
+    /// takeover) by walking the headers. A header that does not check
+    /// (memory corrupted by someone else) drops everything up to `head`.
+    /// At most one slot's worth of records is walked.
     #[cold]
     fn advance_tail(&mut self, limit: u64) {
+        if let (Some((pos, seq)), Some(ts)) = (self.marks.first_from(limit), self.tail_seq) {
+            if pos <= self.head && seq >= ts {
+                self.tail = pos;
+                self.tail_seq = Some(seq);
+                self.overwritten += seq - ts;
+                self.hdr
+                    .overwritten
+                    .store(self.overwritten, Ordering::Relaxed);
+                return;
+            }
+        }
         let max = self.ring.geo().max_record;
         let mut n = 0u64;
-        let most = self.ring.geo().slot_bytes / REC_HDR + 1;
+        let most = self.cap / REC_HDR + 1;
         while self.tail < limit {
             if self.tail >= self.head || n >= most {
                 self.tail = self.head;
@@ -274,7 +327,11 @@ impl<'a> Producer<'a> {
                 }
             }
         }
-        SlotHdr::bump(&self.hdr.overwritten, n);
+        self.overwritten += n;
+        self.hdr
+            .overwritten
+            .store(self.overwritten, Ordering::Relaxed);
+        self.tail_seq = self.seq_at_tail();
     }
 }
 
@@ -296,4 +353,27 @@ fn now_ns() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Stores a record's header words and payload into `dst` (exactly the
+/// record's words, not wrapping).
+#[inline]
+fn store_record(dst: &[AtomicU64], h: [u64; 4], data: &[u8]) {
+    let (hdr, payload) = dst.split_at(4);
+    for (d, w) in hdr.iter().zip(h) {
+        d.store(w, Ordering::Relaxed);
+    }
+    let mut chunks = data.chunks_exact(8);
+    for (d, c) in payload.iter().zip(&mut chunks) {
+        d.store(
+            u64::from_le_bytes(c.try_into().expect("8 bytes")),
+            Ordering::Relaxed,
+        );
+    }
+    let rest = chunks.remainder();
+    if let (false, Some(d)) = (rest.is_empty(), payload.last()) {
+        let mut b = [0u8; 8];
+        b[..rest.len()].copy_from_slice(rest);
+        d.store(u64::from_le_bytes(b), Ordering::Relaxed);
+    }
 }
