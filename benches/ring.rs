@@ -10,9 +10,11 @@
 //! lines (median, then min and max of the repetitions); progress goes to
 //! stderr.
 //!
-//! R1: the parent writes N 64-byte records into a one-slot ring (32 MiB,
-//! in a 64 MiB zone) while a forked reader reads them all; ns per record
-//! written, timed in the writer, and records the reader lost. R2: 4 forked
+//! R1: the parent writes N 64-byte records into a one-slot ring (4 MiB, or
+//! `SHMZONE_RING_SLOT` bytes, in a 64 MiB zone) while a forked reader reads
+//! them all; ns per record written, timed in the writer (wall clock, and
+//! the writer's CPU time, since the bench shares its cores), and records
+//! the reader lost; then the same with timestamps on. R2: 4 forked
 //! producers write N/4 records each of `16 + x % 241` bytes (seed 42 + w)
 //! into a 4-slot ring (8 MiB slots), one reader; records/s from the first
 //! fork until every producer exited, and lost. R3: R1's records written
@@ -125,11 +127,31 @@ fn ring_zones(cfg: &RingConfig) -> Zones {
     Zones::builder().zone("ring", ZONE).build().expect("zones")
 }
 
-/// R1 once: ns per record written, records lost.
-fn r1(n: usize, bytes: &[u8], stamp: bool) -> (f64, u64) {
+/// The thread's CPU time in ns (the bench shares its cores: wall time
+/// includes other processes' turns).
+fn cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// R1's slot size: `SHMZONE_RING_SLOT` bytes (a power of two), else 4 MiB.
+fn r1_slot() -> usize {
+    std::env::var("SHMZONE_RING_SLOT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4 << 20)
+}
+
+/// R1 once: ns per record written (wall, CPU), records lost.
+fn r1(n: usize, bytes: &[u8], stamp: bool) -> (f64, f64, u64) {
     let cfg = RingConfig {
         slots: 1,
-        slot_bytes: 32 << 20,
+        slot_bytes: r1_slot(),
         max_record: 256,
         timestamps: stamp,
     };
@@ -138,17 +160,21 @@ fn r1(n: usize, bytes: &[u8], stamp: bool) -> (f64, u64) {
     let board = Board::new();
     let pid = reader(&ring, &board, 0, n as u64);
     let mut log = ring.producer().expect("a slot");
-    let t = Instant::now();
+    let (t, c) = (Instant::now(), cpu_ns());
     for i in 0..n {
         log.write(rec(bytes, i, 64)).expect("64 bytes fit");
     }
-    let el = t.elapsed();
+    let (el, cpu) = (t.elapsed(), cpu_ns() - c);
     wait(pid);
     assert_eq!(
         board.at(0).load(Ordering::SeqCst) + board.at(1).load(Ordering::SeqCst),
         n as u64
     );
-    (ns_per(el, n), board.at(1).load(Ordering::SeqCst))
+    (
+        ns_per(el, n),
+        cpu as f64 / n as f64,
+        board.at(1).load(Ordering::SeqCst),
+    )
 }
 
 /// R2 once: records per second, records lost.
@@ -288,14 +314,16 @@ fn main() {
     if wants("R1") {
         for stamp in [false, true] {
             eprintln!("R1{} ...", if stamp { " stamped" } else { "" });
-            let (mut ns, mut lost) = (Vec::new(), Vec::new());
+            let (mut ns, mut cpu, mut lost) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..REPS {
-                let (a, b) = r1(n, &bytes, stamp);
+                let (a, c, b) = r1(n, &bytes, stamp);
                 ns.push(a);
+                cpu.push(c);
                 lost.push(b as f64);
             }
             let imp = if stamp { "shmzone-stamped" } else { "shmzone" };
             let med = emit3("R1", "64", imp, ns, "ns/record");
+            emit3("R1", "64", imp, cpu, "cpu-ns/record");
             emit3("R1", "64", imp, lost, "lost");
             if !stamp {
                 r1_ns = Some(med);

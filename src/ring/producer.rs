@@ -227,7 +227,8 @@ impl<'a> Producer<'a> {
         // the walk over their headers runs once per step, not per record.
         if end - self.tail > self.cap {
             self.advance_tail(end - self.cap + self.cap / 8);
-            self.hdr.tail.store(self.tail, Ordering::Relaxed);
+            // Release: a reader that sees this tail sees a head past it.
+            self.hdr.tail.store(self.tail, Ordering::Release);
         }
         let seq = self.seq;
         self.seq += 1;

@@ -255,8 +255,10 @@ impl<'a> Reader<'a> {
         self.stats.read += 1;
         // The producer stored `u64::from_le_bytes` of the payload: back to
         // bytes in memory order (nothing to do on little-endian targets).
-        for w in &mut self.batch[off + 4..off + 4 + (h.len as usize).div_ceil(8)] {
-            *w = w.to_le();
+        if cfg!(target_endian = "big") {
+            for w in &mut self.batch[off + 4..off + 4 + (h.len as usize).div_ceil(8)] {
+                *w = w.to_le();
+            }
         }
         Ok(Some((h, off + 4)))
     }
@@ -297,14 +299,16 @@ impl<'a> Reader<'a> {
         self.bvalid = 0;
         self.bnext = self.bpos;
         for _ in 0..LAPPED_TRIES {
+            // The tail first: the producer stores it (release) after the
+            // head that is past it, so the head loaded next is not behind.
+            let tail = s.tail.load(Ordering::Acquire);
             let head = s.head.load(Ordering::Acquire);
             let c = self.cursors[slot];
             if head == c.pos || c.bad_head == Some(head) {
                 return Ok(false);
             }
             self.cursors[slot].bad_head = None;
-            let tail = s.tail.load(Ordering::Acquire);
-            if head < c.pos || tail > head || head - tail > cap || (head | tail | c.pos) % 8 != 0 {
+            if head < c.pos || tail > head || (head | tail | c.pos) % 8 != 0 {
                 let reason = format!(
                     "positions out of order (tail {tail}, head {head}, this reader at {})",
                     c.pos
@@ -316,14 +320,26 @@ impl<'a> Reader<'a> {
                     reason,
                 });
             }
-            if c.pos < tail {
+            let from = c.pos.max(tail);
+            if from > c.pos {
                 self.cursors[slot].lapped = true;
             }
-            let from = c.pos.max(tail);
+            if head - from > cap {
+                // The producer went on a lap between the two loads.
+                self.cursors[slot].pos = from;
+                self.cursors[slot].lapped = true;
+                continue;
+            }
             let to = head.min(from.saturating_add(self.batch.len() as u64 * 8));
             let words = ((to - from) / 8) as usize;
-            for (b, w) in self.batch[..words].iter_mut().zip(from / 8..) {
-                *b = data[(w & mask) as usize].load(Ordering::Relaxed);
+            let first = ((from / 8) & mask) as usize;
+            let split = words.min(data.len() - first);
+            let (b1, b2) = self.batch[..words].split_at_mut(split);
+            for (b, d) in b1.iter_mut().zip(&data[first..first + split]) {
+                *b = d.load(Ordering::Relaxed);
+            }
+            for (b, d) in b2.iter_mut().zip(data) {
+                *b = d.load(Ordering::Relaxed);
             }
             // Any word the producer changed after claiming past it makes
             // this load see that claim.
