@@ -169,20 +169,24 @@ impl RingConfig {
 
     /// Bytes of the headers before the data (whole 4 KiB pages).
     fn meta_bytes(&self) -> usize {
-        let raw = std::mem::size_of::<RingHdr>() + self.slots * std::mem::size_of::<SlotHdr>();
-        raw.div_ceil(4096) * 4096
+        let raw = self
+            .slots
+            .saturating_mul(std::mem::size_of::<SlotHdr>())
+            .saturating_add(std::mem::size_of::<RingHdr>());
+        raw.div_ceil(4096).saturating_mul(4096)
     }
 
     /// Bytes of the one allocation the ring takes in its zone.
     pub fn ring_bytes(&self) -> usize {
-        self.meta_bytes() + self.slots * self.slot_bytes
+        self.meta_bytes()
+            .saturating_add(self.slots.saturating_mul(self.slot_bytes))
     }
 
     /// A zone size that holds this ring: [`ring_bytes`](Self::ring_bytes)
     /// plus the slab's page descriptors and headers.
     pub fn zone_size(&self) -> usize {
         let ring = self.ring_bytes();
-        ring + ring / 64 + (64 << 10)
+        ring.saturating_add(ring / 64).saturating_add(64 << 10)
     }
 }
 
@@ -462,7 +466,7 @@ fn validate_geometry(g: &Geometry, root: u64, zone_len: u64) -> Result<(), Strin
     let slots_len = g.nslots as u64 * std::mem::size_of::<SlotHdr>() as u64;
     let data_len = g.nslots as u64 * g.slot_bytes;
     let ok = g.slots_off == root + std::mem::size_of::<RingHdr>() as u64
-        && g.slots_off + slots_len <= g.data_off
+        && g.slots_off.saturating_add(slots_len) <= g.data_off
         && g.data_off % 64 == 0
         && g.data_off
             .checked_add(data_len)

@@ -231,7 +231,7 @@ impl<'a> Producer<'a> {
             self.hdr.tail.store(self.tail, Ordering::Release);
         }
         let seq = self.seq;
-        self.seq += 1;
+        self.seq = self.seq.wrapping_add(1);
         self.marks.note(pos, seq);
         self.hdr.next_seq.store(self.seq, Ordering::Relaxed);
         if end > self.claim {
@@ -254,8 +254,8 @@ impl<'a> Producer<'a> {
             Some(dst) => store_record(dst, h, data),
             None => self.store_wrapped(first, h, data),
         }
-        self.written += 1;
-        self.bytes += data.len() as u64;
+        self.written = self.written.wrapping_add(1);
+        self.bytes = self.bytes.wrapping_add(data.len() as u64);
         self.hdr.written.store(self.written, Ordering::Relaxed);
         self.hdr.bytes.store(self.bytes, Ordering::Relaxed);
         self.head = end;
@@ -289,7 +289,7 @@ impl<'a> Producer<'a> {
             if pos <= self.head && seq >= ts {
                 self.tail = pos;
                 self.tail_seq = Some(seq);
-                self.overwritten += seq - ts;
+                self.overwritten = self.overwritten.wrapping_add(seq - ts);
                 self.hdr
                     .overwritten
                     .store(self.overwritten, Ordering::Relaxed);
@@ -328,7 +328,7 @@ impl<'a> Producer<'a> {
                 }
             }
         }
-        self.overwritten += n;
+        self.overwritten = self.overwritten.wrapping_add(n);
         self.hdr
             .overwritten
             .store(self.overwritten, Ordering::Relaxed);
