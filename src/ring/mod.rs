@@ -336,6 +336,16 @@ impl<'a> Ring<'a> {
     /// zone does not exist yet. Any process may call it; two racing make
     /// one ring.
     ///
+    /// ```
+    /// use shmzone::ring::{Ring, RingConfig};
+    /// let zones = shmzone::Zones::builder().slack(8 << 20).build()?;
+    /// let ring = Ring::get_or_create(&zones, "access_log", &RingConfig::default())?;
+    /// ring.producer()?.write(b"hello")?;
+    /// let again = Ring::get_or_create(&zones, "access_log", &RingConfig::default())?;
+    /// assert_eq!(again.stats().written, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     /// As [`Zones::get_or_create_with`] and [`Ring::create`]; a zone of
     /// that name made for something else is a tag or size conflict.
@@ -410,6 +420,19 @@ impl<'a> Ring<'a> {
 
     /// Every slot's counters and positions, read without a lock (each
     /// counter is exact; together they are a moment's view).
+    ///
+    /// ```
+    /// use shmzone::ring::{Ring, RingConfig};
+    /// let cfg = RingConfig { max_record: 8, ..RingConfig::default() };
+    /// let zones = shmzone::Zones::builder().zone("log", cfg.zone_size()).build()?;
+    /// let ring = Ring::create(&zones.get("log").unwrap(), &cfg)?;
+    /// let mut p = ring.producer()?;
+    /// p.write(b"12345678")?;
+    /// assert!(p.write(b"123456789").is_err()); // over max_record: dropped
+    /// let st = ring.stats();
+    /// assert_eq!((st.written, st.bytes, st.dropped, st.producers), (1, 8, 1, 1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn stats(&self) -> RingStats {
         RingStats::collect(self)
     }
