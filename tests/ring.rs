@@ -434,3 +434,43 @@ fn shmzone_tail_prints_records_and_json() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("\"other\" holds no log ring"), "{err}");
 }
+
+#[test]
+fn a_producer_inherited_through_fork_refuses_to_write() {
+    let cfg = RingConfig {
+        slots: 2,
+        ..RingConfig::default()
+    };
+    let zones = Zones::builder()
+        .zone("log", cfg.zone_size())
+        .build()
+        .unwrap();
+    let ring = Ring::create(&zones.get("log").unwrap(), &cfg).unwrap();
+    let mut log = Some(ring.producer().unwrap());
+    log.as_mut().unwrap().write(b"parent").unwrap();
+    let (ring_ref, log_ref) = (&ring, &mut log);
+    let child = fork_child(move || {
+        // The child's copy of the parent's handle.
+        let mut log = log_ref.take().unwrap();
+        let code = match log.write(b"child") {
+            Err(RingError::NotOwner { .. }) => 0,
+            _ => 1,
+        };
+        // The inherited handle must not give the parent's slot back.
+        drop(log);
+        if ring_ref.stats().producers != 1 {
+            return 2;
+        }
+        // Its own slot works.
+        match ring_ref.producer().map(|mut p| p.write(b"child")) {
+            Ok(Ok(0)) => code,
+            _ => 3,
+        }
+    });
+    assert_eq!(
+        wait_within(child, Duration::from_secs(20)),
+        common::Exit::Code(0)
+    );
+    let st = ring.stats();
+    assert_eq!((st.written, st.producers), (2, 1));
+}

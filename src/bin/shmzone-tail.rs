@@ -87,10 +87,7 @@ fn main() -> ExitCode {
 fn run(args: &Args) -> Result<(), String> {
     let name = args.id.to_arg();
     let zones = Zones::attach(&NamedSpec::new(args.id.clone())).map_err(|e| e.to_string())?;
-    let zone = zones
-        .get(&args.zone)
-        .ok_or_else(|| format!("{name}: no shared memory zone \"{}\"", args.zone))?;
-    let ring = Ring::open(&zone).map_err(|e| format!("{name}: {e}"))?;
+    let ring = Ring::find(&zones, &args.zone).map_err(|e| format!("{name}: {e}"))?;
     let mut reader = ring.reader(if args.from_start {
         Start::Oldest
     } else {

@@ -361,6 +361,21 @@ impl<'a> Ring<'a> {
         Ring::open(&zone)
     }
 
+    /// The ring in zone `name` of `zones` (a reader's or an inspector's
+    /// way in: [`Zones::get`] then [`Ring::open`]).
+    ///
+    /// # Errors
+    /// [`RingError::Zone`] with [`crate::Error::NoSuchZone`] if there is no
+    /// such zone, else as [`Ring::open`].
+    pub fn find(zones: &'a Zones, name: &str) -> Result<Ring<'a>, RingError> {
+        let zone = zones.get(name).ok_or_else(|| {
+            RingError::Zone(crate::Error::NoSuchZone {
+                name: name.to_string(),
+            })
+        })?;
+        Ring::open(&zone)
+    }
+
     /// The zone the ring lives in.
     pub fn zone(&self) -> &Zone<'a> {
         &self.zone

@@ -227,3 +227,17 @@ fn random_corruption_gives_errors_never_panics() {
         "records {records}, errors {errors}"
     );
 }
+
+#[test]
+fn find_by_zone_name() {
+    let cfg = small();
+    let zones = ring_zones(&cfg);
+    assert!(matches!(
+        Ring::find(&zones, "log"),
+        Err(RingError::NoRing { .. })
+    ));
+    Ring::create(&zones.get("log").unwrap(), &cfg).unwrap();
+    assert_eq!(Ring::find(&zones, "log").unwrap().slots(), 2);
+    let e = Ring::find(&zones, "nope").unwrap_err();
+    assert!(e.to_string().contains("\"nope\""), "{e}");
+}
