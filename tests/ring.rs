@@ -474,3 +474,40 @@ fn a_producer_inherited_through_fork_refuses_to_write() {
     let st = ring.stats();
     assert_eq!((st.written, st.producers), (2, 1));
 }
+
+#[test]
+fn shmzone_tail_follows_new_records() {
+    use std::io::{BufRead, BufReader};
+    let fresh = Fresh::new("file");
+    let cfg = RingConfig::default();
+    let zones = make_named(&fresh.spec(), &cfg);
+    let ring = Ring::create(&zones.get("access_log").unwrap(), &cfg).unwrap();
+    let mut log = ring.producer().unwrap();
+    log.write(b"before").unwrap();
+    let mut tail = Command::new(env!("CARGO_BIN_EXE_shmzone-tail"))
+        .args(["--json", "--interval", "5"])
+        .arg(fresh.0.to_arg())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(tail.stdout.take().unwrap()).lines();
+    // It starts at the newest record: "before" is not printed. Records
+    // written while it runs are (it polls every 5 ms); the first ones may
+    // come before it attached, so keep writing until one shows.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let reader = std::thread::spawn(move || lines.next().map(|l| l.unwrap()));
+    let mut i = 0;
+    while !reader.is_finished() && Instant::now() < deadline {
+        log.write(format!("after {i}").as_bytes()).unwrap();
+        i += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    tail.kill().unwrap();
+    tail.wait().unwrap();
+    let line = reader.join().unwrap().expect("a line from shmzone-tail");
+    assert!(line.contains("\"text\":\"after "), "{line}");
+    assert!(
+        line.contains(&format!("\"pid\":{}", std::process::id())),
+        "{line}"
+    );
+}

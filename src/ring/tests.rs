@@ -241,3 +241,25 @@ fn find_by_zone_name() {
     let e = Ring::find(&zones, "nope").unwrap_err();
     assert!(e.to_string().contains("\"nope\""), "{e}");
 }
+
+#[test]
+fn zone_size_is_enough() {
+    for (slots, slot_bytes) in [
+        (1, 4096),
+        (1024, 4096),
+        (16, 256 << 10),
+        (3, 4 << 20),
+        (1, 32 << 20),
+    ] {
+        let cfg = RingConfig {
+            slots,
+            slot_bytes,
+            max_record: 100,
+            timestamps: false,
+        };
+        let zones = ring_zones(&cfg);
+        let ring = Ring::create(&zones.get("log").unwrap(), &cfg)
+            .unwrap_or_else(|e| panic!("{cfg:?}: {e}"));
+        assert_eq!((ring.slots(), ring.slot_bytes()), (slots, slot_bytes));
+    }
+}
