@@ -50,8 +50,11 @@
 //!
 //! **Full ring: the oldest records are overwritten**, never the newest
 //! dropped, and a producer never blocks. The producer moves the slot's
-//! `tail` (its oldest intact record) past what it is about to overwrite and
-//! counts those records (`overwritten`). A reader copies records and then
+//! `tail` (its oldest intact record) past what it is about to overwrite,
+//! an eighth of the slot at a time (so a slot holds between 7/8 and all of
+//! its size in records), and counts those records (`overwritten`). It jumps
+//! to record starts it remembers in its own memory, one per eighth; only
+//! after taking a slot over does it walk the old records' headers. A reader copies records and then
 //! re-reads `claim` (seqlock-style): if the producer has claimed past the
 //! copied bytes by a whole lap, the copy is discarded and the reader jumps to
 //! `tail`; the records it missed show up as a gap in the sequence numbers,
