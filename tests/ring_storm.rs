@@ -66,6 +66,23 @@ impl Board {
     }
 }
 
+/// Kills and reaps whatever children are still listed when dropped (a
+/// failed assertion must not leave producers running forever).
+struct Children(Vec<libc::pid_t>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            // SAFETY: our own children, not reaped yet (removed from the
+            // list when they are).
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+        }
+    }
+}
+
 /// A producer process: claims a slot (the dead one's) and writes records
 /// as fast as it can build them, with a random pause, until killed.
 fn spawn_producer(ring: &Ring<'_>, who: u64) -> libc::pid_t {
@@ -106,6 +123,7 @@ fn producers_killed_at_random_moments() {
         .unwrap();
     let ring = Ring::create(&zones.get("log").unwrap(), &cfg).unwrap();
     let board = Board(Region::new(4096).unwrap());
+    let mut children = Children(Vec::new());
     let readers: Vec<_> = (0..READERS)
         .map(|r| {
             let (ring, board) = (&ring, &board);
@@ -143,11 +161,13 @@ fn producers_killed_at_random_moments() {
             })
         })
         .collect();
+    children.0.extend(&readers);
     let mut rng = Rng(std::process::id() as u64 | 1 << 40);
     eprintln!("ring storm: {kills} kills, seed {}", rng.0);
     let mut producers: Vec<_> = (0..PRODUCERS as u64)
         .map(|w| spawn_producer(&ring, w))
         .collect();
+    children.0.extend(&producers);
     let start = Instant::now();
     for k in 0..kills {
         std::thread::sleep(Duration::from_micros(rng.next() % 2000));
@@ -173,8 +193,10 @@ fn producers_killed_at_random_moments() {
     let storm = start.elapsed();
     board.at(0).store(1, Ordering::SeqCst);
     for pid in readers {
+        children.0.retain(|&p| p != pid);
+        let how = wait_within(pid, Duration::from_secs(150));
         assert_eq!(
-            wait_within(pid, Duration::from_secs(150)),
+            how,
             Exit::Code(0),
             "a reader failed (2 hang, 3 torn record, 4 order, 5 error)"
         );
