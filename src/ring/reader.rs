@@ -159,26 +159,12 @@ impl<'a> Reader<'a> {
     /// # Errors
     /// [`RingError::Corrupt`] when a slot's words or a record fail their
     /// checks; the reader has then skipped past, and the next call goes on.
+    #[inline]
     pub fn next_record(&mut self) -> Result<Option<Record<'_>>, RingError> {
-        let n = self.ring.slots();
-        let mut found = None;
-        let mut empty = 0;
-        for _ in 0..4 * n + 4 {
-            if let Some(h) = self.parse()? {
-                found = Some(h);
-                break;
-            }
-            let slot = self.turn;
-            self.turn = (self.turn + 1) % n;
-            if self.fill(slot)? {
-                empty = 0;
-            } else {
-                empty += 1;
-                if empty >= n {
-                    break;
-                }
-            }
-        }
+        let found = match self.parse_fast() {
+            Some(h) => Some(h),
+            None => self.next_slow()?,
+        };
         Ok(found.map(|(h, off): (RecHdr, usize)| {
             // SAFETY: `parse` checked that `len` bytes from word `off` lie in
             // the batch; u64s are readable as bytes.
@@ -198,6 +184,73 @@ impl<'a> Reader<'a> {
         }))
     }
 
+    /// The common case of [`parse`](Self::parse): a whole, sound record in
+    /// the batch. `None` for anything else, which the slow path sorts out.
+    #[inline]
+    fn parse_fast(&mut self) -> Option<(RecHdr, usize)> {
+        let pos = self.bnext;
+        let end = self.bpos + self.bvalid;
+        if end.saturating_sub(pos) < REC_HDR || cfg!(target_endian = "big") {
+            return None;
+        }
+        let off = ((pos - self.bpos) / 8) as usize;
+        let w: [u64; 4] = self.batch.get(off..off + 4)?.try_into().ok()?;
+        let h = RecHdr::decode(w, pos, self.ring.geo().max_record)?;
+        let size = rec_size(h.len as u64);
+        if end - pos < size {
+            return None;
+        }
+        self.accept(&h, pos + size);
+        Some((h, off + 4))
+    }
+
+    /// Moves past a record read from the batch: cursor, sequence and
+    /// counters.
+    #[inline]
+    fn accept(&mut self, h: &RecHdr, next: u64) {
+        self.bnext = next;
+        let c = &mut self.cursors[self.bslot];
+        c.pos = next;
+        match c.expect {
+            Some(e) if h.seq == e => {}
+            Some(e) if h.seq > e => {
+                self.stats.lost = self.stats.lost.saturating_add(h.seq - e);
+                if c.lapped {
+                    self.stats.overrun = self.stats.overrun.saturating_add(h.seq - e);
+                }
+            }
+            Some(_) => self.stats.reordered += 1,
+            None => {}
+        }
+        c.expect = Some(h.seq.wrapping_add(1));
+        c.lapped = false;
+        self.stats.read += 1;
+    }
+
+    /// Refills from the slots in turn until a record turns up or every
+    /// slot is read up to its head.
+    #[inline(never)]
+    fn next_slow(&mut self) -> Result<Option<(RecHdr, usize)>, RingError> {
+        let n = self.ring.slots();
+        let mut empty = 0;
+        for _ in 0..4 * n + 4 {
+            if let Some(h) = self.parse()? {
+                return Ok(Some(h));
+            }
+            let slot = self.turn;
+            self.turn = (self.turn + 1) % n;
+            if self.fill(slot)? {
+                empty = 0;
+            } else {
+                empty += 1;
+                if empty >= n {
+                    break;
+                }
+            }
+        }
+        Ok(None)
+    }
+
     /// The next record of the batch: its header and the word index of its
     /// payload in `batch`. `None` when the batch is used up.
     fn parse(&mut self) -> Result<Option<(RecHdr, usize)>, RingError> {
@@ -213,7 +266,7 @@ impl<'a> Reader<'a> {
             this.bvalid = 0;
             this.bnext = this.bpos;
         };
-        if pos + REC_HDR > end {
+        if end - pos < REC_HDR {
             if self.bfull {
                 return self.corrupt(format!("head at {end} cuts a record header at {pos}"));
             }
@@ -229,30 +282,15 @@ impl<'a> Reader<'a> {
         let Some(h) = RecHdr::decode(w, pos, max) else {
             return self.corrupt(format!("bad record header at {pos}"));
         };
-        let next = pos + rec_size(h.len as u64);
-        if next > end {
+        let size = rec_size(h.len as u64);
+        if end - pos < size {
             if self.bfull {
                 return self.corrupt(format!("head at {end} cuts the record at {pos}"));
             }
             cut(self);
             return Ok(None);
         }
-        self.bnext = next;
-        let c = &mut self.cursors[self.bslot];
-        c.pos = next;
-        match c.expect {
-            Some(e) if h.seq > e => {
-                self.stats.lost = self.stats.lost.saturating_add(h.seq - e);
-                if c.lapped {
-                    self.stats.overrun = self.stats.overrun.saturating_add(h.seq - e);
-                }
-            }
-            Some(e) if h.seq < e => self.stats.reordered += 1,
-            _ => {}
-        }
-        c.expect = Some(h.seq.wrapping_add(1));
-        c.lapped = false;
-        self.stats.read += 1;
+        self.accept(&h, pos + size);
         // The producer stored `u64::from_le_bytes` of the payload: back to
         // bytes in memory order (nothing to do on little-endian targets).
         if cfg!(target_endian = "big") {

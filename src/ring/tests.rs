@@ -155,7 +155,7 @@ fn random_corruption_gives_errors_never_panics() {
         x
     };
     let (mut opened, mut records, mut errors) = (0, 0, 0);
-    for round in 0..300 {
+    for round in 0..1000 {
         let cfg = RingConfig {
             slots: 1 + round % 3,
             slot_bytes: 4096,
@@ -221,7 +221,7 @@ fn random_corruption_gives_errors_never_panics() {
         drain(&mut early);
     }
     // The damage often hits only records or counters: rings still open.
-    assert!(opened > 100, "opened {opened}");
+    assert!(opened > 300, "opened {opened}");
     assert!(
         records > 0 && errors > 0,
         "records {records}, errors {errors}"
