@@ -109,7 +109,7 @@ fn reader(ring: &Ring<'_>, board: &Board, slot: usize, n: u64) -> libc::pid_t {
             match reader.next_record() {
                 Ok(Some(r)) => sum += r.data.len(),
                 Ok(None) => {
-                    for _ in 0..64 {
+                    for _ in 0..1024 {
                         std::hint::spin_loop();
                     }
                 }
