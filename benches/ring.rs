@@ -10,7 +10,7 @@
 //! lines (median, then min and max of the repetitions); progress goes to
 //! stderr.
 //!
-//! R1: the parent writes N 64-byte records into a one-slot ring (4 MiB, or
+//! R1: the parent writes N 64-byte records into a one-slot ring (32 MiB, or
 //! `SHMZONE_RING_SLOT` bytes, in a 64 MiB zone) while a forked reader reads
 //! them all; ns per record written, timed in the writer (wall clock, and
 //! the writer's CPU time, since the bench shares its cores), and records
@@ -139,12 +139,12 @@ fn cpu_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// R1's slot size: `SHMZONE_RING_SLOT` bytes (a power of two), else 4 MiB.
+/// R1's slot size: `SHMZONE_RING_SLOT` bytes (a power of two), else 32 MiB.
 fn r1_slot() -> usize {
     std::env::var("SHMZONE_RING_SLOT")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(4 << 20)
+        .unwrap_or(32 << 20)
 }
 
 /// R1 once: ns per record written (wall, CPU), records lost.
