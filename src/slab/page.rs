@@ -14,6 +14,7 @@ use super::layout::{
     NCLASSES, NIL, PAGE_SHIFT, SLAB_PAGE,
 };
 use crate::journal::{record_words, Journal, JournalHeader};
+use crate::killpoint;
 
 /// Journal words one chunk or run allocation may need, trimming aside.
 pub(crate) const ALLOC_BUDGET: u32 = 160;
@@ -34,6 +35,14 @@ pub(crate) struct Core<'a> {
     pub j: &'a Journal,
     /// The journal's `used`, read once when the Core is made.
     pub jat: std::cell::Cell<u32>,
+    /// The operation is a section of its own (`Pool::alloc`, `Pool::free`,
+    /// not a `_locked` call inside a caller's section): where its only
+    /// change to the structure is one word written by one store, that
+    /// store is atomic by itself and needs no record (a death before it
+    /// leaves the state before, after it the state after; the counters
+    /// are recomputed by the recovery's check). Inside a caller's section
+    /// everything is recorded, so that the whole section rolls back.
+    pub lite: bool,
 }
 
 /// Where the state sits from the pool's base.
@@ -41,6 +50,13 @@ const STATE_OFF: usize = std::mem::offset_of!(Header, state);
 const JHDR_OFF: usize = std::mem::offset_of!(Header, journal);
 
 impl Core<'_> {
+    /// This Core runs one standalone operation (see [`Core::lite`]).
+    #[inline(always)]
+    pub fn lite(mut self) -> Self {
+        self.lite = true;
+        self
+    }
+
     /// Records `n` bytes at `p` in the journal. The operation's budget was
     /// checked on entry, so this fits; if a budget is wrong the section is
     /// counted as an overflow (and is not crash-atomic) rather than stopped
@@ -242,22 +258,32 @@ impl Core<'_> {
                     let word = unsafe { *bm.add(w) };
                     let b = (!word).trailing_zeros();
                     // A small page's `slab` is its used count: recomputed.
-                    self.save::<1>(bm.wrapping_add(w));
+                    let full = slab + 1 == info.cap as u64;
+                    if !self.lite || full {
+                        self.save::<1>(bm.wrapping_add(w));
+                    } else {
+                        killpoint::point();
+                    }
                     // SAFETY: as above.
                     unsafe { *bm.add(w) = word | (1 << b) };
-                    let d = &mut self.d[head as usize];
-                    d.slab += 1;
-                    (w as u32 * 64 + b, d.slab == info.cap as u64)
+                    killpoint::point();
+                    self.d[head as usize].slab = slab + 1;
+                    (w as u32 * 64 + b, full)
                 } else {
                     let b = (!slab).trailing_zeros();
                     if b >= info.chunks {
                         // A full page on the list: only a corrupt pool.
                         return self.alloc_chunk_slow(c, size);
                     }
-                    self.save_slab(head);
-                    let d = &mut self.d[head as usize];
-                    d.slab |= 1 << b;
-                    (b, d.slab == info.full)
+                    let full = slab | 1 << b == info.full;
+                    if !self.lite || full {
+                        self.save_slab(head);
+                    } else {
+                        killpoint::point();
+                    }
+                    self.d[head as usize].slab = slab | 1 << b;
+                    killpoint::point();
+                    (b, full)
                 };
                 if full {
                     self.unlink(Some(c), head);
@@ -586,22 +612,32 @@ impl Core<'_> {
                 // Counter disagrees with the bitmap: only a corrupt pool.
                 return Err(FreeError::ChunkAlreadyFree);
             }
-            self.save::<1>(w);
+            let was_full = desc.slab == info.cap as u64;
+            let empty = desc.slab == 1;
+            if !self.lite || was_full || empty {
+                self.save::<1>(w);
+            } else {
+                killpoint::point();
+            }
             // SAFETY: as above.
             unsafe { *w = word & !mask };
-            let d = &mut self.d[idx as usize];
-            let was_full = d.slab == info.cap as u64;
-            d.slab -= 1;
-            (was_full, d.slab == 0)
+            killpoint::point();
+            self.d[idx as usize].slab = desc.slab - 1;
+            (was_full, empty)
         } else {
             let mask = 1u64 << bit;
             if desc.slab & mask == 0 {
                 return Err(FreeError::ChunkAlreadyFree);
             }
-            self.save_slab(idx);
-            let d = &mut self.d[idx as usize];
-            d.slab &= !mask;
-            (desc.slab == info.full, d.slab == 0)
+            let (was_full, empty) = (desc.slab == info.full, desc.slab & !mask == 0);
+            if !self.lite || was_full || empty {
+                self.save_slab(idx);
+            } else {
+                killpoint::point();
+            }
+            self.d[idx as usize].slab = desc.slab & !mask;
+            killpoint::point();
+            (was_full, empty)
         };
         self.st.classes[c].used = self.st.classes[c].used.wrapping_sub(1);
         if was_full {
