@@ -29,6 +29,7 @@
 //! | slab | [`slab`] | 4 KiB pages, power-of-two classes 8..2048 B, bitmaps, page runs |
 //! | zone | [`zone`] | the region header, the zone directory, init and reload |
 //! | prefork | [`prefork`] | fork, waitid, signals, respawn |
+//! | metrics | [`metrics`] | zone figures in the Prometheus text format |
 //!
 //! A region starts with a header (magic, layout version, lengths) and a
 //! directory of up to [`zone::MAX_ZONES`] zones; the rest is itself a slab
@@ -52,6 +53,7 @@
 mod error;
 pub mod named;
 mod os;
+pub mod metrics;
 pub mod prefork;
 mod region;
 pub mod shmtx;
