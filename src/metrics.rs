@@ -60,7 +60,12 @@ impl PromText {
     /// One sample of the family last started (the same `name`: counters
     /// are named with their `_total`, as the 0.0.4 format wants). Label
     /// values are escaped.
-    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Display) -> &mut Self {
+    pub fn sample(
+        &mut self,
+        name: &str,
+        labels: &[(&str, &str)],
+        value: impl Display,
+    ) -> &mut Self {
         self.out.push_str(name);
         if !labels.is_empty() {
             self.out.push('{');
@@ -129,8 +134,10 @@ pub struct ZoneSample {
     pub name: String,
     /// Its size in bytes.
     pub size: usize,
-    /// Its pool's counters.
-    pub stats: PoolStats,
+    /// Its pool's counters (`None`: not to be trusted, e.g. `check()`
+    /// failed; the zone then appears only in the size, lock and
+    /// consistency families).
+    pub stats: Option<PoolStats>,
     /// The pid holding its lock, if any.
     pub lock_holder: Option<u32>,
     /// Locks taken back from dead holders.
@@ -145,7 +152,7 @@ impl ZoneSample {
         ZoneSample {
             name: z.name().to_string(),
             size: z.size(),
-            stats: z.stats(),
+            stats: Some(z.stats()),
             lock_holder: z.mutex().holder(),
             recoveries: z.mutex().recoveries(),
             consistent: None,
@@ -170,6 +177,11 @@ impl ZoneSample {
 /// Size classes appear once they have pages or requests.
 pub fn write_zones(t: &mut PromText, zones: &[ZoneSample]) {
     let z = |s: &ZoneSample| vec![("zone", s.name.clone())];
+    let with: Vec<(&ZoneSample, &PoolStats)> = zones
+        .iter()
+        .filter_map(|s| s.stats.as_ref().map(|st| (s, st)))
+        .collect();
+    let zs = |p: &(&ZoneSample, &PoolStats)| vec![("zone", p.0.name.clone())];
     t.each(
         "shmzone_zone_size_bytes",
         Kind::Gauge,
@@ -181,43 +193,43 @@ pub fn write_zones(t: &mut PromText, zones: &[ZoneSample]) {
         "shmzone_zone_pages",
         Kind::Gauge,
         "Data pages in the zone's slab pool.",
-        zones,
-        |s| (z(s), s.stats.pages_total as u64),
+        &with,
+        |p| (zs(p), p.1.pages_total as u64),
     );
     t.each(
         "shmzone_zone_pages_free",
         Kind::Gauge,
         "Pages on no size class and in no allocation.",
-        zones,
-        |s| (z(s), s.stats.pages_free as u64),
+        &with,
+        |p| (zs(p), p.1.pages_free as u64),
     );
     t.each(
         "shmzone_zone_largest_free_run_pages",
         Kind::Gauge,
         "The longest run of free pages (the largest allocation possible).",
-        zones,
-        |s| (z(s), s.stats.largest_free_run as u64),
+        &with,
+        |p| (zs(p), p.1.largest_free_run as u64),
     );
     t.each(
         "shmzone_zone_bytes_in_use",
         Kind::Gauge,
         "Bytes in live chunks and page runs.",
-        zones,
-        |s| (z(s), s.stats.bytes_in_use() as u64),
+        &with,
+        |p| (zs(p), p.1.bytes_in_use() as u64),
     );
     t.each(
         "shmzone_zone_page_requests_total",
         Kind::Counter,
         "Allocations larger than half a page.",
-        zones,
-        |s| (z(s), s.stats.page_reqs),
+        &with,
+        |p| (zs(p), p.1.page_reqs),
     );
     t.each(
         "shmzone_zone_page_failures_total",
         Kind::Counter,
         "Of those, the ones that failed.",
-        zones,
-        |s| (z(s), s.stats.page_fails),
+        &with,
+        |p| (zs(p), p.1.page_fails),
     );
     type Pick = fn(&crate::slab::ClassStats) -> u64;
     let classes: [(&str, Kind, &str, Pick); 4] = [
@@ -248,8 +260,8 @@ pub fn write_zones(t: &mut PromText, zones: &[ZoneSample]) {
     ];
     for (name, kind, help, pick) in classes {
         t.family(name, kind, help);
-        for s in zones {
-            for c in s.stats.classes.iter().filter(|c| c.total > 0 || c.reqs > 0) {
+        for (s, st) in &with {
+            for c in st.classes.iter().filter(|c| c.total > 0 || c.reqs > 0) {
                 let size = c.size.to_string();
                 t.sample(name, &[("zone", &s.name), ("size", &size)], pick(c));
             }
