@@ -348,11 +348,36 @@ impl<'a> App<'a> {
         }
         if let Some(l) = self.limits.as_ref().and_then(limiter::stats) {
             let families: [(&str, Kind, &str, u64); 5] = [
-                ("shmzone_limiter_keys", Kind::Gauge, "Keys in the limiter table.", l.keys),
-                ("shmzone_limiter_evicted_total", Kind::Counter, "Keys evicted (LRU) when the zone was full.", l.evicted),
-                ("shmzone_limiter_expired_total", Kind::Counter, "Idle keys expired.", l.expired),
-                ("shmzone_limiter_rebuilt_total", Kind::Counter, "Times the table was emptied after a worker died mid-update.", l.rebuilt),
-                ("shmzone_limiter_consistent", Kind::Gauge, "1 if the table's list and chains agree.", u64::from(l.consistent)),
+                (
+                    "shmzone_limiter_keys",
+                    Kind::Gauge,
+                    "Keys in the limiter table.",
+                    l.keys,
+                ),
+                (
+                    "shmzone_limiter_evicted_total",
+                    Kind::Counter,
+                    "Keys evicted (LRU) when the zone was full.",
+                    l.evicted,
+                ),
+                (
+                    "shmzone_limiter_expired_total",
+                    Kind::Counter,
+                    "Idle keys expired.",
+                    l.expired,
+                ),
+                (
+                    "shmzone_limiter_rebuilt_total",
+                    Kind::Counter,
+                    "Times the table was emptied after a worker died mid-update.",
+                    l.rebuilt,
+                ),
+                (
+                    "shmzone_limiter_consistent",
+                    Kind::Gauge,
+                    "1 if the table's list and chains agree.",
+                    u64::from(l.consistent),
+                ),
             ];
             for (name, kind, help, v) in families {
                 t.family(name, kind, help).sample(name, &[], v);

@@ -156,9 +156,8 @@ impl<'a> Counters<'a> {
         // atomics are touched through it; the zone's memory outlives the
         // workers (a zone dropped by a reload is retired, not unmapped,
         // until the old workers are gone).
-        Some(Counters {
-            root: unsafe { &*p.as_ptr() },
-        })
+        let root = unsafe { &*p.as_ptr() };
+        Some(Counters { root })
     }
 
     /// Adds one to `/hit`'s counter; returns the new total.

@@ -100,7 +100,11 @@ impl Drop for LiveGuard {
     }
 }
 
-async fn serve(app: &'static App<'static>, listener: StdListener, mut stop: watch::Receiver<bool>) -> i32 {
+async fn serve(
+    app: &'static App<'static>,
+    listener: StdListener,
+    mut stop: watch::Receiver<bool>,
+) -> i32 {
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
