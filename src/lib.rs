@@ -51,9 +51,9 @@
 #![deny(clippy::missing_safety_doc)]
 
 mod error;
+pub mod metrics;
 pub mod named;
 mod os;
-pub mod metrics;
 pub mod prefork;
 mod region;
 pub mod shmtx;
