@@ -26,6 +26,7 @@
 //! | probe | `build.rs` | which of `MAP_ANON\|MAP_SHARED`, `/dev/zero`, SysV works on the host |
 //! | os | `os` (private) | every system call: mappings, futex, pids, signals |
 //! | lock | [`shmtx`] | one word in shared memory holding the holder's pid |
+//! | journal | [`journal`] | crash-atomic sections: what a holder wrote, how to undo it |
 //! | slab | [`slab`] | 4 KiB pages, power-of-two classes 8..2048 B, bitmaps, page runs |
 //! | zone | [`zone`] | the region header, the zone directory, init and reload |
 //! | prefork | [`prefork`] | fork, waitid, signals, respawn |
@@ -51,6 +52,9 @@
 #![deny(clippy::missing_safety_doc)]
 
 mod error;
+pub mod journal;
+#[doc(hidden)]
+pub mod killpoint;
 pub mod metrics;
 pub mod named;
 mod os;

@@ -21,6 +21,7 @@
 
 use std::fmt::{Display, Write as _};
 
+use crate::journal::JournalStats;
 use crate::slab::PoolStats;
 use crate::zone::Zone;
 
@@ -142,6 +143,8 @@ pub struct ZoneSample {
     pub lock_holder: Option<u32>,
     /// Locks taken back from dead holders.
     pub recoveries: u32,
+    /// The zone's journal: rollbacks of dead holders' sections, the fence.
+    pub journal: JournalStats,
     /// What `check()` found, when it was run (`None`: not checked).
     pub consistent: Option<bool>,
 }
@@ -155,6 +158,7 @@ impl ZoneSample {
             stats: Some(z.stats()),
             lock_holder: z.mutex().holder(),
             recoveries: z.mutex().recoveries(),
+            journal: z.pool().journal_stats(),
             consistent: None,
         }
     }
@@ -172,6 +176,9 @@ impl ZoneSample {
 /// | `shmzone_zone_class_requests_total`, `shmzone_zone_class_failures_total` | counter | zone, size |
 /// | `shmzone_zone_lock_holder_pid` | gauge (0: free) | zone |
 /// | `shmzone_zone_lock_recoveries_total` | counter | zone |
+/// | `shmzone_zone_rollbacks_total`, `shmzone_zone_rollback_words_total` | counter | zone |
+/// | `shmzone_zone_journal_overflows_total` | counter | zone |
+/// | `shmzone_zone_fenced` | gauge (1: allocations refused until reinit) | zone |
 /// | `shmzone_zone_consistent` | gauge (1/0; only for checked zones) | zone |
 ///
 /// Size classes appear once they have pages or requests.
@@ -280,6 +287,34 @@ pub fn write_zones(t: &mut PromText, zones: &[ZoneSample]) {
         "Zone locks taken back from dead holders.",
         zones,
         |s| (z(s), s.recoveries),
+    );
+    t.each(
+        "shmzone_zone_rollbacks_total",
+        Kind::Counter,
+        "Sections of dead lock holders rolled back (crash-atomic sections).",
+        zones,
+        |s| (z(s), s.journal.rollbacks),
+    );
+    t.each(
+        "shmzone_zone_rollback_words_total",
+        Kind::Counter,
+        "Words restored by those rollbacks.",
+        zones,
+        |s| (z(s), s.journal.words_undone),
+    );
+    t.each(
+        "shmzone_zone_journal_overflows_total",
+        Kind::Counter,
+        "Sections that outgrew the journal (should stay 0).",
+        zones,
+        |s| (z(s), u64::from(s.journal.overflows)),
+    );
+    t.each(
+        "shmzone_zone_fenced",
+        Kind::Gauge,
+        "1 if the zone is fenced off: still inconsistent after a rollback, allocations refused until reinit.",
+        zones,
+        |s| (z(s), u8::from(s.journal.fenced)),
     );
     let checked: Vec<&ZoneSample> = zones.iter().filter(|s| s.consistent.is_some()).collect();
     if !checked.is_empty() {

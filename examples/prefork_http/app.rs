@@ -136,6 +136,8 @@ struct ZoneJson {
     page_fails: u64,
     lock_holder: Option<u32>,
     recoveries: u32,
+    rollbacks: u64,
+    fenced: bool,
     classes: Vec<ClassJson>,
 }
 
@@ -405,6 +407,8 @@ fn zone_json(z: &Zone<'_>) -> ZoneJson {
         page_fails: st.page_fails,
         lock_holder: z.mutex().holder(),
         recoveries: z.mutex().recoveries(),
+        rollbacks: z.pool().rollbacks(),
+        fenced: z.is_fenced(),
         classes: st
             .classes
             .iter()

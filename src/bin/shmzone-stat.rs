@@ -25,6 +25,7 @@ use std::time::Duration;
 use clap::{ArgGroup, Parser};
 use serde::Serialize;
 
+use shmzone::journal::JournalStats;
 use shmzone::metrics::{write_zones, Kind, PromText, ZoneSample};
 use shmzone::slab::PoolStats;
 use shmzone::{NamedId, NamedSpec, Zones};
@@ -86,6 +87,7 @@ struct Row {
     tag: u64,
     root: usize,
     recoveries: u32,
+    journal: JournalStats,
     /// The counters, if `check()` passed (else what it found).
     stats: Result<PoolStats, String>,
 }
@@ -107,6 +109,7 @@ fn snapshot(spec: &NamedSpec) -> Result<Snapshot, shmzone::Error> {
             tag: z.tag(),
             root: z.root(),
             recoveries: z.mutex().recoveries(),
+            journal: z.pool().journal_stats(),
             stats: z.check().map(|()| z.stats()).map_err(|e| e.to_string()),
         })
         .collect();
@@ -241,8 +244,18 @@ fn table(cli: &Cli, spec: &NamedSpec, snap: &Snapshot) -> String {
     );
     let _ = writeln!(
         s,
-        "{:<24} {:>9} {:>6} {:>7} {:>7} {:>9} {:>9} {:>9} {:>6} {:>10}  CHECK",
-        "ZONE", "SIZE", "TAG", "PAGES", "FREE", "LARGEST", "IN USE", "REQS", "FAILS", "ROOT",
+        "{:<24} {:>9} {:>6} {:>7} {:>7} {:>9} {:>9} {:>9} {:>6} {:>10} {:>6}  CHECK",
+        "ZONE",
+        "SIZE",
+        "TAG",
+        "PAGES",
+        "FREE",
+        "LARGEST",
+        "IN USE",
+        "REQS",
+        "FAILS",
+        "ROOT",
+        "RBACK",
     );
     for r in &snap.rows {
         let st = match &r.stats {
@@ -250,7 +263,7 @@ fn table(cli: &Cli, spec: &NamedSpec, snap: &Snapshot) -> String {
             Err(e) => {
                 let _ = writeln!(
                     s,
-                    "{:<24} {:>9} {:>6} {:>7} {:>7} {:>9} {:>9} {:>9} {:>6} {:>10}  BROKEN: {e}",
+                    "{:<24} {:>9} {:>6} {:>7} {:>7} {:>9} {:>9} {:>9} {:>6} {:>10} {:>6}  BROKEN{}: {e}",
                     r.name,
                     human(r.size),
                     r.tag,
@@ -261,6 +274,8 @@ fn table(cli: &Cli, spec: &NamedSpec, snap: &Snapshot) -> String {
                     "-",
                     "-",
                     format!("{:#x}", r.root),
+                    r.journal.rollbacks,
+                    if r.journal.fenced { " (fenced)" } else { "" },
                 );
                 continue;
             }
@@ -269,7 +284,7 @@ fn table(cli: &Cli, spec: &NamedSpec, snap: &Snapshot) -> String {
         let fails = st.classes.iter().map(|c| c.fails).sum::<u64>() + st.page_fails;
         let _ = writeln!(
             s,
-            "{:<24} {:>9} {:>6} {:>7} {:>7} {:>9} {:>9} {:>9} {:>6} {:>10}  ok",
+            "{:<24} {:>9} {:>6} {:>7} {:>7} {:>9} {:>9} {:>9} {:>6} {:>10} {:>6}  {}",
             r.name,
             human(r.size),
             r.tag,
@@ -280,6 +295,12 @@ fn table(cli: &Cli, spec: &NamedSpec, snap: &Snapshot) -> String {
             reqs,
             fails,
             format!("{:#x}", r.root),
+            r.journal.rollbacks,
+            if r.journal.fenced {
+                "ok (fenced)"
+            } else {
+                "ok"
+            },
         );
         if cli.classes {
             for c in st.classes.iter().filter(|c| c.total > 0 || c.reqs > 0) {
@@ -329,6 +350,7 @@ fn prometheus(snap: &Snapshot) -> String {
             // A read-only snapshot releases any lock held in its copy.
             lock_holder: None,
             recoveries: r.recoveries,
+            journal: r.journal,
             consistent: Some(r.stats.is_ok()),
         })
         .collect();
@@ -393,6 +415,8 @@ struct ZoneJson {
     tag: u64,
     root: usize,
     recoveries: u32,
+    rollbacks: u64,
+    fenced: bool,
     /// "ok", or what check() found.
     check: String,
     #[serde(flatten)]
@@ -421,6 +445,8 @@ fn json(spec: &NamedSpec, snap: &Snapshot) -> String {
                 tag: r.tag,
                 root: r.root,
                 recoveries: r.recoveries,
+                rollbacks: r.journal.rollbacks,
+                fenced: r.journal.fenced,
                 check: match &r.stats {
                     Ok(_) => "ok".to_string(),
                     Err(e) => e.clone(),
