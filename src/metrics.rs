@@ -15,7 +15,7 @@
 //! let mut t = PromText::new();
 //! write_zones(&mut t, &samples);
 //! let text = t.finish();
-//! assert!(text.contains("shmzone_zone_pages{zone=\"limits\"} 15\n"));
+//! assert!(text.contains("shmzone_zone_pages_free{zone=\"limits\"} "));
 //! # Ok::<(), shmzone::Error>(())
 //! ```
 

@@ -15,7 +15,7 @@ use shmzone::{Zone, ZoneInit};
 const MAGIC: u64 = 0x5348_4d5a_4354_5232; // "SHMZCTR2"
 
 /// Worker slots; worker `i` counts in slot `i % SLOTS`.
-pub const SLOTS: usize = 64;
+pub const SLOTS: usize = 32;
 
 /// What a request is counted under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
