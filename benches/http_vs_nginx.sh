@@ -43,9 +43,11 @@ trap cleanup EXIT
 
 nginx -p "$tmp" -c "$PWD/benches/nginx-h.conf" 2>"$tmp/nginx.err" &
 pids+=($!)
+NGINX_MASTER=$!
 # shellcheck disable=SC2086
 "$BIN" --workers 4 --listen "127.0.0.1:$OURS_PORT" --log warn $SHMZONE_ARGS >"$tmp/ours.out" 2>"$tmp/ours.err" &
 pids+=($!)
+OURS_MASTER=$!
 
 wait_up() {
     for _ in $(seq 100); do
@@ -76,30 +78,43 @@ to_ms() {
         printf "%.2f", n }'
 }
 
-# run PORT PATH CONNS -> "rps p99ms"
-run() {
-    local out rps p99
-    out=$(wrk -t2 -c"$3" -d"$DUR" --latency "http://127.0.0.1:$1$2")
-    rps=$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out")
-    p99=$(awk '$1 == "99%" { print $2 }' <<<"$out")
-    echo "$rps $(to_ms "$p99")"
+# CPU time (clock ticks) used so far by the workers of master $1.
+cpu_ticks() {
+    local t=0 p
+    for p in $(pgrep -P "$1"); do
+        t=$((t + $(awk '{ print $14 + $15 }' "/proc/$p/stat" 2>/dev/null || echo 0)))
+    done
+    echo $t
 }
 
-printf '%-16s %5s %12s %9s %12s %9s %7s %7s\n' workload conns "nginx req/s" "p99 ms" "ours req/s" "p99 ms" ratio "p99"
+# run MASTER PORT PATH CONNS -> "rps p99ms cpu-us-per-request"
+run() {
+    local out rps p99 reqs c0 c1
+    c0=$(cpu_ticks "$1")
+    out=$(wrk -t2 -c"$4" -d"$DUR" --latency "http://127.0.0.1:$2$3")
+    c1=$(cpu_ticks "$1")
+    rps=$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out")
+    reqs=$(awk '/requests in/ { print $1 }' <<<"$out")
+    p99=$(awk '$1 == "99%" { print $2 }' <<<"$out")
+    echo "$rps $(to_ms "$p99") $(awk -v c=$((c1 - c0)) -v n="$reqs" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", c * 1e6 / hz / n }')"
+}
+
+median() { tr ' ' '\n' | grep . | sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+
+printf '%-14s %5s %11s %8s %7s %11s %8s %7s %7s %6s\n' workload conns "nginx req/s" "p99 ms" "cpu us" "ours req/s" "p99 ms" "cpu us" ratio "p99"
 for c in $CONNS; do
     for p in "${paths[@]}"; do
-        n_sum=0; o_sum=0; n_p99=0; o_p99=0
+        nr_all=""; np_all=""; nc_all=""; or_all=""; op_all=""; oc_all=""
         for _ in $(seq "$ROUNDS"); do
-            read -r nr np <<<"$(run $NGINX_PORT "$p" "$c")"
-            read -r or op <<<"$(run "$OURS_PORT" "$p" "$c")"
-            n_sum=$(awk -v a="$n_sum" -v b="$nr" 'BEGIN { print a + b }')
-            o_sum=$(awk -v a="$o_sum" -v b="$or" 'BEGIN { print a + b }')
-            n_p99=$(awk -v a="$n_p99" -v b="$np" 'BEGIN { print (b > a) ? b : a }')
-            o_p99=$(awk -v a="$o_p99" -v b="$op" 'BEGIN { print (b > a) ? b : a }')
+            read -r nr np nc <<<"$(run $NGINX_MASTER $NGINX_PORT "$p" "$c")"
+            read -r or op oc <<<"$(run $OURS_MASTER "$OURS_PORT" "$p" "$c")"
+            nr_all="$nr_all $nr"; np_all="$np_all $np"; nc_all="$nc_all $nc"
+            or_all="$or_all $or"; op_all="$op_all $op"; oc_all="$oc_all $oc"
         done
-        awk -v w="$p" -v c="$c" -v r="$ROUNDS" -v ns="$n_sum" -v os="$o_sum" -v np="$n_p99" -v op="$o_p99" 'BEGIN {
-            n = ns / r; o = os / r;
-            printf "%-16s %5d %12.0f %9.2f %12.0f %9.2f %6.2fx %7s\n", w, c, n, np, o, op, o / n, (op <= np) ? "ok" : "worse" }'
+        awk -v w="$p" -v c="$c" \
+            -v nr="$(median <<<"$nr_all")" -v np="$(median <<<"$np_all")" -v nc="$(median <<<"$nc_all")" \
+            -v or="$(median <<<"$or_all")" -v op="$(median <<<"$op_all")" -v oc="$(median <<<"$oc_all")" 'BEGIN {
+            printf "%-14s %5d %11.0f %8.2f %7.1f %11.0f %8.2f %7.1f %6.2fx %6s\n", w, c, nr, np, nc, or, op, oc, or / nr, (op <= np) ? "ok" : "worse" }'
     done
 done
-echo "(requests/s: mean of $ROUNDS round(s) of -d$DUR, nginx and ours alternated; p99: the worst round)"
+echo "(medians of $ROUNDS round(s) of wrk -t2 -d$DUR, nginx and ours alternated; cpu us: worker CPU time per request; ratio: ours/nginx req/s)"

@@ -201,6 +201,7 @@ async fn connection(
     let mut deadline = Instant::now() + keepalive;
     let result = loop {
         tokio::select! {
+            biased;
             r = conn.as_mut() => break r,
             _ = stop.changed(), if !closing => {
                 closing = true;
