@@ -187,13 +187,15 @@ impl<'a> App<'a> {
             return closing(StatusCode::BAD_REQUEST, "Host header required\n");
         }
         let (parts, body) = req.into_parts();
-        if !body.is_end_stream() {
-            // Read it whole (the /kv PUT will use it; elsewhere it is
-            // dropped), within the size cap and the body timeout.
+        // Read a body whole (PUT /kv/KEY will store it; elsewhere it is
+        // dropped), within the size cap and the body timeout.
+        let body: Bytes = if body.is_end_stream() {
+            Bytes::new()
+        } else {
             let c = &self.shared.config;
             let read = Limited::new(body, c.max_body).collect();
             match tokio::time::timeout(c.body_timeout, read).await {
-                Ok(Ok(_body)) => {}
+                Ok(Ok(b)) => b.to_bytes(),
                 Ok(Err(e)) if e.is::<LengthLimitError>() => {
                     return closing(StatusCode::PAYLOAD_TOO_LARGE, "body too large\n")
                 }
@@ -203,18 +205,20 @@ impl<'a> App<'a> {
                     return closing(StatusCode::REQUEST_TIMEOUT, "body timeout\n");
                 }
             }
-        }
-        let read_only = matches!(parts.method, Method::GET | Method::HEAD);
-        match route {
+        };
+        // The methods each route takes (/kv/KEY, with the dictionary:
+        // GET, HEAD, PUT, DELETE).
+        let allowed: &'static str = match route {
             Route::Other | Route::Kv => return text(StatusCode::NOT_FOUND, "not found\n"),
-            _ if !read_only => {
-                let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-                r.headers_mut()
-                    .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
-                return r;
-            }
-            _ => {}
+            _ => "GET, HEAD",
+        };
+        if !matches!(parts.method, Method::GET | Method::HEAD) {
+            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+            r.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static(allowed));
+            return r;
         }
+        drop(body);
         match route {
             Route::Hit => self.hit(),
             Route::Limit => self.limit(parts.uri.query().unwrap_or("")),
