@@ -5,10 +5,12 @@
 //! curl -s localhost:8080/hit            # a counter shared by every worker
 //! curl -s 'localhost:8080/limit?key=me' # nginx limit_req: 200, or 429 past the rate
 //! curl -s localhost:8080/stats          # every zone's pages, classes, lock
+//! curl -s localhost:8080/metrics        # the same and request counters, Prometheus text
 //! ```
 //!
 //! The master makes the listening socket and the zones, then forks the
-//! workers ([`shmzone::prefork::Master`]). It respawns a worker that dies
+//! workers ([`shmzone::prefork::Master`]); each worker serves with hyper on
+//! a tokio current-thread runtime it makes after the fork (`server.rs`). It respawns a worker that dies
 //! (after releasing the zone locks it held and checking those zones),
 //! reloads on SIGHUP (zones kept, new workers, old ones finish and leave)
 //! and stops gracefully on SIGTERM or Ctrl-C. `--help` lists the options.
