@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The H workloads (../shared/WORKLOADS.md, "HTTP workloads"): the example
+# The H workloads (the project's WORKLOADS.md, "HTTP workloads"): the example
 # server (examples/prefork_http.rs) against nginx + lua-nginx-module
 # (benches/nginx-h.conf), both with 4 workers on loopback, alternated in one
 # window: wrk -t2 -c64 and -c256 on /hit, /limit?key=me and, when the example
