@@ -23,33 +23,33 @@ signals (to the master): SIGTERM/SIGINT stop gracefully, SIGHUP reloads.";
 pub struct Config {
     /// Address to listen on (port 0: any free port; the first line printed
     /// names the real one).
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
     /// Worker processes [default: number of CPUs].
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     workers: Option<u16>,
     /// Connections one worker serves at once (nginx's worker_connections);
     /// past it the worker stops accepting until one closes.
-    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub connections: u32,
     /// One listening socket per worker with SO_REUSEPORT (the kernel spreads
     /// connections) instead of one socket shared by all workers.
     #[arg(long)]
     pub reuseport: bool,
     /// Limiter rate per key: N, Nr/s or Nr/m.
-    #[arg(long, default_value = "10r/s", value_parser = rate)]
+    #[arg(long, value_name = "RATE", default_value = "10r/s", value_parser = rate)]
     pub rate: Rate,
     /// Limiter burst (requests above the rate).
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     pub burst: u64,
     /// Size of the limiter zone (k, m, g suffixes).
-    #[arg(long, default_value = "1m", value_parser = size)]
+    #[arg(long, value_name = "SIZE", default_value = "1m", value_parser = size)]
     pub limit_zone: usize,
     /// Size of the counters zone.
-    #[arg(long, default_value = "32k", value_parser = size)]
+    #[arg(long, value_name = "SIZE", default_value = "32k", value_parser = size)]
     pub counters_zone: usize,
     /// map_anon, dev_zero or sysv [default: the probed one].
-    #[arg(long)]
+    #[arg(long, value_name = "NAME")]
     backend: Option<Backend>,
     /// A named region instead: posix:/NAME, sysv:KEY or file:PATH (mode
     /// 0600; removed when the server stops), for `shmzone-stat ID` to read
@@ -70,13 +70,13 @@ pub struct Config {
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = secs)]
     pub body_timeout: Duration,
     /// Largest request body accepted (413 past it).
-    #[arg(long, default_value = "1m", value_parser = size)]
+    #[arg(long, value_name = "SIZE", default_value = "1m", value_parser = size)]
     pub max_body: usize,
     /// Graceful stop limit before SIGKILL, in seconds.
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = secs)]
     pub stop_timeout: Duration,
     /// error, warn, info, debug or off.
-    #[arg(long = "log", default_value = "info", value_parser = level)]
+    #[arg(long = "log", value_name = "LEVEL", default_value = "info", value_parser = level)]
     pub log_level: log::LevelFilter,
 }
 
