@@ -125,6 +125,15 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A lock of a region this process attached was not released in time:
+    /// its holder may be a process that is not one of the region's users
+    /// (see [`ShmMutex::lock_for`](crate::ShmMutex::lock_for)).
+    LockTimeout {
+        /// Whose lock: a zone's name, or `<region>` for the region lock.
+        lock: String,
+        /// The holder and how long the wait was.
+        source: crate::shmtx::LockTimeout,
+    },
     /// Named regions are not supported on this target (Windows, for now).
     NamedUnsupported {
         /// What was asked for.
@@ -194,6 +203,9 @@ impl fmt::Display for Error {
                 "{name} already exists: not adopting it (attach to it, remove it, or create with replace)"
             ),
             Error::BadNamed { name, reason } => write!(f, "{name}: {reason}"),
+            Error::LockTimeout { lock, source } => {
+                write!(f, "the lock of zone \"{lock}\": {source}")
+            }
             Error::NamedUnsupported { name } => write!(
                 f,
                 "{name}: named regions are not supported on this target"
@@ -207,6 +219,7 @@ impl std::error::Error for Error {
         match self {
             Error::Os { source, .. } => Some(source),
             Error::Pool(e) => Some(e),
+            Error::LockTimeout { source, .. } => Some(source),
             Error::Journal { source, .. } => Some(source),
             _ => None,
         }

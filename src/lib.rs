@@ -68,7 +68,7 @@ pub use error::Error;
 pub use named::{NamedId, NamedSpec};
 pub use os::{Backend, ParseBackendError};
 pub use region::{page_size, Region};
-pub use shmtx::{ShmGuard, ShmMutex};
+pub use shmtx::{LockTimeout, ShmGuard, ShmMutex};
 pub use slab::{
     CheckError, ClassStats, FreeError, Pool, PoolError, PoolGuard, PoolStats, SLAB_PAGE,
 };

@@ -156,6 +156,24 @@ impl Pool {
         PoolGuard::new(self, g, rolled)
     }
 
+    /// As [`Pool::lock`], waiting at most `limit` (for a pool in a region
+    /// whose other users this process does not control).
+    ///
+    /// # Errors
+    /// [`LockTimeout`](crate::LockTimeout) naming the holder.
+    pub fn lock_for(
+        &self,
+        limit: std::time::Duration,
+    ) -> Result<PoolGuard<'_>, crate::shmtx::LockTimeout> {
+        let g = self.mutex().lock_for(limit)?;
+        let rolled = if g.recovered_from().is_some() || self.journal.needs_attention() {
+            self.attention(g.recovered_from()).0
+        } else {
+            None
+        };
+        Ok(PoolGuard::new(self, g, rolled))
+    }
+
     /// Takes the lock for one allocator operation needing `budget` journal
     /// words: `None` if the pool is fenced (see [`Pool::is_fenced`]) or the
     /// journal is short of room (only inside a long user section).
