@@ -29,6 +29,7 @@
 //! | journal | [`journal`] | crash-atomic sections: what a holder wrote, how to undo it |
 //! | slab | [`slab`] | 4 KiB pages, power-of-two classes 8..2048 B, bitmaps, page runs |
 //! | zone | [`zone`] | the region header, the zone directory, init and reload |
+//! | structures | [`ring`] | a log ring: one single-producer ring per worker slot, any number of readers |
 //! | prefork | [`prefork`] | fork, waitid, signals, respawn |
 //! | metrics | [`metrics`] | zone figures in the Prometheus text format |
 //!
@@ -60,6 +61,7 @@ pub mod named;
 mod os;
 pub mod prefork;
 mod region;
+pub mod ring;
 pub mod shmtx;
 pub mod slab;
 pub mod zone;

@@ -292,6 +292,10 @@ impl Pool {
         self.journal.is_fenced()
     }
 
+    pub(crate) fn journal_ref(&self) -> &Journal {
+        &self.journal
+    }
+
     /// The journal's counters (rollbacks, capacity, fence).
     pub fn journal_stats(&self) -> JournalStats {
         self.journal.stats()
