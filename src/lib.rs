@@ -31,6 +31,7 @@
 //! | zone | [`zone`] | the region header, the zone directory, init and reload |
 //! | structures | [`ring`] | a log ring: one single-producer ring per worker slot, any number of readers |
 //! | prefork | [`prefork`] | fork, waitid, signals, respawn |
+//! | metrics | [`metrics`] | zone figures in the Prometheus text format |
 //!
 //! A region starts with a header (magic, layout version, lengths) and a
 //! directory of up to [`zone::MAX_ZONES`] zones; the rest is itself a slab
@@ -55,6 +56,7 @@ mod error;
 pub mod journal;
 #[doc(hidden)]
 pub mod killpoint;
+pub mod metrics;
 pub mod named;
 mod os;
 pub mod prefork;
