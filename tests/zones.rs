@@ -438,3 +438,105 @@ fn alloc_value_and_offsets_round_trip() {
     assert_eq!(z.value_at::<u64>(off + 1), None, "misaligned");
     assert_eq!(z.offset_of(std::ptr::null()), None);
 }
+
+/// Issue 12.1: a reload that adds zone "new" while a worker asks for the
+/// same name at run time makes exactly one zone: the worker waits for the
+/// reload's pending zone to be published and gets that one.
+#[test]
+fn get_or_create_during_a_reload_of_the_same_name_makes_one_zone() {
+    use std::time::Duration;
+    let mut zones = Zones::builder().zone("z", 64 << 10).build().unwrap();
+    let size = 64 << 10;
+    static CHILD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+    let b = Zones::builder()
+        .zone("z", 64 << 10)
+        .zone("new", size)
+        .init("new", move |zone, _| {
+            // The zone is pending (invisible) while this runs, without the
+            // region lock: a worker asks for the same name now.
+            let pid = fork_child(|| {
+                // SAFETY of the layout: the child's handle maps the same
+                // region; `get_or_create` must wait, then find the reload's.
+                let z = zone.zones().get_or_create("new", size).unwrap();
+                let seen = z.pool().base().as_ptr() as usize;
+                (seen == zone.pool().base().as_ptr() as usize) as i32
+            });
+            CHILD.store(pid, Ordering::SeqCst);
+            // Give the child time to find the pending entry and wait.
+            std::thread::sleep(Duration::from_millis(300));
+            Ok(())
+        });
+    let report = zones.reload(b).unwrap();
+    assert_eq!(report.created, vec!["new".to_string()]);
+    assert_eq!(
+        wait_within(CHILD.load(Ordering::SeqCst), Duration::from_secs(20)),
+        Exit::Code(1),
+        "the worker got the reload's zone, not one of its own"
+    );
+    assert_eq!(zones.iter().filter(|z| z.name() == "new").count(), 1);
+}
+
+/// Issue 12.2: a zone made at run time and then declared by a reload with
+/// another size is retired (its memory counted, released later), not left
+/// live beside the new one.
+#[test]
+fn a_runtime_zone_replaced_by_a_reload_is_retired() {
+    let mut zones = Zones::builder().zone("z", 64 << 10).build().unwrap();
+    zones.get_or_create("rt", 32 << 10).unwrap();
+    let report = zones
+        .reload(Zones::builder().zone("z", 64 << 10).zone("rt", 48 << 10))
+        .unwrap();
+    assert_eq!(report.resized, vec!["rt".to_string()]);
+    assert_eq!(zones.retired_bytes(), 32 << 10);
+    let live: Vec<_> = zones.iter().filter(|z| z.name() == "rt").collect();
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].size(), 48 << 10);
+    assert_eq!(zones.release_retired(), 32 << 10);
+    zones.region_pool().check().unwrap();
+}
+
+/// Issue 12.3: the region validates (so attach and shmzone-stat work)
+/// while a reload's init callbacks run, and after a reloader died with
+/// pending zones, which `force_unlock_all` then removes.
+#[test]
+fn the_region_validates_during_and_after_a_dead_reload() {
+    use std::time::Duration;
+    let zones = Zones::builder().zone("z", 64 << 10).build().unwrap();
+    let pid = fork_child(|| {
+        // This child reloads (on its own copy of the handle) and dies in
+        // the middle, while the new zone is pending.
+        // SAFETY: this forked child has its own copy of the parent's memory;
+        // the bitwise copy is the only handle it uses (and `_exit` drops
+        // neither).
+        let mut mine: Zones = unsafe { std::ptr::read(&zones) };
+        let b = Zones::builder()
+            .zone("z", 64 << 10)
+            .zone("half", 32 << 10)
+            .init("half", |zone, _| {
+                // SAFETY: validation reads the live mapping.
+                let ok = unsafe {
+                    shmzone::zone::validate_region(zone.zones().region().base(), zone.zones().len())
+                };
+                assert!(ok.is_ok(), "validates mid-reload: {ok:?}");
+                // SAFETY: dies on the spot, as a SIGKILL would.
+                unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+                Ok(())
+            });
+        let _ = mine.reload(b);
+        std::mem::forget(mine);
+        0
+    });
+    assert_eq!(
+        wait_within(pid, Duration::from_secs(20)),
+        Exit::Signal(libc::SIGKILL)
+    );
+    // SAFETY: the mapping is live.
+    unsafe { shmzone::zone::validate_region(zones.region().base(), zones.len()) }
+        .expect("a dead reload leaves a region that still validates");
+    assert!(zones.get("half").is_none(), "pending zones are invisible");
+    zones.force_unlock_all(pid as u32);
+    assert!(zones.iter().all(|z| z.name() != "half"));
+    // The name is free again, and the memory came back.
+    zones.get_or_create("half", 32 << 10).unwrap();
+    zones.region_pool().check().unwrap();
+}
