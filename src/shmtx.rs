@@ -638,14 +638,11 @@ impl ShmMutex {
         };
         let unfenced = (!fenced).then_some(Duration::from_millis(1));
         let timeout = w.nap([heal, unfenced, Some(MAX_SLEEP)]);
-        if futex::wait(&self.seq, seq, Some(timeout)) {
-            // Timed out: nobody took our count off, so take it off
-            // ourselves (at worst another sleeper's, which then waits for
-            // its own timeout).
-            self.uncount();
-        }
-        // A wake took our count off; a signal left it, and the one
-        // surplus wake it causes later takes it off.
+        futex::wait(&self.seq, seq, Some(timeout));
+        // A wake took our count off; a timeout or a signal left it, and the
+        // one surplus wake it causes later takes it off. (Taking it off
+        // here instead could take the count of a sleeper whose wake is on
+        // its way, which would then sleep out its whole timeout.)
         None
     }
 
