@@ -365,11 +365,8 @@ fn a_read_only_snapshot_copies_the_metadata_only() {
         let sa = snap.get("a").unwrap();
         let seen = sa.value_at::<[u64; 64]>(off).unwrap();
         // SAFETY: the same array, through the snapshot's mapping.
-        assert_eq!(
-            unsafe { seen.as_ptr().read_volatile() }[63],
-            2,
-            "{kind}: data not copied"
-        );
+        let last = unsafe { seen.as_ptr().read_volatile() }[63];
+        assert_eq!(last, 2, "{kind}: data not copied");
         assert_eq!(sa.stats(), before, "{kind}: metadata frozen");
         assert_ne!(a.stats(), before);
         sa.check().unwrap();
