@@ -285,6 +285,10 @@ impl<'a> PoolGuard<'a> {
     pub fn stats_locked(&self) -> PoolStats {
         let (st, d, _) = self.view();
         let largest = Core::largest_run_of(st, d);
-        PoolStats::from_state(st, d.len(), largest)
+        let mut s = PoolStats::from_state(st, d.len(), largest);
+        let j = self.pool.journal.stats();
+        s.rollbacks = j.rollbacks;
+        s.fenced = j.fenced;
+        s
     }
 }

@@ -508,11 +508,16 @@ impl Zones {
                     );
                     names.push(e.name_str().to_string());
                 }
+                // A holder killed between its unlock's store and its wake
+                // leaves sleepers asleep on a free lock: wake them.
+                zone.mutex().wake_stranded();
             }
         }
         // A reload that `pid` had under way dies with it: its pending
         // zones are undone (the directory is as before that reload).
         self.reap_pending(&_guard, Some(pid));
+        drop(_guard);
+        self.pool.mutex().wake_stranded();
         names
     }
 
