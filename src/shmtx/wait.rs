@@ -22,6 +22,8 @@ pub(super) struct Waiter {
     heir: bool,
     /// It has napped as the heir.
     napped: bool,
+    /// It has slept at least once (only such waiters become the heir).
+    slept: bool,
 }
 
 impl Waiter {
@@ -60,9 +62,10 @@ impl ShmMutex {
     /// passed (`None`; never without a deadline).
     ///
     /// Eventual fairness (parking_lot's anchor): a waiter that has waited
-    /// [`FAIR_AFTER`] registers in `heir` (one at a time); the next unlock
-    /// then hands the lock straight to it instead of freeing it, so no
-    /// barging newcomer or luckier spinner can take it first.
+    /// [`FAIR_AFTER`] and slept registers in `heir` (one at a time); the
+    /// next unlock then hands the lock straight to it instead of freeing
+    /// it, so no barging newcomer or luckier spinner can take it first, and
+    /// wakes the next sleeper to take the slot.
     pub(super) fn wait_for(&self, pid: u32, deadline: Option<Instant>) -> Option<ShmGuard<'_>> {
         let start = Instant::now();
         let ncpu = os::process::ncpu() as u32;
@@ -74,6 +77,7 @@ impl ShmMutex {
             heal_due: None,
             heir: false,
             napped: false,
+            slept: false,
         };
         loop {
             if w.heir && self.heir.load(Ordering::Acquire) != pid {
@@ -95,7 +99,11 @@ impl ShmMutex {
                     return r;
                 }
             }
-            if !w.heir && start.elapsed() >= FAIR_AFTER {
+            // Only a waiter that has slept: sleepers are woken in turn (the
+            // futex queue is first in, first out, and each hand-off wakes
+            // the next, below), so the slot goes round them; a spinner that
+            // took it every time would leave sleepers waiting.
+            if !w.heir && w.slept && start.elapsed() >= FAIR_AFTER {
                 w.heir = self
                     .heir
                     .compare_exchange(0, pid, Ordering::SeqCst, Ordering::Relaxed)
@@ -104,6 +112,7 @@ impl ShmMutex {
             if let Some(g) = self.sleep_once(&mut w) {
                 return Some(g);
             }
+            w.slept = true;
             if w.past_deadline() {
                 return self.give_up(&mut w);
             }
@@ -375,6 +384,11 @@ impl ShmMutex {
         self.lock.store(h, Ordering::Release);
         futex::wake(&self.heir, u32::MAX);
         self.handoffs.fetch_add(1, Ordering::Relaxed);
+        // The slot is free again: wake the next sleeper, the first in the
+        // futex queue, to take it (it has slept, so it may).
+        if self.wait.load(Ordering::Relaxed) != 0 {
+            self.wake_one();
+        }
         true
     }
 }
