@@ -372,3 +372,40 @@ fn a_read_only_snapshot_copies_the_metadata_only() {
         sa.check().unwrap();
     }
 }
+
+/// Regression (12.4), deterministic: a writer holds the region lock with a
+/// directory entry half-written (its name cut to nothing). Attach read the
+/// directory without the lock and failed with `invalid zone name ""` on a
+/// valid region; now a read-write attach waits for the lock and a
+/// read-only one retakes its snapshot until the writer is done.
+#[test]
+fn attach_waits_out_a_directory_write_in_progress() {
+    let f = Fresh::new("file");
+    let zones = Zones::create_named(builder(), &f.spec()).unwrap();
+    let region = zones.region();
+    let name_len = entry_of(region, "b") + 4;
+    let writer = zones.region_pool().lock();
+    // SAFETY: the entry's name length word, inside the header; the region
+    // lock is held, as by a writer.
+    unsafe { region.as_ptr().add(name_len).cast::<u32>().write(0) };
+    let kids: Vec<_> = [f.spec(), f.spec().read_only(true)]
+        .into_iter()
+        .map(|spec| {
+            fork_child(move || match Zones::attach(&spec) {
+                Ok(z) if z.get("b").is_some() => 0,
+                Ok(_) => 2,
+                Err(e) => {
+                    eprintln!("attach failed on a valid region: {e}");
+                    1
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: as above: the writer finishes the entry ("b" is 1 byte).
+    unsafe { region.as_ptr().add(name_len).cast::<u32>().write(1) };
+    drop(writer);
+    for kid in kids {
+        assert_eq!(wait_within(kid, Duration::from_secs(30)), Exit::Code(0));
+    }
+}
