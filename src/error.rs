@@ -139,6 +139,9 @@ pub enum Error {
         /// What was asked for.
         name: String,
     },
+    /// A log ring refused (see [`crate::ring`]); lets a zone's init
+    /// callback make a ring with `?`.
+    Ring(Box<crate::ring::RingError>),
 }
 
 impl fmt::Display for Error {
@@ -210,6 +213,7 @@ impl fmt::Display for Error {
                 f,
                 "{name}: named regions are not supported on this target"
             ),
+            Error::Ring(e) => write!(f, "{e}"),
         }
     }
 }
@@ -220,8 +224,18 @@ impl std::error::Error for Error {
             Error::Os { source, .. } => Some(source),
             Error::Pool(e) => Some(e),
             Error::LockTimeout { source, .. } => Some(source),
+            Error::Ring(e) => Some(&**e),
             Error::Journal { source, .. } => Some(source),
             _ => None,
+        }
+    }
+}
+
+impl From<crate::ring::RingError> for Error {
+    fn from(e: crate::ring::RingError) -> Error {
+        match e {
+            crate::ring::RingError::Zone(e) => e,
+            e => Error::Ring(Box::new(e)),
         }
     }
 }

@@ -292,6 +292,10 @@ impl Pool {
         self.journal.is_fenced()
     }
 
+    pub(crate) fn journal_ref(&self) -> &Journal {
+        &self.journal
+    }
+
     /// The journal's counters (rollbacks, capacity, fence).
     pub fn journal_stats(&self) -> JournalStats {
         self.journal.stats()
@@ -328,6 +332,7 @@ impl Pool {
                 pages: self.base.as_ptr().add(self.start_off),
                 j: &self.journal,
                 jat: std::cell::Cell::new(self.journal.used()),
+                lite: false,
             }
         }
     }
@@ -377,7 +382,7 @@ impl Pool {
             let c = class_of(size);
             let g = self.lock_op(ALLOC_BUDGET)?;
             // SAFETY: `g` holds the lock until after this borrow ends.
-            let off = unsafe { self.core() }.alloc_chunk(c, size);
+            let off = unsafe { self.core() }.lite().alloc_chunk(c, size);
             self.journal.commit();
             drop(g);
             off.map(|off| self.data_ptr(off))
@@ -461,7 +466,7 @@ impl Pool {
             Ok((idx, off)) => match self.lock_op(FREE_BUDGET) {
                 Some(g) => {
                     // SAFETY: `g` holds the lock until after this borrow ends.
-                    let r = unsafe { self.core() }.free_at(idx, off);
+                    let r = unsafe { self.core() }.lite().free_at(idx, off);
                     self.journal.commit();
                     drop(g);
                     r
