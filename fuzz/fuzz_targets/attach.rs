@@ -78,7 +78,7 @@ fn image() -> &'static (Vec<u8>, Vec<PoolMeta>) {
             Zones::builder()
                 .zone("a", 32 << 10)
                 .zone_with_tag("b", 64 << 10, 9)
-                .zone("c", 32 << 10)
+                .zone("c", 128 << 10)
                 .slack(64 << 10),
             &NamedSpec::file(p),
         )

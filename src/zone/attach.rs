@@ -244,6 +244,22 @@ fn generation(live: &Region) -> u64 {
     unsafe { std::ptr::addr_of!((*h).generation).read_volatile() }
 }
 
+/// Whether the region lock of `live` (a read-only mapping whose header
+/// passed `validate_header`) is held now.
+fn region_lock_held(live: &Region) -> bool {
+    // SAFETY: the region pool's range lies inside the mapping (validated);
+    // attach only reads its header, and `holder` is an atomic load, which
+    // a read-only mapping allows.
+    let pool = unsafe {
+        Pool::attach_scoped(
+            live.base().add(HEADER_LEN),
+            live.len() - HEADER_LEN,
+            HEADER_LEN as u32,
+        )
+    };
+    pool.is_ok_and(|p| p.mutex().holder().is_some())
+}
+
 /// Copies `len` bytes at `off` from `live` to `snap` (same length).
 ///
 /// # Safety
@@ -318,23 +334,31 @@ impl Zones {
     /// and the result validated like a read-write attach, with its copied
     /// locks released first. Tried again (up to [`TRIES`], 0.2 ms apart)
     /// while the directory changed during the copy, a lock was held (its
-    /// holder may have been mid-operation), or validation failed; after
-    /// the last try a snapshot whose header, directory and region pool are
-    /// sound is returned even if a zone is not (its `check()` says so).
+    /// holder may have been mid-operation), or validation failed, and past
+    /// that (with longer pauses) while the region lock stays held, up to
+    /// [`ATTACH_LOCK_WAIT`]; after the last try a snapshot whose header,
+    /// directory and region pool are sound is returned even if a zone is
+    /// not (its `check()` says so).
     pub(crate) fn snapshot(
         live: &Region,
         fresh: impl Fn() -> Result<Region, Error>,
     ) -> Result<Zones, Error> {
         // SAFETY: `live` is readable for its whole length while it lives.
         unsafe { validate_header(live.base(), live.len()) }?;
+        let start = std::time::Instant::now();
         let mut tries = 0;
+        let mut pause = Duration::from_micros(200);
         loop {
             tries += 1;
             let before = generation(live);
             let snap = fresh()?;
             copy_metadata(live, &snap);
             let steady = generation(live) == before;
-            let last = tries >= TRIES;
+            // While the region lock stays held, a writer may be in the
+            // middle of the directory: wait for it as a read-write attach
+            // would (at most ATTACH_LOCK_WAIT), not just TRIES times.
+            let last =
+                tries >= TRIES && (start.elapsed() >= ATTACH_LOCK_WAIT || !region_lock_held(live));
             match Zones::check_snapshot(snap) {
                 Ok((zones, Snap::Clean)) if steady => return Ok(zones),
                 // A zone that fails its check in a copy taken with no lock
@@ -344,7 +368,12 @@ impl Zones {
                 Ok((zones, Snap::ZoneBroken)) if steady && tries >= ZONE_TRIES => return Ok(zones),
                 Ok((zones, _)) if last => return Ok(zones),
                 Err(e) if last => return Err(e),
-                _ => std::thread::sleep(Duration::from_micros(200)),
+                _ => {
+                    std::thread::sleep(pause);
+                    if tries >= TRIES {
+                        pause = (pause * 2).min(Duration::from_millis(10));
+                    }
+                }
             }
         }
     }
