@@ -163,7 +163,15 @@ impl Zones {
                     let g = pool
                         .lock_for(ATTACH_LOCK_WAIT)
                         .map_err(|e| Fail::Bad(lock_err(&name, e)))?;
-                    g.check_locked().err().map(|e| e.to_string())
+                    // A fenced zone is known broken and refuses every
+                    // allocation: attach anyway, so that a (restarted)
+                    // master can `reinit` it.
+                    if pool.is_fenced() {
+                        log::warn!("zone \"{name}\" is fenced; attached for reinit only");
+                        None
+                    } else {
+                        g.check_locked().err().map(|e| e.to_string())
+                    }
                 }
             };
             if let Some(e) = broken {
