@@ -115,6 +115,8 @@ pub enum Error {
         /// What was asked for.
         name: String,
     },
+    /// A dictionary refused (see [`DictError`](crate::dict::DictError)).
+    Dict(crate::dict::DictError),
 }
 
 impl fmt::Display for Error {
@@ -173,6 +175,7 @@ impl fmt::Display for Error {
                 "{name} already exists: not adopting it (attach to it, remove it, or create with replace)"
             ),
             Error::BadNamed { name, reason } => write!(f, "{name}: {reason}"),
+            Error::Dict(e) => write!(f, "{e}"),
             Error::NamedUnsupported { name } => write!(
                 f,
                 "{name}: named regions are not supported on this target"
@@ -186,6 +189,7 @@ impl std::error::Error for Error {
         match self {
             Error::Os { source, .. } => Some(source),
             Error::Pool(e) => Some(e),
+            Error::Dict(e) => Some(e),
             _ => None,
         }
     }

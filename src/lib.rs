@@ -51,6 +51,7 @@
 #![deny(clippy::missing_safety_doc)]
 
 mod error;
+pub mod dict;
 pub mod journal;
 #[doc(hidden)]
 pub mod killpoint;
