@@ -22,7 +22,7 @@ pub struct KeysPage {
 
 impl<'z> Dict<'z> {
     /// Calls `f` on every entry of bucket `b`, under the lock.
-    fn each_in_bucket(
+    pub(super) fn each_in_bucket(
         &self,
         b: u32,
         mut f: impl FnMut(*mut Entry) -> Result<(), DictError>,
@@ -48,20 +48,26 @@ impl<'z> Dict<'z> {
     fn key_of(e: *const Entry) -> Vec<u8> {
         // SAFETY: checked entry: the key lies inside the zone.
         unsafe {
-            std::slice::from_raw_parts(e.cast::<u8>().add(value_at(0)), (*e).klen as usize)
-                .to_vec()
+            std::slice::from_raw_parts(e.cast::<u8>().add(value_at(0)), (*e).klen as usize).to_vec()
         }
     }
 
     pub(super) fn check_inner(&self) -> Result<(), DictError> {
-        let s = self.section()?;
-        s.g
-            .check_locked()
+        let g = self.pool.lock();
+        let s = self.section(&g)?;
+        s.g.check_locked()
             .map_err(|_| self.corrupt("the zone's slab pool fails its check"))?;
         let h = s.hdr();
         // SAFETY: header words, under the lock.
-        let (entries, bytes, np, garbage, ngarbage) =
-            unsafe { ((*h).entries, (*h).bytes, (*h).npending, (*h).garbage, (*h).ngarbage) };
+        let (entries, bytes, np, garbage, ngarbage) = unsafe {
+            (
+                (*h).entries,
+                (*h).bytes,
+                (*h).npending,
+                (*h).garbage,
+                (*h).ngarbage,
+            )
+        };
         if np as usize > MAX_PENDING || np != 0 {
             return Err(self.corrupt("pending stripes left after a section began"));
         }
@@ -107,10 +113,11 @@ impl<'z> Dict<'z> {
     }
 
     /// Checks one entry; its counted bytes.
-    fn check_entry(&self, _s: &Sec<'_, 'z>, e: *mut Entry, b: u32) -> Result<u64, DictError> {
+    fn check_entry(&self, _s: &Sec<'_, '_, 'z>, e: *mut Entry, b: u32) -> Result<u64, DictError> {
         let key = Self::key_of(e);
         // SAFETY: checked entry, under the lock.
-        let (eh, kind, vlen, lbytes) = unsafe { ((*e).hash, (*e).kind, (*e).vlen, (*e).list_bytes) };
+        let (eh, kind, vlen, lbytes) =
+            unsafe { ((*e).hash, (*e).kind, (*e).vlen, (*e).list_bytes) };
         if hash(self.seed, &key) != eh || eh & self.mask != b {
             return Err(self.corrupt("an entry whose hash or bucket does not match its key"));
         }
@@ -163,7 +170,8 @@ impl<'z> Dict<'z> {
         let nb = self.mask as u64 + 1;
         let mut page = KeysPage::default();
         let mut b = cursor;
-        let s = self.section()?;
+        let g = self.pool.lock();
+        let s = self.section(&g)?;
         let end = (cursor + SCAN_BUCKETS).min(nb);
         while b < end && page.keys.len() < max.max(1) {
             self.each_in_bucket(b as u32, |e| {
@@ -183,7 +191,8 @@ impl<'z> Dict<'z> {
         let mut top: Vec<(Vec<u8>, usize)> = Vec::new();
         let mut b = 0;
         while b < nb {
-            let s = self.section()?;
+            let g = self.pool.lock();
+            let s = self.section(&g)?;
             let end = (b + SCAN_BUCKETS).min(nb);
             while b < end {
                 self.each_in_bucket(b as u32, |e| {
@@ -191,10 +200,15 @@ impl<'z> Dict<'z> {
                         // SAFETY: checked entry.
                         let (k, v, l, kind) =
                             unsafe { ((*e).klen, (*e).vlen, (*e).list_bytes, (*e).kind) };
-                        let size = k as usize + if kind == K_LIST { l as usize } else { v as usize };
+                        let size = k as usize
+                            + if kind == K_LIST {
+                                l as usize
+                            } else {
+                                v as usize
+                            };
                         if top.len() < n || top.last().is_some_and(|t| t.1 < size) {
                             top.push((Self::key_of(e), size));
-                            top.sort_by(|a, b| b.1.cmp(&a.1));
+                            top.sort_by_key(|t| std::cmp::Reverse(t.1));
                             top.truncate(n);
                         }
                     }

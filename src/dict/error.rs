@@ -8,20 +8,10 @@ use std::fmt;
 #[non_exhaustive]
 pub enum DictError {
     /// The zone holds no dictionary (no root, a bad magic or a bad layout).
-    NotADict {
-        /// The zone.
-        zone: String,
-        /// What is wrong.
-        reason: String,
-    },
+    NotADict(Box<ZoneProblem>),
     /// The zone cannot hold a dictionary (too small, or too big for its
     /// 32-bit offsets).
-    BadZone {
-        /// The zone.
-        zone: String,
-        /// Why.
-        reason: String,
-    },
+    BadZone(Box<ZoneProblem>),
     /// An empty key.
     EmptyKey,
     /// A key longer than [`MAX_KEY`](super::MAX_KEY) bytes.
@@ -60,30 +50,66 @@ pub enum DictError {
     /// undo journal is too small for it).
     TooBigForOneSection,
     /// The zone is fenced off after a failed recovery check, or the
-    /// dictionary's structure is broken (`what`).
+    /// dictionary's structure is broken (`what`; the zone is named in the
+    /// error log).
     Corrupt {
-        /// The zone.
-        zone: String,
         /// The first broken invariant.
         what: &'static str,
     },
 }
 
+/// Which zone, and what is wrong with it (boxed: errors stay small, so the
+/// hot paths' results do too).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ZoneProblem {
+    /// The zone.
+    pub zone: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl DictError {
+    pub(super) fn not_a_dict(zone: &str, reason: String) -> DictError {
+        DictError::NotADict(Box::new(ZoneProblem {
+            zone: zone.to_string(),
+            reason,
+        }))
+    }
+
+    pub(super) fn bad_zone(zone: &str, reason: String) -> DictError {
+        DictError::BadZone(Box::new(ZoneProblem {
+            zone: zone.to_string(),
+            reason,
+        }))
+    }
+}
+
 impl fmt::Display for DictError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DictError::NotADict { zone, reason } => {
-                write!(f, "shared zone \"{zone}\" holds no dictionary: {reason}")
-            }
-            DictError::BadZone { zone, reason } => {
-                write!(f, "shared zone \"{zone}\" cannot hold a dictionary: {reason}")
-            }
+            DictError::NotADict(p) => write!(
+                f,
+                "shared zone \"{}\" holds no dictionary: {}",
+                p.zone, p.reason
+            ),
+            DictError::BadZone(p) => write!(
+                f,
+                "shared zone \"{}\" cannot hold a dictionary: {}",
+                p.zone, p.reason
+            ),
             DictError::EmptyKey => f.write_str("empty key"),
             DictError::KeyTooLong { len } => {
-                write!(f, "key too long: {len} bytes (the most is {})", super::MAX_KEY)
+                write!(
+                    f,
+                    "key too long: {len} bytes (the most is {})",
+                    super::MAX_KEY
+                )
             }
             DictError::ValueTooLarge { len, max } => {
-                write!(f, "value too large: {len} bytes (the zone takes at most {max})")
+                write!(
+                    f,
+                    "value too large: {len} bytes (the zone takes at most {max})"
+                )
             }
             DictError::NotFound => f.write_str("not found"),
             DictError::Exists => f.write_str("exists"),
@@ -99,9 +125,7 @@ impl fmt::Display for DictError {
             DictError::TooBigForOneSection => {
                 f.write_str("the operation does not fit in one crash-atomic section")
             }
-            DictError::Corrupt { zone, what } => {
-                write!(f, "dictionary in shared zone \"{zone}\" is broken: {what}")
-            }
+            DictError::Corrupt { what } => write!(f, "the dictionary is broken: {what}"),
         }
     }
 }

@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use super::layout::bump;
 use super::layout::{Entry, MAX_CHAIN};
 use super::section::{Found, Sec, ALLOC_NEED, FINISH_NEED, FREE_NEED};
 use super::{Dict, DictError};
@@ -23,7 +24,7 @@ impl<'z> Dict<'z> {
     /// live entry was evicted.
     pub(super) fn room(
         &self,
-        s: &Sec<'_, 'z>,
+        s: &Sec<'_, '_, 'z>,
         size: usize,
         protect: *const Entry,
         evict: bool,
@@ -47,9 +48,9 @@ impl<'z> Dict<'z> {
                 };
                 if s.live(f.e) {
                     forcible = true;
-                    self.h().evictions.fetch_add(1, Ordering::Relaxed);
+                    bump(&self.h().evictions);
                 } else {
-                    self.h().expirations.fetch_add(1, Ordering::Relaxed);
+                    bump(&self.h().expirations);
                 }
                 s.unlink(&f)?;
                 s.free_entry(f.e)?;
@@ -63,7 +64,7 @@ impl<'z> Dict<'z> {
 
     /// Frees up to `max` garbage list nodes while the journal has room;
     /// how many it freed.
-    pub(super) fn reclaim(&self, s: &Sec<'_, 'z>, max: usize) -> Result<usize, DictError> {
+    pub(super) fn reclaim(&self, s: &Sec<'_, '_, 'z>, max: usize) -> Result<usize, DictError> {
         let h = s.hdr();
         let mut n = 0;
         // SAFETY: header words, under the lock.
@@ -94,7 +95,11 @@ impl<'z> Dict<'z> {
     /// [`SAMPLE`] non-empty buckets after it has a candidate, else the
     /// candidate: the last entry of the first bucket whose reference bit
     /// was clear (bits found set are cleared on the way: a second chance).
-    fn victim(&self, s: &Sec<'_, 'z>, protect: *const Entry) -> Result<Option<Found>, DictError> {
+    fn victim(
+        &self,
+        s: &Sec<'_, '_, 'z>,
+        protect: *const Entry,
+    ) -> Result<Option<Found>, DictError> {
         // SAFETY: a header word, under the lock.
         if unsafe { (*s.hdr()).entries } == 0 {
             return Ok(None);
@@ -153,7 +158,9 @@ impl<'z> Dict<'z> {
         }
         let result = result.or(cand);
         if let Some(f) = &result {
-            self.h().hand.store(f.bucket.wrapping_add(1), Ordering::Relaxed);
+            self.h()
+                .hand
+                .store(f.bucket.wrapping_add(1), Ordering::Relaxed);
         } else {
             self.h()
                 .hand
@@ -170,7 +177,8 @@ impl<'z> Dict<'z> {
         let mut freed = 0;
         let mut b: u64 = 0;
         while b < nb && freed < max {
-            let s = self.section()?;
+            let g = self.pool.lock();
+            let s = self.section(&g)?;
             self.reclaim(&s, usize::MAX)?;
             let end = (b + SWEEP_BATCH as u64).min(nb);
             while b < end && freed < max {
@@ -187,7 +195,12 @@ impl<'z> Dict<'z> {
 
     /// Frees the expired entries of bucket `b` (up to `max`); how many, and
     /// whether the bucket is done.
-    fn sweep_bucket(&self, s: &Sec<'_, 'z>, b: u32, max: usize) -> Result<(usize, bool), DictError> {
+    fn sweep_bucket(
+        &self,
+        s: &Sec<'_, '_, 'z>,
+        b: u32,
+        max: usize,
+    ) -> Result<(usize, bool), DictError> {
         let mut n = 0;
         let mut link: *const AtomicU32 = &self.bucket(b).head;
         for _ in 0..MAX_CHAIN {
@@ -208,7 +221,7 @@ impl<'z> Dict<'z> {
                 }
                 s.unlink(&Found { link, e, bucket: b })?;
                 s.free_entry(e)?;
-                self.h().expirations.fetch_add(1, Ordering::Relaxed);
+                bump(&self.h().expirations);
                 n += 1;
                 continue; // `link` now holds the next entry
             }
@@ -224,7 +237,8 @@ impl<'z> Dict<'z> {
         let nb = self.mask as u64 + 1;
         let mut b: u64 = 0;
         while b < nb {
-            let s = self.section()?;
+            let g = self.pool.lock();
+            let s = self.section(&g)?;
             let end = (b + 32).min(nb);
             while b < end {
                 let mut link: *const AtomicU32 = &self.bucket(b as u32).head;

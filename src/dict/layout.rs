@@ -71,6 +71,7 @@ pub(crate) struct Header {
     pub ngarbage: u32,
     /// Stripes left odd by committed sections: the next holder makes them
     /// even (publishes them) before anything else.
+    /// (8-aligned, so that one 8-byte record saves it with `pending[0]`.)
     pub npending: u32,
     pub pending: [u32; MAX_PENDING],
     /// A flush generation committed but not yet published (0: none):
@@ -90,6 +91,7 @@ pub(crate) struct Header {
     pub slots: [StatSlot; STAT_SLOTS],
 }
 const_assert!(std::mem::size_of::<Header>() % 64 == 0);
+const_assert!(std::mem::offset_of!(Header, npending) % 8 == 0);
 assert_eq_size!(Header, [u8; 64 * 6 + 64 * STAT_SLOTS]);
 
 /// A bucket: the head of its chain and the CLOCK reference bit of the
@@ -148,6 +150,16 @@ pub(crate) struct Node {
 }
 assert_eq_size!(Node, [u8; 16]);
 
+/// Adds one to a counter that only lock holders write (a plain load and
+/// store: no locked instruction on the hot path).
+#[inline]
+pub(crate) fn bump(c: &AtomicU64) {
+    c.store(
+        c.load(std::sync::atomic::Ordering::Relaxed).wrapping_add(1),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
 /// Rounds up to 8.
 #[inline]
 pub(crate) const fn pad8(n: usize) -> usize {
@@ -178,10 +190,20 @@ pub(crate) fn hash(seed: u64, key: &[u8]) -> u32 {
         h = (h ^ w).wrapping_mul(K).rotate_left(29);
     }
     let rest = chunks.remainder();
-    if !rest.is_empty() {
-        let mut b = [0u8; 8];
-        b[..rest.len()].copy_from_slice(rest);
-        h = (h ^ u64::from_le_bytes(b)).wrapping_mul(K).rotate_left(29);
+    let n = rest.len();
+    // The tail in at most two loads (no byte copies through the stack):
+    // 4..=7 bytes as two overlapping u32s, 1..=3 as three bytes.
+    let t = if n >= 4 {
+        let lo = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as u64;
+        let hi = u32::from_le_bytes(rest[n - 4..].try_into().expect("4 bytes")) as u64;
+        lo | hi << 32
+    } else if n > 0 {
+        (rest[0] as u64) << 16 | (rest[n / 2] as u64) << 8 | rest[n - 1] as u64
+    } else {
+        0
+    };
+    if n > 0 {
+        h = (h ^ t ^ (n as u64) << 59).wrapping_mul(K).rotate_left(29);
     }
     h ^= h >> 32;
     h = h.wrapping_mul(0xD6E8_FEB8_6659_FD93);

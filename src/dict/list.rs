@@ -4,8 +4,7 @@
 //! sections free a few at a time, so that no section has to free a whole
 //! list at once.
 
-use std::sync::atomic::Ordering;
-
+use super::layout::bump;
 use super::layout::{hash, value_at, Entry, ListHead, Node, K_LIST};
 use super::section::Sec;
 use super::value::{decode, kind_name, Encoded};
@@ -37,7 +36,8 @@ impl<'z> Dict<'z> {
             });
         }
         let h = hash(self.seed, key);
-        let s = self.section()?;
+        let g = self.pool.lock();
+        let s = self.section(&g)?;
         let found = s.find(h, key)?;
         let live = found.filter(|f| s.live(f.e));
         if let Some(f) = live {
@@ -49,7 +49,7 @@ impl<'z> Dict<'z> {
                 });
             }
         }
-        self.h().sets.fetch_add(1, Ordering::Relaxed);
+        bump(&self.h().sets);
         let sp = s.g.savepoint();
         let r = self.push_locked(&s, h, key, bytes, v.kind, left, found, live.map(|f| f.e));
         if r.is_err() {
@@ -62,7 +62,7 @@ impl<'z> Dict<'z> {
     #[allow(clippy::too_many_arguments)]
     fn push_locked(
         &self,
-        s: &Sec<'_, 'z>,
+        s: &Sec<'_, '_, 'z>,
         h: u32,
         key: &[u8],
         bytes: &[u8],
@@ -140,10 +140,15 @@ impl<'z> Dict<'z> {
     }
 
     /// `lpop`/`rpop`.
-    pub(super) fn pop_inner(&self, key: &[u8], left: bool) -> Result<Option<OwnedValue>, DictError> {
+    pub(super) fn pop_inner(
+        &self,
+        key: &[u8],
+        left: bool,
+    ) -> Result<Option<OwnedValue>, DictError> {
         Self::check_key(key)?;
         let h = hash(self.seed, key);
-        let s = self.section()?;
+        let g = self.pool.lock();
+        let s = self.section(&g)?;
         let Some(f) = s.find(h, key)?.filter(|f| s.live(f.e)) else {
             return Ok(None);
         };
@@ -165,7 +170,7 @@ impl<'z> Dict<'z> {
 
     fn pop_locked(
         &self,
-        s: &Sec<'_, 'z>,
+        s: &Sec<'_, '_, 'z>,
         f: &super::section::Found,
         left: bool,
     ) -> Result<Option<OwnedValue>, DictError> {
@@ -232,7 +237,8 @@ impl<'z> Dict<'z> {
     pub(super) fn llen_inner(&self, key: &[u8]) -> Result<usize, DictError> {
         Self::check_key(key)?;
         let h = hash(self.seed, key);
-        let s = self.section()?;
+        let g = self.pool.lock();
+        let s = self.section(&g)?;
         let Some(f) = s.find(h, key)?.filter(|f| s.live(f.e)) else {
             return Ok(0);
         };

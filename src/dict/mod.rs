@@ -80,7 +80,7 @@ use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 pub use check::KeysPage;
-pub use error::DictError;
+pub use error::{DictError, ZoneProblem};
 pub use layout::MAX_KEY;
 pub use value::{OwnedValue, Value};
 
@@ -89,7 +89,6 @@ use layout::{Header, BYTES_PER_BUCKET, MAGIC, MAX_STRIPES, STAT_SLOTS, VERSION};
 use crate::os::clock;
 use crate::slab::Pool;
 use crate::zone::Zone;
-
 
 /// What a successful store says.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -196,10 +195,7 @@ impl<'z> Dict<'z> {
     /// # Errors
     /// As [`Dict::init`].
     pub unsafe fn init_pool(pool: Pool) -> Result<Dict<'z>, DictError> {
-        let bad = |reason: String| DictError::BadZone {
-            zone: pool.name().to_string(),
-            reason,
-        };
+        let bad = |reason: String| DictError::bad_zone(pool.name(), reason);
         if pool.root() != 0 {
             return Err(bad("it already has a root structure".into()));
         }
@@ -207,8 +203,14 @@ impl<'z> Dict<'z> {
         if len > (u32::MAX as usize) * 8 {
             return Err(bad(format!("{len} bytes: at most 32 GiB")));
         }
-        let nb = (len / BYTES_PER_BUCKET).next_power_of_two().clamp(64, 1 << 30);
-        let nb = if nb > len / BYTES_PER_BUCKET && nb > 64 { nb / 2 } else { nb };
+        let nb = (len / BYTES_PER_BUCKET)
+            .next_power_of_two()
+            .clamp(64, 1 << 30);
+        let nb = if nb > len / BYTES_PER_BUCKET && nb > 64 {
+            nb / 2
+        } else {
+            nb
+        };
         let ns = nb.min(MAX_STRIPES);
         let hsz = std::mem::size_of::<Header>();
         let bsz = nb * std::mem::size_of::<layout::Bucket>();
@@ -270,10 +272,7 @@ impl<'z> Dict<'z> {
     /// # Errors
     /// As [`Dict::open`].
     pub unsafe fn open_pool(pool: Pool) -> Result<Dict<'z>, DictError> {
-        let not = |reason: String| DictError::NotADict {
-            zone: pool.name().to_string(),
-            reason,
-        };
+        let not = |reason: String| DictError::not_a_dict(pool.name(), reason);
         let len = pool.len();
         let root = pool.root();
         let hsz = std::mem::size_of::<Header>();
@@ -307,7 +306,8 @@ impl<'z> Dict<'z> {
                 "layout version {version}, this build reads {VERSION}"
             )));
         }
-        let inside = |off: usize, n: usize| off % 8 == 0 && off.checked_add(n).is_some_and(|e| e <= len);
+        let inside =
+            |off: usize, n: usize| off % 8 == 0 && off.checked_add(n).is_some_and(|e| e <= len);
         if zl != len
             || !nb.is_power_of_two()
             || !ns.is_power_of_two()
@@ -422,15 +422,13 @@ impl<'z> Dict<'z> {
         self.len / 2
     }
 
+    #[cold]
     fn corrupt(&self, what: &'static str) -> DictError {
         log::error!(
             "dictionary in shared zone \"{}\" is broken: {what}",
             self.name
         );
-        DictError::Corrupt {
-            zone: self.name.clone(),
-            what,
-        }
+        DictError::Corrupt { what }
     }
 
     /// A region reopened in a later boot: expire every entry with a TTL.

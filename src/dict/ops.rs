@@ -2,6 +2,7 @@
 
 use std::sync::atomic::Ordering;
 
+use super::layout::bump;
 use super::layout::{entry_size, hash, value_at, Entry, ENTRY_MUT_FROM, K_INT, K_LIST};
 use super::section::Sec;
 use super::value::{decode, kind_name, Encoded};
@@ -21,7 +22,7 @@ const IN_PLACE_MAX: usize = 1024;
 
 /// The absolute expiry of a TTL in ms (0: none).
 #[inline]
-pub(super) fn expiry(s: &Sec<'_, '_>, ttl_ms: u64) -> u64 {
+pub(super) fn expiry(s: &Sec<'_, '_, '_>, ttl_ms: u64) -> u64 {
     if ttl_ms == 0 {
         0
     } else {
@@ -42,6 +43,7 @@ impl<'z> Dict<'z> {
     }
 
     /// The store behind set/add/replace and their safe twins.
+    #[inline]
     pub(super) fn store(
         &self,
         key: &[u8],
@@ -55,7 +57,8 @@ impl<'z> Dict<'z> {
         let v = Encoded::new(value);
         self.check_value(&v)?;
         let h = hash(self.seed, key);
-        let s = self.section()?;
+        let g = self.pool.lock();
+        let s = self.section(&g)?;
         let found = s.find(h, key)?;
         let live = found.is_some_and(|f| s.live(f.e));
         match mode {
@@ -64,7 +67,7 @@ impl<'z> Dict<'z> {
             _ => {}
         }
         let exp = expiry(&s, ttl_ms);
-        self.h().sets.fetch_add(1, Ordering::Relaxed);
+        bump(&self.h().sets);
         self.put(&s, h, key, &v, flags, exp, found, evict)
     }
 
@@ -74,7 +77,7 @@ impl<'z> Dict<'z> {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn put(
         &self,
-        s: &Sec<'_, 'z>,
+        s: &Sec<'_, '_, 'z>,
         h: u32,
         key: &[u8],
         v: &Encoded<'_>,
@@ -113,9 +116,10 @@ impl<'z> Dict<'z> {
 
     /// Rewrites an entry's kind, flags, generation, expiry and value in
     /// place (all saved first in one record).
+    #[inline]
     fn rewrite(
         &self,
-        s: &Sec<'_, 'z>,
+        s: &Sec<'_, '_, 'z>,
         f: &super::section::Found,
         kind: u32,
         bytes: &[u8],
@@ -126,18 +130,21 @@ impl<'z> Dict<'z> {
         // SAFETY: a checked entry, under the lock.
         let klen = unsafe { (*e).klen } as usize;
         s.touch(f.bucket)?;
-        let from = e.cast::<u8>().wrapping_add(ENTRY_MUT_FROM);
-        let n = std::mem::size_of::<Entry>() - ENTRY_MUT_FROM;
+        let gen = self.h().gen.load(Ordering::Relaxed);
         // SAFETY: the entry's header tail and value are inside the zone and
-        // only lock holders write them; saved before being written.
+        // only lock holders write them; each is saved before it is written.
         unsafe {
-            s.g.save(from, n)?;
+            // Most rewrites change only the value: then one record.
+            if (*e).kind != kind || (*e).flags != flags || (*e).gen != gen || (*e).expires != exp {
+                let from = e.cast::<u8>().add(ENTRY_MUT_FROM);
+                s.g.save(from, std::mem::size_of::<Entry>() - ENTRY_MUT_FROM)?;
+                (*e).kind = kind;
+                (*e).flags = flags;
+                (*e).gen = gen;
+                (*e).expires = exp;
+            }
             let vp = e.cast::<u8>().add(value_at(klen));
             s.g.save(vp, bytes.len())?;
-            (*e).kind = kind;
-            (*e).flags = flags;
-            (*e).gen = self.h().gen.load(Ordering::Relaxed);
-            (*e).expires = exp;
             std::ptr::copy_nonoverlapping(bytes.as_ptr(), vp, bytes.len());
         }
         self.bucket(f.bucket).referenced.store(1, Ordering::Relaxed);
@@ -148,7 +155,8 @@ impl<'z> Dict<'z> {
     pub(super) fn delete_inner(&self, key: &[u8]) -> Result<bool, DictError> {
         Self::check_key(key)?;
         let h = hash(self.seed, key);
-        let s = self.section()?;
+        let g = self.pool.lock();
+        let s = self.section(&g)?;
         let Some(f) = s.find(h, key)? else {
             return Ok(false);
         };
@@ -164,6 +172,7 @@ impl<'z> Dict<'z> {
     }
 
     /// `incr`: see [`Dict::incr`].
+    #[inline]
     pub(super) fn incr_inner(
         &self,
         key: &[u8],
@@ -173,7 +182,8 @@ impl<'z> Dict<'z> {
     ) -> Result<i64, DictError> {
         Self::check_key(key)?;
         let h = hash(self.seed, key);
-        let s = self.section()?;
+        let g = self.pool.lock();
+        let s = self.section(&g)?;
         let found = s.find(h, key)?;
         if let Some(f) = found.filter(|f| s.live(f.e)) {
             let e = f.e;
@@ -201,7 +211,7 @@ impl<'z> Dict<'z> {
         let new = init.checked_add(delta).ok_or(DictError::Overflow)?;
         let v = Encoded::new(Value::Int(new));
         let exp = super::ops::expiry(&s, init_ttl_ms);
-        self.h().sets.fetch_add(1, Ordering::Relaxed);
+        bump(&self.h().sets);
         self.put(&s, h, key, &v, 0, exp, found, true)?;
         Ok(new)
     }
@@ -218,7 +228,8 @@ impl<'z> Dict<'z> {
         let v = Encoded::new(new);
         self.check_value(&v)?;
         let h = hash(self.seed, key);
-        let s = self.section()?;
+        let g = self.pool.lock();
+        let s = self.section(&g)?;
         let Some(f) = s.find(h, key)?.filter(|f| s.live(f.e)) else {
             return Err(DictError::NotFound);
         };
@@ -230,7 +241,7 @@ impl<'z> Dict<'z> {
         }
         // SAFETY: a checked entry, under the lock.
         let (flags, exp) = unsafe { ((*f.e).flags, (*f.e).expires) };
-        self.h().sets.fetch_add(1, Ordering::Relaxed);
+        bump(&self.h().sets);
         self.put(&s, h, key, &v, flags, exp, Some(f), true)?;
         Ok(true)
     }
@@ -254,13 +265,16 @@ impl<'z> Dict<'z> {
     }
 
     /// The locked `get`: the fallback of the optimistic read.
+    #[cold]
+    #[inline(never)]
     pub(super) fn get_locked(
         &self,
         key: &[u8],
         h: u32,
         stale: bool,
     ) -> Result<Option<Got>, DictError> {
-        let s = self.section()?;
+        let g = self.pool.lock();
+        let s = self.section(&g)?;
         let Some(f) = s.find(h, key)? else {
             return Ok(None);
         };
@@ -282,8 +296,12 @@ impl<'z> Dict<'z> {
 
     /// The locked `ttl`.
     pub(super) fn ttl_locked(&self, key: &[u8], h: u32) -> Result<Option<u64>, DictError> {
-        let s = self.section()?;
-        let f = s.find(h, key)?.filter(|f| s.live(f.e)).ok_or(DictError::NotFound)?;
+        let g = self.pool.lock();
+        let s = self.section(&g)?;
+        let f = s
+            .find(h, key)?
+            .filter(|f| s.live(f.e))
+            .ok_or(DictError::NotFound)?;
         // SAFETY: a checked entry, under the lock.
         let exp = unsafe { (*f.e).expires };
         Ok((exp != 0).then(|| exp - s.now()))
@@ -293,8 +311,12 @@ impl<'z> Dict<'z> {
     pub(super) fn expire_inner(&self, key: &[u8], ttl_ms: u64) -> Result<(), DictError> {
         Self::check_key(key)?;
         let h = hash(self.seed, key);
-        let s = self.section()?;
-        let f = s.find(h, key)?.filter(|f| s.live(f.e)).ok_or(DictError::NotFound)?;
+        let g = self.pool.lock();
+        let s = self.section(&g)?;
+        let f = s
+            .find(h, key)?
+            .filter(|f| s.live(f.e))
+            .ok_or(DictError::NotFound)?;
         let exp = expiry(&s, ttl_ms);
         s.touch(f.bucket)?;
         // SAFETY: a checked entry's word, only written under the lock.
@@ -304,7 +326,8 @@ impl<'z> Dict<'z> {
 
     /// `flush_all`: one journaled store of the flush generation.
     pub(super) fn flush_all_inner(&self) -> Result<(), DictError> {
-        let s = self.section()?;
+        let g = self.pool.lock();
+        let s = self.section(&g)?;
         let next = match self.h().gen.load(Ordering::Relaxed).wrapping_add(1) {
             0 => 1,
             n => n,
@@ -314,7 +337,9 @@ impl<'z> Dict<'z> {
         // rollback undoes.
         let gp = &self.h().gen_pending;
         // SAFETY: a header word inside the zone, written under the lock.
-        unsafe { s.g.save((gp as *const std::sync::atomic::AtomicU32).cast(), 4) }?;
+        unsafe {
+            s.g.save((gp as *const std::sync::atomic::AtomicU32).cast(), 4)
+        }?;
         gp.store(next, Ordering::Release);
         Ok(())
     }

@@ -19,20 +19,50 @@
 use std::sync::atomic::{fence, AtomicU32, Ordering};
 
 use super::layout::{hash, value_at, Entry, K_LIST, MAX_CHAIN};
-use super::value::{decode, fixed_len};
-use super::{Dict, DictError, Got};
+use super::value::{decode_small, fixed_len};
+use super::{Dict, DictError, Got, OwnedValue};
 use crate::os::clock;
+
+#[cfg(test)]
+thread_local! {
+    /// Reads that took the lock (tests only).
+    pub(super) static FALLBACKS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
 
 /// Optimistic attempts before taking the lock.
 pub(super) const TRIES: usize = 8;
 
-/// What one optimistic walk saw.
-enum Seen {
-    Missing,
-    /// kind, flags, expires, gen, value bytes (scalars only)
-    Found(u32, u32, u64, u32, Vec<u8>, [u8; 8]),
-    /// Something malformed (or a list): let the lock decide.
-    Odd,
+/// What one optimistic walk saw (plain words: cheap to move; a byte
+/// string's value goes to the caller's buffer).
+#[derive(Clone, Copy, Default)]
+struct Seen {
+    /// MISSING, FOUND or ODD (malformed, or a list: let the lock decide).
+    what: u32,
+    kind: u32,
+    flags: u32,
+    gen: u32,
+    expires: u64,
+    /// A fixed-size value's bytes.
+    small: [u8; 8],
+}
+
+const MISSING: u32 = 0;
+const FOUND: u32 = 1;
+const ODD: u32 = 2;
+
+impl Seen {
+    const MISSING: Seen = Seen {
+        what: MISSING,
+        kind: 0,
+        flags: 0,
+        gen: 0,
+        expires: 0,
+        small: [0; 8],
+    };
+    const ODD: Seen = Seen {
+        what: ODD,
+        ..Seen::MISSING
+    };
 }
 
 /// What the reader wants.
@@ -45,18 +75,18 @@ pub(super) enum Want {
 
 impl<'z> Dict<'z> {
     /// Walks bucket `b` for `key` without the lock.
-    #[inline]
-    fn walk(&self, b: u32, h: u32, key: &[u8], want: Want) -> Seen {
+    #[inline(always)]
+    fn walk(&self, b: u32, h: u32, key: &[u8], want: Want, buf: &mut Vec<u8>) -> Seen {
         let mut link: *const AtomicU32 = &self.bucket(b).head;
         for _ in 0..MAX_CHAIN {
             // SAFETY: a bucket head or the `next` of an entry that
             // `entry_at` checked to be inside the zone.
             let off8 = unsafe { &*link }.load(Ordering::Acquire);
             if off8 == 0 {
-                return Seen::Missing;
+                return Seen::MISSING;
             }
             let Some(e) = self.entry_at(off8) else {
-                return Seen::Odd;
+                return Seen::ODD;
             };
             // SAFETY: entry_at checked that the header, the key and the
             // value (as their lengths read then) lie inside the zone. The
@@ -66,12 +96,12 @@ impl<'z> Dict<'z> {
                 let eh = std::ptr::addr_of!((*e).hash).read_volatile();
                 let klen = std::ptr::addr_of!((*e).klen).read_volatile() as usize;
                 if eh == h && klen == key.len() && self.key_eq(e, key) {
-                    return self.copy_out(e, klen, want);
+                    return self.copy_out(e, klen, want, buf);
                 }
                 link = &(*e).next;
             }
         }
-        Seen::Odd
+        Seen::ODD
     }
 
     /// Compares the key bytes of a checked entry.
@@ -110,10 +140,10 @@ impl<'z> Dict<'z> {
     ///
     /// # Safety
     /// `e` was checked by `entry_at`.
-    #[inline]
-    unsafe fn copy_out(&self, e: *const Entry, klen: usize, want: Want) -> Seen {
+    #[inline(always)]
+    unsafe fn copy_out(&self, e: *const Entry, klen: usize, want: Want, buf: &mut Vec<u8>) -> Seen {
         // SAFETY: the header is inside the zone (caller).
-        let (kind, flags, exp, gen, vlen) = unsafe {
+        let (kind, flags, expires, gen, vlen) = unsafe {
             (
                 std::ptr::addr_of!((*e).kind).read_volatile(),
                 std::ptr::addr_of!((*e).flags).read_volatile(),
@@ -123,40 +153,47 @@ impl<'z> Dict<'z> {
             )
         };
         if kind == K_LIST {
-            return Seen::Odd;
+            return Seen::ODD;
         }
         let vp = e.cast::<u8>().wrapping_add(value_at(klen));
         let off = vp as usize - self.base as usize;
         if off > self.len || vlen > self.len - off {
-            return Seen::Odd;
+            return Seen::ODD;
         }
+        let mut seen = Seen {
+            what: FOUND,
+            kind,
+            flags,
+            gen,
+            expires,
+            small: [0; 8],
+        };
         if want == Want::Ttl {
-            return Seen::Found(kind, flags, exp, gen, Vec::new(), [0; 8]);
+            return seen;
         }
         match fixed_len(kind) {
             Some(n) if n == vlen => {
-                let mut small = [0u8; 8];
                 // SAFETY: vlen (<= 8) bytes inside the zone (checked).
-                unsafe { std::ptr::copy_nonoverlapping(vp, small.as_mut_ptr(), vlen) };
-                Seen::Found(kind, flags, exp, gen, Vec::new(), small)
+                unsafe { std::ptr::copy_nonoverlapping(vp, seen.small.as_mut_ptr(), vlen) };
             }
-            Some(_) => Seen::Odd,
+            Some(_) => return Seen::ODD,
             None => {
-                let mut v = Vec::with_capacity(vlen);
+                buf.clear();
+                buf.reserve(vlen);
                 // SAFETY: vlen bytes inside the zone (checked) into a buffer
-                // of that capacity.
+                // of at least that capacity.
                 unsafe {
-                    std::ptr::copy_nonoverlapping(vp, v.as_mut_ptr(), vlen);
-                    v.set_len(vlen);
+                    std::ptr::copy_nonoverlapping(vp, buf.as_mut_ptr(), vlen);
+                    buf.set_len(vlen);
                 }
-                Seen::Found(kind, flags, exp, gen, v, [0; 8])
             }
         }
+        seen
     }
 
     /// One optimistic read; `None`: take the lock.
-    #[inline]
-    fn read_opt(&self, key: &[u8], h: u32, want: Want) -> Option<Seen> {
+    #[inline(always)]
+    fn read_opt(&self, key: &[u8], h: u32, want: Want, buf: &mut Vec<u8>) -> Option<Seen> {
         let b = h & self.mask;
         let stripe = self.stripe(b);
         let hd = self.h();
@@ -167,15 +204,17 @@ impl<'z> Dict<'z> {
                 std::hint::spin_loop();
                 continue;
             }
-            let seen = self.walk(b, h, key, want);
+            let seen = self.walk(b, h, key, want, buf);
             fence(Ordering::Acquire);
             if stripe.load(Ordering::Relaxed) == v0 && self.pool.rollbacks() == r0 {
-                return match seen {
-                    Seen::Odd => None,
-                    s => Some(s),
-                };
+                if seen.what == ODD {
+                    break;
+                }
+                return Some(seen);
             }
         }
+        #[cfg(test)]
+        FALLBACKS.with(|c| c.set(c.get() + 1));
         None
     }
 
@@ -185,41 +224,64 @@ impl<'z> Dict<'z> {
         Self::check_key(key)?;
         let h = hash(self.seed, key);
         let slot = self.slot();
-        slot.gets
-            .store(slot.gets.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+        slot.gets.store(
+            slot.gets.load(Ordering::Relaxed).wrapping_add(1),
+            Ordering::Relaxed,
+        );
         let want = if stale { Want::Stale } else { Want::Value };
-        let r = match self.read_opt(key, h, want) {
-            Some(Seen::Missing) => Ok(None),
-            Some(Seen::Found(kind, flags, exp, gen, bytes, small)) => {
-                let live = gen == self.h().gen.load(Ordering::Acquire)
-                    && (exp == 0 || exp > clock::now_ms());
-                if !live && !stale {
-                    Ok(None)
-                } else {
-                    let b = self.bucket(h & self.mask);
-                    if b.referenced.load(Ordering::Relaxed) == 0 {
-                        b.referenced.store(1, Ordering::Relaxed);
-                    }
-                    let value = match fixed_len(kind) {
-                        Some(n) => decode(kind, &small[..n]),
-                        None => decode(kind, &bytes),
-                    };
-                    match value {
-                        Some(value) => Ok(Some(Got {
-                            value,
-                            flags,
-                            stale: !live,
-                        })),
-                        None => self.get_locked(key, h, stale),
-                    }
-                }
-            }
-            Some(Seen::Odd) | None => self.get_locked(key, h, stale),
+        let mut buf = Vec::new();
+        let Some(seen) = self.read_opt(key, h, want, &mut buf) else {
+            return self.get_locked_counted(key, h, stale);
         };
+        if seen.what == MISSING {
+            return Ok(None);
+        }
+        let live = seen.gen == self.h().gen.load(Ordering::Acquire)
+            && (seen.expires == 0 || seen.expires > clock::now_ms());
+        if !live && !stale {
+            return Ok(None);
+        }
+        let b = self.bucket(h & self.mask);
+        if b.referenced.load(Ordering::Relaxed) == 0 {
+            b.referenced.store(1, Ordering::Relaxed);
+        }
+        let value = match fixed_len(seen.kind) {
+            Some(n) => decode_small(seen.kind, &seen.small[..n]),
+            None => Some(OwnedValue::Bytes(buf)),
+        };
+        let Some(value) = value else {
+            return self.get_locked_counted(key, h, stale);
+        };
+        if live {
+            slot.hits.store(
+                slot.hits.load(Ordering::Relaxed).wrapping_add(1),
+                Ordering::Relaxed,
+            );
+        }
+        Ok(Some(Got {
+            value,
+            flags: seen.flags,
+            stale: !live,
+        }))
+    }
+
+    /// The locked get, counting a hit.
+    #[cold]
+    #[inline(never)]
+    fn get_locked_counted(
+        &self,
+        key: &[u8],
+        h: u32,
+        stale: bool,
+    ) -> Result<Option<Got>, DictError> {
+        let r = self.get_locked(key, h, stale);
         if let Ok(Some(g)) = &r {
             if !g.stale {
-                slot.hits
-                    .store(slot.hits.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+                let slot = self.slot();
+                slot.hits.store(
+                    slot.hits.load(Ordering::Relaxed).wrapping_add(1),
+                    Ordering::Relaxed,
+                );
             }
         }
         r
@@ -229,9 +291,12 @@ impl<'z> Dict<'z> {
     pub(super) fn ttl_inner(&self, key: &[u8]) -> Result<Option<u64>, DictError> {
         Self::check_key(key)?;
         let h = hash(self.seed, key);
-        match self.read_opt(key, h, Want::Ttl) {
-            Some(Seen::Missing) => Err(DictError::NotFound),
-            Some(Seen::Found(_, _, exp, gen, _, _)) => {
+        let mut buf = Vec::new();
+        match self.read_opt(key, h, Want::Ttl, &mut buf) {
+            Some(Seen { what: MISSING, .. }) => Err(DictError::NotFound),
+            Some(Seen {
+                expires: exp, gen, ..
+            }) => {
                 if gen != self.h().gen.load(Ordering::Acquire) {
                     return Err(DictError::NotFound);
                 }
@@ -244,7 +309,7 @@ impl<'z> Dict<'z> {
                 }
                 Ok(Some(exp - now))
             }
-            Some(Seen::Odd) | None => self.ttl_locked(key, h),
+            None => self.ttl_locked(key, h),
         }
     }
 }

@@ -38,9 +38,9 @@ pub(super) struct Found {
 }
 
 /// The lock, held, with the dictionary's section bookkeeping.
-pub(super) struct Sec<'d, 'z> {
+pub(super) struct Sec<'g, 'd, 'z> {
     pub d: &'d Dict<'z>,
-    pub g: PoolGuard<'d>,
+    pub g: &'g PoolGuard<'d>,
     now: Cell<u64>,
     np_saved: Cell<bool>,
     totals_saved: Cell<bool>,
@@ -48,9 +48,14 @@ pub(super) struct Sec<'d, 'z> {
 }
 
 impl<'z> Dict<'z> {
-    /// Takes the lock and publishes what the previous holder left pending.
-    pub(super) fn section(&self) -> Result<Sec<'_, 'z>, DictError> {
-        let g = self.pool.lock();
+    /// A section under the lock `g` (taken by the caller with
+    /// `self.pool.lock()`, so that the guard is built in place): publishes
+    /// what the previous holder left pending.
+    #[inline(always)]
+    pub(super) fn section<'g, 'd>(
+        &'d self,
+        g: &'g PoolGuard<'d>,
+    ) -> Result<Sec<'g, 'd, 'z>, DictError> {
         if self.pool.is_fenced() {
             return Err(self.corrupt("the zone is fenced off after a failed recovery"));
         }
@@ -119,7 +124,7 @@ impl<'z> Dict<'z> {
     }
 }
 
-impl<'d, 'z> Sec<'d, 'z> {
+impl<'g, 'd, 'z> Sec<'g, 'd, 'z> {
     /// Milliseconds on the shared clock, read once per section.
     #[inline]
     pub fn now(&self) -> u64 {
@@ -138,6 +143,7 @@ impl<'d, 'z> Sec<'d, 'z> {
     }
 
     /// Makes the stripes that committed sections left odd even again.
+    #[inline]
     fn publish_pending(&self) {
         let h = self.hdr();
         let d = self.d.h();
@@ -170,7 +176,7 @@ impl<'d, 'z> Sec<'d, 'z> {
     /// Makes bucket `b`'s stripe odd (once per section): readers of it
     /// retry until the next holder publishes it, after this section is
     /// committed.
-    #[inline]
+    #[inline(always)]
     pub fn touch(&self, b: u32) -> Result<(), DictError> {
         let si = b & self.d.smask;
         let s = self.d.stripe(si);
@@ -188,9 +194,11 @@ impl<'d, 'z> Sec<'d, 'z> {
             return Err(DictError::TooBigForOneSection);
         }
         if !self.np_saved.get() {
-            // SAFETY: a header word inside the zone, written only under the
+            // The count and the first slot in one aligned 8-byte record
+            // (the journal's fast path); later slots need none (below).
+            // SAFETY: header words inside the zone, written only under the
             // lock.
-            unsafe { self.g.save(std::ptr::addr_of!((*h).npending).cast(), 4) }?;
+            unsafe { self.g.save(std::ptr::addr_of!((*h).npending).cast(), 8) }?;
             self.np_saved.set(true);
         }
         if v & 1 == 0 {
@@ -253,6 +261,7 @@ impl<'d, 'z> Sec<'d, 'z> {
     }
 
     /// Finds `key` in its bucket.
+    #[inline(always)]
     pub fn find(&self, hash: u32, key: &[u8]) -> Result<Option<Found>, DictError> {
         let b = hash & self.d.mask;
         let mut link: *const AtomicU32 = &self.d.bucket(b).head;
@@ -271,8 +280,7 @@ impl<'d, 'z> Sec<'d, 'z> {
             unsafe {
                 if (*e).hash == hash
                     && (*e).klen as usize == key.len()
-                    && std::slice::from_raw_parts(e.cast::<u8>().add(value_at(0)), key.len())
-                        == key
+                    && std::slice::from_raw_parts(e.cast::<u8>().add(value_at(0)), key.len()) == key
                 {
                     return Ok(Some(Found { link, e, bucket: b }));
                 }
@@ -298,7 +306,8 @@ impl<'d, 'z> Sec<'d, 'z> {
     /// and takes it off the totals.
     pub fn free_entry(&self, e: *mut Entry) -> Result<(), DictError> {
         // SAFETY: checked entry, under the lock.
-        let (kind, klen, vlen, lbytes) = unsafe { ((*e).kind, (*e).klen, (*e).vlen, (*e).list_bytes) };
+        let (kind, klen, vlen, lbytes) =
+            unsafe { ((*e).kind, (*e).klen, (*e).vlen, (*e).list_bytes) };
         let bytes = if kind == K_LIST {
             self.list_to_garbage(e)?;
             klen as u64 + lbytes as u64
@@ -319,7 +328,12 @@ impl<'d, 'z> Sec<'d, 'z> {
     /// in one section's journal).
     fn list_to_garbage(&self, e: *mut Entry) -> Result<(), DictError> {
         // SAFETY: a checked list entry: its value is a ListHead.
-        let lh = unsafe { e.cast::<u8>().add(value_at((*e).klen as usize)).cast::<ListHead>().read() };
+        let lh = unsafe {
+            e.cast::<u8>()
+                .add(value_at((*e).klen as usize))
+                .cast::<ListHead>()
+                .read()
+        };
         if lh.len == 0 {
             return Ok(());
         }
@@ -332,7 +346,8 @@ impl<'d, 'z> Sec<'d, 'z> {
         // SAFETY: the tail node is inside the zone; header words; all under
         // the lock and saved first.
         unsafe {
-            self.g.write(std::ptr::addr_of_mut!((*tail).next), (*h).garbage)?;
+            self.g
+                .write(std::ptr::addr_of_mut!((*tail).next), (*h).garbage)?;
             (*h).garbage = lh.head;
             (*h).ngarbage = (*h).ngarbage.wrapping_add(lh.len);
         }

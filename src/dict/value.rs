@@ -147,6 +147,18 @@ pub(crate) fn decode(kind: u32, bytes: &[u8]) -> Option<OwnedValue> {
     })
 }
 
+/// Decodes a fixed-size value (not bytes).
+#[inline]
+pub(crate) fn decode_small(kind: u32, b: &[u8]) -> Option<OwnedValue> {
+    let w = |b: &[u8]| b.try_into().ok().map(u64::from_le_bytes);
+    Some(match kind {
+        K_INT => OwnedValue::Int(w(b)? as i64),
+        K_FLOAT => OwnedValue::Float(f64::from_bits(w(b)?)),
+        K_BOOL if b.len() == 1 => OwnedValue::Bool(b[0] != 0),
+        _ => return None,
+    })
+}
+
 /// A kind's name, for errors.
 pub(crate) fn kind_name(kind: u32) -> &'static str {
     match kind {
