@@ -94,6 +94,21 @@ pub enum Error {
     },
     /// The slab pool refused.
     Pool(crate::slab::PoolError),
+    /// A reload in progress (in a live process) is making a zone of this
+    /// name, and did not publish it in time.
+    ZoneBusy {
+        /// The zone's name.
+        name: String,
+        /// How long the caller waited.
+        waited: std::time::Duration,
+    },
+    /// A locked section's undo journal had no room for a write.
+    Journal {
+        /// What was being written.
+        what: &'static str,
+        /// How much room was needed and left.
+        source: crate::journal::JournalFull,
+    },
     /// Creating a named region found the name, key or path already taken
     /// (left over, or planted by someone else): it is never adopted. Attach
     /// to it, remove it, or create with `NamedSpec::replace(true)`.
@@ -170,6 +185,12 @@ impl fmt::Display for Error {
             }
             Error::BadRegion { reason } => write!(f, "not a usable shmzone region: {reason}"),
             Error::Pool(e) => write!(f, "{e}"),
+            Error::Journal { what, source } => write!(f, "writing {what}: {source}"),
+            Error::ZoneBusy { name, waited } => write!(
+                f,
+                "shared zone \"{name}\" is being made by a reload in progress; \
+                 not published after {waited:?}"
+            ),
             Error::AlreadyExists { name } => write!(
                 f,
                 "{name} already exists: not adopting it (attach to it, remove it, or create with replace)"
@@ -190,6 +211,7 @@ impl std::error::Error for Error {
             Error::Os { source, .. } => Some(source),
             Error::Pool(e) => Some(e),
             Error::Dict(e) => Some(e),
+            Error::Journal { source, .. } => Some(source),
             _ => None,
         }
     }

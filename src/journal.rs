@@ -106,6 +106,46 @@ impl JournalHeader {
     }
 }
 
+/// The owner's fast append for its own writes: a record of the `W`
+/// words at `dst` at word `*at` of the record area `recs`, where `*at` is
+/// the caller's copy of `used` (read once per operation) and offsets are
+/// from `anchor` (the same anchor as the owner's [`Journal`] handle).
+/// Returns false, recording nothing, when the record does not fit.
+///
+/// # Safety
+/// The caller holds the lock; `recs` is `hdr`'s record area; `dst..dst+W`
+/// words are readable, 8-aligned and inside the journal's range; `*at` is
+/// the current `used`.
+#[inline(always)]
+pub(crate) unsafe fn record_words<const W: usize>(
+    hdr: &JournalHeader,
+    recs: *mut u64,
+    anchor: *const u8,
+    at: &mut u32,
+    dst: *const u64,
+) -> bool {
+    killpoint::point();
+    let used = *at as usize;
+    if used + 1 + W > hdr.cap as usize {
+        return false;
+    }
+    let off = ((dst as usize).wrapping_sub(anchor as usize) as u64) & OFF_MASK;
+    // SAFETY: `used + 1 + W <= cap`: inside the record area; `dst` is
+    // readable for W words (caller).
+    unsafe {
+        let r = recs.add(used);
+        for k in 0..W {
+            r.add(1 + k).write(dst.add(k).read());
+        }
+        r.write(((W as u64 * 8) << 48) | off);
+    }
+    *at = (used + 1 + W) as u32;
+    compiler_fence(Ordering::Release);
+    hdr.used.store(*at, Ordering::Relaxed);
+    compiler_fence(Ordering::Release);
+    true
+}
+
 /// What one rollback undid.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Rollback {
@@ -167,8 +207,10 @@ pub(crate) struct Journal {
     hdr: *const JournalHeader,
     recs: *mut u64,
     cap: u32,
-    origin: *mut u8,
-    span: usize,
+    /// Records name offsets from here, in `-lo..hi`.
+    anchor: *mut u8,
+    lo: usize,
+    hi: usize,
 }
 
 impl fmt::Debug for Journal {
@@ -176,7 +218,8 @@ impl fmt::Debug for Journal {
         f.debug_struct("Journal")
             .field("used", &self.used())
             .field("cap", &self.cap)
-            .field("span", &self.span)
+            .field("lo", &self.lo)
+            .field("hi", &self.hi)
             .finish()
     }
 }
@@ -187,23 +230,25 @@ impl Journal {
     /// # Safety
     /// `hdr` points to an initialised header, valid while the handle is
     /// used; `recs` to `cap` writable, 8-aligned words that nothing else
-    /// uses; `origin..origin+span` is writable memory whose bytes are only
-    /// written by holders of the lock this journal belongs to (records may
-    /// name any of it). `cap <= hdr.cap`.
+    /// uses; `anchor - lo..anchor + hi` is writable memory whose bytes are
+    /// only written by holders of the lock this journal belongs to (records
+    /// may name any of it). `cap <= hdr.cap`.
     #[inline]
     pub unsafe fn new(
         hdr: *const JournalHeader,
         recs: *mut u64,
         cap: u32,
-        origin: *mut u8,
-        span: usize,
+        anchor: *mut u8,
+        lo: usize,
+        hi: usize,
     ) -> Journal {
         Journal {
             hdr,
             recs,
             cap,
-            origin,
-            span,
+            anchor,
+            lo,
+            hi,
         }
     }
 
@@ -227,6 +272,12 @@ impl Journal {
         (h.used.load(Ordering::Relaxed) | h.fenced.load(Ordering::Relaxed)) != 0
     }
 
+    /// The record area's capacity in words.
+    #[inline]
+    pub fn cap(&self) -> u32 {
+        self.cap
+    }
+
     /// Bytes left for records in the open section.
     #[inline]
     pub fn room(&self) -> usize {
@@ -239,11 +290,24 @@ impl Journal {
         self.used().saturating_add(words) <= self.cap
     }
 
-    /// The offset of `dst..dst+n` from `origin`, if the range is inside.
+    /// The offset of `dst..dst+n` from `anchor`, as a record stores it
+    /// (48-bit two's complement), if the range is inside `-lo..hi`.
     #[inline]
-    fn offset_of(&self, dst: *const u8, n: usize) -> Option<usize> {
-        let off = (dst as usize).wrapping_sub(self.origin as usize);
-        (off <= self.span && n <= self.span - off).then_some(off)
+    fn offset_of(&self, dst: *const u8, n: usize) -> Option<u64> {
+        let from_lo = (dst as usize)
+            .wrapping_sub(self.anchor as usize)
+            .wrapping_add(self.lo);
+        let span = self.lo + self.hi;
+        (from_lo <= span && n <= span - from_lo)
+            .then(|| (from_lo.wrapping_sub(self.lo) as u64) & OFF_MASK)
+    }
+
+    /// The address a record's offset names (not checked).
+    #[inline]
+    fn target(&self, off: u64) -> *mut u8 {
+        // Sign-extend 48 bits.
+        let signed = ((off << 16) as i64) >> 16;
+        self.anchor.wrapping_offset(signed as isize)
     }
 
     /// Appends a record of the `n` bytes at `dst` as they are now.
@@ -273,7 +337,7 @@ impl Journal {
                 r.add(words - 1).write(0);
                 std::ptr::copy_nonoverlapping(dst, r.add(1).cast::<u8>(), n);
             }
-            r.write(((n as u64) << 48) | off as u64);
+            r.write(((n as u64) << 48) | off);
         }
         self.publish(used + words);
         Ok(())
@@ -317,7 +381,7 @@ impl Journal {
             for (i, &w) in pattern.iter().enumerate() {
                 r.add(2 + i).write(w);
             }
-            r.write((FILL << 48) | off as u64);
+            r.write((FILL << 48) | off);
         }
         self.publish(used + words);
         Ok(())
@@ -365,6 +429,8 @@ impl Journal {
             killpoint::point();
             compiler_fence(Ordering::Release);
             h.used.store(0, Ordering::Relaxed);
+            compiler_fence(Ordering::Release);
+            killpoint::point();
         }
     }
 
@@ -470,7 +536,7 @@ impl Journal {
                 return None;
             }
             let n = count.checked_mul(stride)?;
-            self.offset_of(self.origin.wrapping_add(off), n)?;
+            self.offset_of(self.target(off as u64), n)?;
             Some(words)
         } else {
             let n = len as usize;
@@ -478,7 +544,7 @@ impl Journal {
             if n == 0 || at + words > used {
                 return None;
             }
-            self.offset_of(self.origin.wrapping_add(off), n)?;
+            self.offset_of(self.target(off as u64), n)?;
             Some(words)
         }
     }
@@ -493,7 +559,7 @@ impl Journal {
         unsafe {
             let hdr = self.recs.add(at).read();
             let len = hdr >> 48;
-            let dst = self.origin.add((hdr & OFF_MASK) as usize);
+            let dst = self.target(hdr & OFF_MASK);
             if len == FILL {
                 let cs = self.recs.add(at + 1).read();
                 let stride = (cs & 0xff) as usize;
@@ -585,6 +651,7 @@ mod tests {
                     self.recs.as_mut_ptr(),
                     self.hdr.cap(),
                     self.state.as_mut_ptr().cast(),
+                    0,
                     self.state.len() * 8,
                 )
             }
@@ -655,7 +722,12 @@ mod tests {
             assert!(j.record(s.cast(), 8).is_ok());
             let e = j.record(s.cast(), 16).unwrap_err();
             assert_eq!(e.left, 16);
-            assert_eq!(j.record((&mut outside as *mut u64).cast(), 8).unwrap_err().left, 0);
+            assert_eq!(
+                j.record((&mut outside as *mut u64).cast(), 8)
+                    .unwrap_err()
+                    .left,
+                0
+            );
             assert!(j.record(s.add(63).cast(), 16).is_err()); // runs past the end
         }
         j.commit();

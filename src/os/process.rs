@@ -190,6 +190,17 @@ pub(crate) fn ncpu() -> usize {
     n as usize
 }
 
+/// SIGKILLs this process at once (the kill-point facility's end).
+#[cfg(feature = "kill-points")]
+pub(crate) fn kill_self() -> ! {
+    // SAFETY: no preconditions; SIGKILL cannot be caught, so kill does not
+    // return for the calling process.
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGKILL);
+        libc::_exit(137)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,16 +257,5 @@ mod tests {
         assert_eq!(current_pid(), me);
         assert_eq!(ATFORK.load(Ordering::SeqCst), ATFORK_DONE);
         assert_eq!(PID.load(Ordering::SeqCst), me);
-    }
-}
-
-/// SIGKILLs this process at once (the kill-point facility's end).
-#[cfg(feature = "kill-points")]
-pub(crate) fn kill_self() -> ! {
-    // SAFETY: no preconditions; SIGKILL cannot be caught, so kill does not
-    // return for the calling process.
-    unsafe {
-        libc::kill(libc::getpid(), libc::SIGKILL);
-        libc::_exit(137)
     }
 }

@@ -23,6 +23,13 @@ pub enum FreeError {
     /// The pointer is to the chunks of a small-class page that hold the
     /// page's own bitmap (nginx accepts this silently and corrupts the page).
     BitmapArea,
+    /// The pool is fenced: inconsistent after a dead worker's recovery,
+    /// so nothing is freed until it is re-initialised
+    /// ([`Pool::reinit`](super::Pool::reinit)).
+    Fenced,
+    /// Called inside a locked section whose undo journal has no room left
+    /// for a free: unlock (commit) first.
+    JournalFull,
 }
 
 impl fmt::Display for FreeError {
@@ -34,6 +41,8 @@ impl fmt::Display for FreeError {
             FreeError::PageAlreadyFree => "page is already free",
             FreeError::WrongPage => "pointer to wrong page",
             FreeError::BitmapArea => "pointer to the page's own bitmap",
+            FreeError::Fenced => "the zone is fenced (inconsistent after a recovery)",
+            FreeError::JournalFull => "the section's undo journal is full",
         })
     }
 }

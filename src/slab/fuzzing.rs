@@ -276,3 +276,40 @@ pub fn layout_snapshot(pool: &Pool) -> Vec<u8> {
     v.extend_from_slice(&st.run_pages.to_le_bytes());
     v
 }
+
+/// Every byte of a pool's allocation state: the whole allocator state
+/// (lists, kept pages, every counter), every descriptor, and the bitmap
+/// words of every small-class page. Two pools in the same state, byte for
+/// byte, give equal snapshots (the kill-point tests compare them). Takes
+/// the lock (so a dead holder's section is rolled back first).
+pub fn full_snapshot(pool: &Pool) -> Vec<u8> {
+    use super::layout::{CLASS, FIRST_DESC_BITMAP_CLASS};
+    let g = pool.lock();
+    let (st, d, pages) = g.view();
+    let mut v = Vec::new();
+    // SAFETY: `st` is a live, initialised State; viewing it as bytes.
+    let st_bytes = unsafe {
+        std::slice::from_raw_parts(
+            (st as *const super::layout::State).cast::<u8>(),
+            size_of_val(st),
+        )
+    };
+    v.extend_from_slice(st_bytes);
+    for (i, q) in d.iter().enumerate() {
+        v.extend_from_slice(&q.slab.to_le_bytes());
+        v.extend_from_slice(&q.next.to_le_bytes());
+        v.extend_from_slice(&q.prev.0.to_le_bytes());
+        if let Some(c) = q.prev.class() {
+            if c < FIRST_DESC_BITMAP_CLASS {
+                for w in 0..(CLASS[c].chunks / 64) as usize {
+                    // SAFETY: page i is a small page of the pool; its first
+                    // words are its bitmap.
+                    let word = unsafe { *pages.add(i * SLAB_PAGE).cast::<u64>().add(w) };
+                    v.extend_from_slice(&word.to_le_bytes());
+                }
+            }
+        }
+    }
+    drop(g);
+    v
+}

@@ -9,34 +9,172 @@ use super::error::FreeError;
 use super::layout::{
     class_of, class_size, pages_for, Desc, State, MAX_CHUNK, NCLASSES, NIL, SLAB_PAGE,
 };
-use super::page::Core;
+use super::page::{Core, ALLOC_BUDGET, FREE_BUDGET, TRIM_BUDGET};
 use super::stats::PoolStats;
 use super::Pool;
+use crate::journal::{JournalFull, Rollback, MAX_RECORD};
 use crate::shmtx::ShmGuard;
 
-/// The pool lock, held; the allocator's `_locked` calls are its methods.
+/// The pool lock, held: a **crash-atomic section**. The allocator's
+/// `_locked` calls are its methods, and so are the calls that make the
+/// caller's own writes to shared memory crash-atomic.
+///
+/// Every write made through [`write`](Self::write) (or after
+/// [`save`](Self::save)) and every `_locked` allocation or free is
+/// recorded in the zone's undo journal; dropping the guard commits them
+/// all with one store. If this process dies before that (SIGKILL at any
+/// instruction), the next process to take the lock undoes the whole
+/// section: the zone is exactly as it was before the lock was taken.
+/// Memory allocated in the section needs no recording (its allocation is
+/// undone, so its bytes no longer matter); memory that was live before the
+/// section must be changed only through the guard.
+///
+/// ```
+/// # let zones = shmzone::Zones::builder().zone("z", 64 << 10).build()?;
+/// let zone = zones.get("z").unwrap();
+/// let counters = zone.alloc_value([0u64; 2]).unwrap().as_ptr();
+/// {
+///     let g = zone.lock();
+///     // Both or neither, whatever happens to this process.
+///     // SAFETY: `counters` is a live [u64; 2] inside the zone.
+///     unsafe {
+///         g.write(&mut (*counters)[0], 1)?;
+///         g.write(&mut (*counters)[1], 1)?;
+///     }
+/// } // committed here
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 ///
 /// The guard is not `Sync`: its `_locked` calls take `&self`, and must not
 /// run in two threads at once.
 pub struct PoolGuard<'a> {
     pool: &'a Pool,
     guard: ShmGuard<'a>,
+    rolled: Option<Rollback>,
     _not_sync: PhantomData<Cell<()>>,
 }
 
+impl Drop for PoolGuard<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        // Commit only if this process still holds the lock (a guard
+        // inherited across fork, or one whose lock was force-unlocked,
+        // must not touch another holder's journal). The lock is released
+        // after this, by the ShmGuard field.
+        if self.guard.mutex().holder() == Some(crate::os::process::current_pid()) {
+            self.pool.journal.commit();
+        }
+    }
+}
+
 impl<'a> PoolGuard<'a> {
-    pub(super) fn new(pool: &'a Pool, guard: ShmGuard<'a>) -> PoolGuard<'a> {
+    pub(super) fn new(
+        pool: &'a Pool,
+        guard: ShmGuard<'a>,
+        rolled: Option<Rollback>,
+    ) -> PoolGuard<'a> {
         PoolGuard {
             pool,
             guard,
+            rolled,
             _not_sync: PhantomData,
         }
     }
 
     /// The pid of a holder that died holding the lock, if this guard took
-    /// it over (see [`ShmGuard::recovered_from`]).
+    /// it over (see [`ShmGuard::recovered_from`]). Its open section, if
+    /// any, was rolled back before this guard was handed out
+    /// ([`rolled_back`](Self::rolled_back) says what was undone).
     pub fn recovered_from(&self) -> Option<u32> {
         self.guard.recovered_from()
+    }
+
+    /// What taking this lock undid: the open section of a holder that
+    /// died, rolled back as a whole. `None` if there was none.
+    pub fn rolled_back(&self) -> Option<Rollback> {
+        self.rolled
+    }
+
+    /// Records the `len` bytes at `dst` as they are now in the section's
+    /// undo journal; the caller may then write them directly. Records
+    /// longer than the journal takes in one go are split.
+    ///
+    /// # Safety
+    /// `dst..dst+len` is readable memory inside this pool that only holders
+    /// of this lock write.
+    ///
+    /// # Errors
+    /// [`JournalFull`] if the journal has no room for it (nothing was
+    /// recorded, or only a prefix of a split record, which is harmless:
+    /// do not write the bytes).
+    pub unsafe fn save(&self, dst: *const u8, len: usize) -> Result<(), JournalFull> {
+        let mut at = 0;
+        while at < len {
+            let n = (len - at).min(MAX_RECORD);
+            // SAFETY: the caller's promise; `at + n <= len`.
+            unsafe { self.pool.journal.record(dst.add(at), n) }?;
+            at += n;
+        }
+        Ok(())
+    }
+
+    /// Writes `value` at `dst` crash-atomically: records the old bytes,
+    /// then writes (see the type's docs).
+    ///
+    /// # Safety
+    /// `dst` is valid for writes of a `T`, aligned, inside this pool, and
+    /// only written by holders of this lock.
+    ///
+    /// # Errors
+    /// [`JournalFull`]: nothing was written.
+    #[inline]
+    pub unsafe fn write<T: Copy>(&self, dst: *mut T, value: T) -> Result<(), JournalFull> {
+        // SAFETY: the caller's promise.
+        unsafe {
+            self.save(dst.cast(), size_of::<T>())?;
+            dst.write(value);
+        }
+        Ok(())
+    }
+
+    /// Copies `src` to `dst` crash-atomically (as [`write`](Self::write)).
+    ///
+    /// # Safety
+    /// As [`write`](Self::write), for `src.len()` bytes.
+    ///
+    /// # Errors
+    /// [`JournalFull`]: nothing was written.
+    pub unsafe fn write_bytes(&self, dst: *mut u8, src: &[u8]) -> Result<(), JournalFull> {
+        // SAFETY: the caller's promise.
+        unsafe {
+            self.save(dst, src.len())?;
+            std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len());
+        }
+        Ok(())
+    }
+
+    /// Bytes left in this section's undo journal. Each allocator call
+    /// needs room for its worst case: about 1.3 KiB for an allocation,
+    /// 1 KiB for a free.
+    pub fn journal_room(&self) -> usize {
+        self.pool.journal.room()
+    }
+
+    /// Where the section is now, to undo back to with
+    /// [`rollback_to`](Self::rollback_to).
+    pub fn savepoint(&self) -> u32 {
+        self.pool.journal.savepoint()
+    }
+
+    /// Undoes everything the section did since `savepoint` (writes,
+    /// allocations and frees), newest first.
+    ///
+    /// # Safety
+    /// `savepoint` came from [`savepoint`](Self::savepoint) on this guard;
+    /// no pointer to memory allocated since then is used afterwards.
+    pub unsafe fn rollback_to(&self, savepoint: u32) -> Rollback {
+        // SAFETY: we hold the lock; the caller's promise on the savepoint.
+        unsafe { self.pool.journal.rollback_to(savepoint) }
     }
 
     /// The pool this guard locks.
@@ -61,6 +199,13 @@ impl<'a> PoolGuard<'a> {
 
     #[inline]
     pub(super) fn alloc_quiet(&self, size: usize) -> Option<NonNull<u8>> {
+        if self.pool.is_fenced() {
+            return None;
+        }
+        if !self.pool.journal.fits(ALLOC_BUDGET) {
+            self.pool.journal_short(ALLOC_BUDGET);
+            return None;
+        }
         let off = if size <= MAX_CHUNK {
             self.core().alloc_chunk(class_of(size), size)?
         } else {
@@ -99,6 +244,9 @@ impl<'a> PoolGuard<'a> {
     /// See [`FreeError`].
     pub unsafe fn free_locked(&self, p: *mut u8) -> Result<(), FreeError> {
         let r = match self.pool.locate(p) {
+            Ok(_) if self.pool.is_fenced() || !self.pool.journal.fits(FREE_BUDGET) => {
+                Err(self.pool.refused_free())
+            }
             Ok((idx, off)) => self.core().free_at(idx, off),
             Err(e) => Err(e),
         };
@@ -111,7 +259,9 @@ impl<'a> PoolGuard<'a> {
     /// [`Pool::largest_alloc`] with the lock already held.
     pub fn largest_alloc_locked(&self) -> usize {
         let mut core = self.core();
-        core.trim();
+        if !self.pool.is_fenced() && core.fits(TRIM_BUDGET) {
+            core.trim();
+        }
         let run = core.largest_run();
         if run > 0 {
             return run * SLAB_PAGE;

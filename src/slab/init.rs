@@ -5,10 +5,11 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use super::error::PoolError;
 use super::layout::{
-    geometry, ClassState, Desc, Header, Link, State, MAGIC, NAME_MAX, NCLASSES, NIL, SLAB_PAGE,
-    VERSION,
+    geometry, ClassState, Desc, Geometry, Header, Link, State, JOURNAL_OFF, MAGIC, NAME_MAX,
+    NCLASSES, NIL, SLAB_PAGE, VERSION,
 };
 use super::Pool;
+use crate::journal::{Journal, JournalHeader};
 use crate::shmtx::ShmMutex;
 
 impl Pool {
@@ -27,6 +28,37 @@ impl Pool {
         Ok(len)
     }
 
+    /// The handle on a pool whose header is in place.
+    ///
+    /// # Safety
+    /// `base..base+len` holds a pool of geometry `g` (validated), and the
+    /// `jscope` bytes before `base` are writable memory guarded by the
+    /// same lock.
+    unsafe fn handle(base: NonNull<u8>, len: usize, g: &Geometry, jscope: usize) -> Pool {
+        let h = base.as_ptr().cast::<Header>();
+        // SAFETY: the header and the record area are inside the pool
+        // (geometry); the span covers the jscope bytes before it and the
+        // pool, all guarded by the pool lock (caller).
+        let journal = unsafe {
+            Journal::new(
+                addr_of!((*h).journal),
+                base.as_ptr().add(JOURNAL_OFF).cast::<u64>(),
+                g.jwords as u32,
+                base.as_ptr(),
+                jscope,
+                len,
+            )
+        };
+        Pool {
+            base,
+            len,
+            npages: g.npages as u32,
+            start_off: g.start_off,
+            desc_off: g.desc_off,
+            journal,
+        }
+    }
+
     /// Formats a fresh pool over `base..base+len`.
     ///
     /// `len` is truncated to whole [`SLAB_PAGE`]s. `name` (at most
@@ -43,6 +75,23 @@ impl Pool {
     /// [`PoolError::Misaligned`] if `base` is not `SLAB_PAGE`-aligned,
     /// [`PoolError::TooSmall`] below [`Pool::MIN_SIZE`].
     pub unsafe fn init(base: NonNull<u8>, len: usize, name: &str) -> Result<Pool, PoolError> {
+        // SAFETY: passed on, with no bytes before `base`.
+        unsafe { Pool::init_scoped(base, len, name, 0) }
+    }
+
+    /// As [`Pool::init`], with a journal whose records may also name the
+    /// `jscope` bytes before `base` (the zone layer keeps its directory
+    /// there, under the region pool's lock).
+    ///
+    /// # Safety
+    /// As [`Pool::init`]; and `base - jscope..base` is writable memory that
+    /// only holders of this pool's lock write.
+    pub(crate) unsafe fn init_scoped(
+        base: NonNull<u8>,
+        len: usize,
+        name: &str,
+        jscope: u32,
+    ) -> Result<Pool, PoolError> {
         let len = Pool::validate_range(base, len)?;
         let g = geometry(len).ok_or(PoolError::TooSmall {
             len,
@@ -66,7 +115,10 @@ impl Pool {
             log_nomem: AtomicU32::new(1),
             name_len: cut as u32,
             name: name_buf,
+            jscope,
+            _pad: 0,
             lock: ShmMutex::new(),
+            journal: JournalHeader::new(g.jwords as u32),
             state: State {
                 classes: [ClassState::EMPTY; NCLASSES],
                 free_head: 0,
@@ -101,12 +153,8 @@ impl Pool {
                 });
             }
         }
-        Ok(Pool {
-            base,
-            len,
-            npages,
-            start_off: g.start_off,
-        })
+        // SAFETY: formatted just above; the caller vouches for the scope.
+        Ok(unsafe { Pool::handle(base, len, &g, jscope as usize) })
     }
 
     /// A handle on a pool that [`Pool::init`] already formatted at `base`
@@ -136,6 +184,20 @@ impl Pool {
     /// As [`Pool::init`], plus [`PoolError::BadHeader`] naming what does
     /// not match.
     pub unsafe fn attach(base: NonNull<u8>, len: usize) -> Result<Pool, PoolError> {
+        // SAFETY: passed on; a zone's journal names nothing before it.
+        unsafe { Pool::attach_scoped(base, len, 0) }
+    }
+
+    /// As [`Pool::attach`], for a pool made by [`Pool::init_scoped`] with
+    /// this `jscope` (anything else recorded in the header is refused).
+    ///
+    /// # Safety
+    /// As [`Pool::attach`], and as [`Pool::init_scoped`] for the scope.
+    pub(crate) unsafe fn attach_scoped(
+        base: NonNull<u8>,
+        len: usize,
+        jscope: u32,
+    ) -> Result<Pool, PoolError> {
         let len = Pool::validate_range(base, len)?;
         let h = base.as_ptr().cast::<Header>();
         let bad = |s: String| Err(PoolError::BadHeader(s));
@@ -187,11 +249,26 @@ impl Pool {
         if root >= len as u64 {
             return bad(format!("root offset {root} outside the pool"));
         }
-        Ok(Pool {
-            base,
-            len,
-            npages,
-            start_off: g.start_off,
-        })
+        // SAFETY: inside the header, see above.
+        let (scope, jcap) = unsafe {
+            (
+                addr_of!((*h).jscope).read(),
+                (*addr_of!((*h).journal)).cap(),
+            )
+        };
+        if scope != jscope {
+            return bad(format!(
+                "journal scope {scope} bytes before the pool, expected {jscope}"
+            ));
+        }
+        if jcap as usize != g.jwords {
+            return bad(format!(
+                "journal of {jcap} words, expected {} for this size",
+                g.jwords
+            ));
+        }
+        // SAFETY: the header matches a pool of geometry `g`; the scope was
+        // checked against what the caller vouches for.
+        Ok(unsafe { Pool::handle(base, len, &g, jscope as usize) })
     }
 }

@@ -2,7 +2,10 @@
 //! descriptors, and the size-class tables.
 //!
 //! ```text
-//! base ─► Header (832 B: identity, name, the lock and each class on lines of their own)
+//! base ─► Header (896 B: identity, name, the lock, the journal header and
+//!                 each class on lines of their own)
+//!         journal records (journal_words(len) × 8 B: the undo log of the
+//!                 section open under the lock, see crate::journal)
 //!         Desc[npages]   (16 B each, u32 links)
 //!         padding to a SLAB_PAGE boundary
 //! start ─► page 0, page 1, ... page npages-1 (SLAB_PAGE each)
@@ -16,6 +19,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 
 use static_assertions::{assert_eq_size, const_assert, const_assert_eq};
 
+use crate::journal::JournalHeader;
 use crate::shmtx::ShmMutex;
 
 /// The slab page size, fixed on every platform.
@@ -36,7 +40,7 @@ pub(crate) const FIRST_DESC_BITMAP_CLASS: usize = 3;
 /// "SHMZSLAB" read as a little-endian u64.
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"SHMZSLAB");
 /// Bumped whenever the layout below changes.
-pub(crate) const VERSION: u32 = 1;
+pub(crate) const VERSION: u32 = 2;
 /// The longest zone name kept in the header, in bytes.
 pub const NAME_MAX: usize = 63;
 
@@ -250,15 +254,17 @@ pub(crate) struct ClassState {
     /// An empty page the class keeps instead of freeing it (at most one),
     /// or NIL. Given back when a page run cannot be found.
     pub cached: u32,
-    /// Usable chunks in the class's pages.
-    pub total: u64,
-    /// Chunks in use.
+    /// Chunks in use. `used`, `reqs` and `bytes_requested` are adjacent:
+    /// an allocation's journal record saves the three in one.
     pub used: u64,
-    /// Allocation requests, and those that failed.
+    /// Allocation requests.
     pub reqs: u64,
-    pub fails: u64,
     /// Sum of the sizes asked for by successful allocations.
     pub bytes_requested: u64,
+    /// Usable chunks in the class's pages.
+    pub total: u64,
+    /// Allocation requests that failed.
+    pub fails: u64,
     pub _pad: [u64; 2],
 }
 
@@ -315,27 +321,57 @@ pub(crate) struct Header {
     pub log_nomem: AtomicU32,
     pub name_len: u32,
     pub name: [u8; 64],
+    /// How many bytes before `base` the journal's records may name (the
+    /// region pool's journal also guards the region header); 0 for zones.
+    pub jscope: u32,
+    pub _pad: u32,
     /// On its own cache line, away from the hot state.
     pub lock: ShmMutex,
+    /// The undo journal of the section open under `lock`.
+    pub journal: JournalHeader,
     pub state: State,
 }
 
-assert_eq_size!(Header, [u8; 832]);
+assert_eq_size!(Header, [u8; 896]);
 const_assert_eq!(std::mem::align_of::<Header>(), 64);
 const_assert_eq!(std::mem::offset_of!(Header, lock), 128);
+const_assert_eq!(std::mem::offset_of!(Header, journal), 192);
 const_assert!(std::mem::size_of::<Header>() % std::mem::align_of::<Desc>() == 0);
+
+/// The journal's record area for a pool of `len` bytes, in 8-byte words:
+/// `len / 128` bytes, at least 8 KiB (any one allocator operation fits,
+/// with room for the caller's own records), at most 32 KiB.
+pub(crate) const fn journal_words(len: usize) -> usize {
+    let bytes = len / 128;
+    let bytes = if bytes < JOURNAL_MIN {
+        JOURNAL_MIN
+    } else if bytes > JOURNAL_MAX {
+        JOURNAL_MAX
+    } else {
+        bytes
+    };
+    bytes / 8
+}
+/// The smallest and largest journal record area, in bytes.
+pub(crate) const JOURNAL_MIN: usize = 8 << 10;
+pub(crate) const JOURNAL_MAX: usize = 32 << 10;
 
 /// Where everything sits in a pool of `len` bytes (already whole pages).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Geometry {
     pub npages: usize,
+    pub jwords: usize,
     pub desc_off: usize,
     pub start_off: usize,
 }
 
+/// Where the journal's records start.
+pub(crate) const JOURNAL_OFF: usize = std::mem::size_of::<Header>();
+
 /// The layout of a pool of `len` bytes, or None if it holds no page.
 pub(crate) fn geometry(len: usize) -> Option<Geometry> {
-    let hdr = std::mem::size_of::<Header>();
+    let jwords = journal_words(len);
+    let hdr = JOURNAL_OFF + jwords * 8;
     let per_page = SLAB_PAGE + std::mem::size_of::<Desc>();
     let mut npages = len.checked_sub(hdr)? / per_page;
     npages = npages.min(MAX_PAGES);
@@ -348,6 +384,7 @@ pub(crate) fn geometry(len: usize) -> Option<Geometry> {
         if start_off + npages * SLAB_PAGE <= len {
             return Some(Geometry {
                 npages,
+                jwords,
                 desc_off: hdr,
                 start_off,
             });
@@ -382,7 +419,8 @@ mod tests {
         // nginx: 16288 usable pages.
         assert!(g.npages >= 16288, "{g:?}");
         assert_eq!(g.start_off % SLAB_PAGE, 0);
-        assert_eq!(geometry(8 * SLAB_PAGE).unwrap().npages, 7);
+        // The header, an 8 KiB journal and the descriptors take 3 pages.
+        assert_eq!(geometry(8 * SLAB_PAGE).unwrap().npages, 5);
         assert!(geometry(SLAB_PAGE).is_none());
     }
 

@@ -55,8 +55,9 @@ pub use stats::{ClassStats, PoolStats};
 
 use layout::{class_of, pages_for, Desc, Header, State};
 
+use crate::journal::{Journal, JournalStats, Rollback};
 use crate::shmtx::{ShmGuard, ShmMutex};
-use page::Core;
+use page::{Core, ALLOC_BUDGET, FREE_BUDGET, TRIM_BUDGET};
 
 /// A per-process handle on a slab pool in (shared) memory.
 ///
@@ -68,6 +69,9 @@ pub struct Pool {
     len: usize,
     npages: u32,
     start_off: usize,
+    desc_off: usize,
+    /// The undo journal of the pool lock's sections.
+    journal: Journal,
 }
 
 // SAFETY: a Pool is an address range plus constants read at init/attach;
@@ -143,34 +147,145 @@ impl Pool {
     /// ```
     #[inline]
     pub fn lock(&self) -> PoolGuard<'_> {
-        PoolGuard::new(self, self.lock_raw())
-    }
-
-    /// Takes the lock without wrapping it in a `PoolGuard` (the hot paths
-    /// keep everything in registers this way).
-    #[inline]
-    fn lock_raw(&self) -> ShmGuard<'_> {
         let g = self.mutex().lock();
-        if let Some(pid) = g.recovered_from() {
-            self.recovered(pid);
-        }
-        g
+        let rolled = if g.recovered_from().is_some() || self.journal.needs_attention() {
+            self.attention(g.recovered_from()).0
+        } else {
+            None
+        };
+        PoolGuard::new(self, g, rolled)
     }
 
-    /// The previous holder died holding the lock: say so, and check the
-    /// pool (under the lock just taken).
+    /// Takes the lock for one allocator operation needing `budget` journal
+    /// words: `None` if the pool is fenced (see [`Pool::is_fenced`]) or the
+    /// journal is short of room (only inside a long user section).
+    #[inline(always)]
+    fn lock_op(&self, budget: u32) -> Option<ShmGuard<'_>> {
+        let g = self.mutex().lock();
+        // A healthy pool has no open section when its lock is taken, so
+        // any operation's budget fits (journals hold at least 1024 words).
+        if g.recovered_from().is_some() || self.journal.needs_attention() {
+            return self.lock_op_slow(g, budget);
+        }
+        Some(g)
+    }
+
     #[cold]
     #[inline(never)]
-    fn recovered(&self, pid: u32) {
-        log::warn!(
-            "slab pool lock taken over from dead process {pid} in zone \"{}\"; checking the pool",
-            self.name()
-        );
-        // SAFETY: called by lock_raw with the lock held.
-        let (st, d, pages) = unsafe { self.view() };
-        if let Err(e) = check::check(st, d, pages) {
-            log::error!("{e} in zone \"{}\"", self.name());
+    fn lock_op_slow<'a>(&'a self, g: ShmGuard<'a>, budget: u32) -> Option<ShmGuard<'a>> {
+        if !self.attention(g.recovered_from()).1 {
+            return None;
         }
+        if !self.journal.fits(budget) {
+            self.journal_short(budget);
+            return None;
+        }
+        Some(g)
+    }
+
+    /// Taken with the lock held, when the previous holder died or the
+    /// journal holds an open section (a holder died without the lock
+    /// telling, e.g. after a raw [`ShmMutex`] takeover) or the pool is
+    /// fenced: roll the dead holder's section back, check the pool, repair
+    /// counters if only they are off, and fence the pool if it is still
+    /// broken. Returns the rollback and whether the pool is usable.
+    #[cold]
+    #[inline(never)]
+    fn attention(&self, dead: Option<u32>) -> (Option<Rollback>, bool) {
+        let pid = dead.unwrap_or(0);
+        // SAFETY: called with the lock held (by lock/lock_op), taken over
+        // from the dead holder whose section is open.
+        let rolled = unsafe { self.journal.rollback(pid) };
+        if dead.is_none() && rolled.is_none() {
+            // Only the fence: nothing new to look at.
+            return (None, !self.journal.is_fenced());
+        }
+        match (dead, &rolled) {
+            (Some(pid), Some(r)) => log::warn!(
+                "zone \"{}\": lock taken over from dead process {pid}; its open section \
+                 rolled back ({} records, {} bytes)",
+                self.name(),
+                r.records,
+                r.bytes
+            ),
+            (Some(pid), None) => log::warn!(
+                "zone \"{}\": lock taken over from dead process {pid}; no section was open",
+                self.name()
+            ),
+            (None, _) => log::warn!(
+                "zone \"{}\": an open section of a dead holder rolled back",
+                self.name()
+            ),
+        }
+        (rolled, self.check_after_recovery())
+    }
+
+    /// Checks the pool (lock held); recomputes the counters if only they
+    /// are wrong; fences the pool if it is still broken. Whether usable.
+    fn check_after_recovery(&self) -> bool {
+        // SAFETY: the caller holds the lock.
+        let (st, d, pages) = unsafe { self.view() };
+        let Err(e) = check::check(st, d, pages) else {
+            return !self.journal.is_fenced();
+        };
+        // SAFETY: the caller holds the lock; no view borrow is alive.
+        let repaired = unsafe { self.core() }.recount(&self.journal);
+        // SAFETY: as above.
+        let (st, d, pages) = unsafe { self.view() };
+        match check::check(st, d, pages) {
+            Ok(()) => {
+                self.journal.commit();
+                log::warn!(
+                    "zone \"{}\": {e}; counters recomputed ({repaired} fixed), pool consistent",
+                    self.name()
+                );
+                !self.journal.is_fenced()
+            }
+            Err(e2) => {
+                // SAFETY: lock held; undo the recount too, the state stays as found.
+                unsafe { self.journal.rollback_to(0) };
+                self.journal.set_fenced(true);
+                log::error!(
+                    "zone \"{}\" is FENCED: {e2} after recovery; allocations fail until \
+                     the zone is re-initialised (Zone::reinit)",
+                    self.name()
+                );
+                false
+            }
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn journal_short(&self, budget: u32) {
+        log::error!(
+            "zone \"{}\": the open section's journal has {} bytes left, an allocator call \
+             needs {}: unlock (commit) before more calls",
+            self.name(),
+            self.journal.room(),
+            budget as usize * 8
+        );
+    }
+
+    /// Whether the pool is fenced: a check after a dead holder's rollback
+    /// still failed, so allocations return `None` and frees are refused
+    /// until [`Pool::reinit`].
+    pub fn is_fenced(&self) -> bool {
+        self.journal.is_fenced()
+    }
+
+    /// The journal's counters (rollbacks, capacity, fence).
+    pub fn journal_stats(&self) -> JournalStats {
+        self.journal.stats()
+    }
+
+    /// Rollbacks of dead holders' sections begun so far. The counter is
+    /// bumped before a rollback restores any byte, so a reader that reads
+    /// shared data without the lock (a seqlock) and sees the same value
+    /// before and after knows no rollback changed the data meanwhile.
+    #[inline]
+    pub fn rollbacks(&self) -> u64 {
+        self.journal.rollbacks()
     }
 
     /// The allocator state and descriptors, borrowed mutably.
@@ -189,10 +304,12 @@ impl Pool {
             Core {
                 st: &mut *addr_of_mut!((*self.hdr()).state),
                 d: std::slice::from_raw_parts_mut(
-                    self.base.as_ptr().add(size_of::<Header>()).cast::<Desc>(),
+                    self.base.as_ptr().add(self.desc_off).cast::<Desc>(),
                     self.npages as usize,
                 ),
                 pages: self.base.as_ptr().add(self.start_off),
+                j: &self.journal,
+                jat: std::cell::Cell::new(self.journal.used()),
             }
         }
     }
@@ -208,7 +325,7 @@ impl Pool {
             (
                 &*addr_of!((*self.hdr()).state),
                 std::slice::from_raw_parts(
-                    self.base.as_ptr().add(size_of::<Header>()).cast::<Desc>(),
+                    self.base.as_ptr().add(self.desc_off).cast::<Desc>(),
                     self.npages as usize,
                 ),
                 self.base.as_ptr().add(self.start_off),
@@ -240,9 +357,10 @@ impl Pool {
         let r = if size <= MAX_CHUNK {
             // The class is computed before the lock is taken.
             let c = class_of(size);
-            let g = self.lock_raw();
+            let g = self.lock_op(ALLOC_BUDGET)?;
             // SAFETY: `g` holds the lock until after this borrow ends.
             let off = unsafe { self.core() }.alloc_chunk(c, size);
+            self.journal.commit();
             drop(g);
             off.map(|off| self.data_ptr(off))
         } else {
@@ -257,9 +375,10 @@ impl Pool {
     #[inline(never)]
     fn alloc_large(&self, size: usize) -> Option<NonNull<u8>> {
         let n = pages_for(size);
-        let g = self.lock_raw();
+        let g = self.lock_op(ALLOC_BUDGET)?;
         // SAFETY: `g` holds the lock until after this borrow ends.
         let off = unsafe { self.core() }.alloc_run_checked(n, size, self.npages as usize);
+        self.journal.commit();
         drop(g);
         off.map(|off| self.data_ptr(off))
     }
@@ -321,13 +440,16 @@ impl Pool {
     #[inline]
     pub unsafe fn free(&self, p: *mut u8) -> Result<(), FreeError> {
         let r = match self.locate(p) {
-            Ok((idx, off)) => {
-                let g = self.lock_raw();
-                // SAFETY: `g` holds the lock until after this borrow ends.
-                let r = unsafe { self.core() }.free_at(idx, off);
-                drop(g);
-                r
-            }
+            Ok((idx, off)) => match self.lock_op(FREE_BUDGET) {
+                Some(g) => {
+                    // SAFETY: `g` holds the lock until after this borrow ends.
+                    let r = unsafe { self.core() }.free_at(idx, off);
+                    self.journal.commit();
+                    drop(g);
+                    r
+                }
+                None => Err(self.refused_free()),
+            },
             Err(e) => Err(e),
         };
         if let Err(e) = r {
@@ -454,11 +576,53 @@ impl Pool {
     /// free pages coalesce; after everything was freed, the pool is then in
     /// its freshly formatted state.
     pub fn trim(&self) {
-        self.lock().core().trim();
+        let g = self.lock();
+        if !g.pool().is_fenced() && self.journal.fits(TRIM_BUDGET) {
+            g.core().trim();
+        }
+    }
+
+    /// Why a free could not even be tried: the pool is fenced, or the
+    /// journal of the open section is short of room.
+    #[cold]
+    fn refused_free(&self) -> FreeError {
+        if self.journal.is_fenced() {
+            FreeError::Fenced
+        } else {
+            FreeError::JournalFull
+        }
+    }
+
+    /// Re-initialises a pool in place: every allocation in it is
+    /// forgotten, the pool is empty, its root is 0 and the fence (if any)
+    /// is lifted. Name, size, lock and the journal's counters stay. For
+    /// the master, to bring a fenced zone back once no process uses its
+    /// old contents. The pool is fenced while it is rewritten, so a death
+    /// half-way leaves it fenced, and calling `reinit` again finishes it.
+    pub fn reinit(&self) {
+        let g = self.lock();
+        self.journal.discard();
+        self.journal.set_fenced(true);
+        // SAFETY: `g` holds the lock until after this borrow ends.
+        unsafe { self.core() }.reformat();
+        self.set_root(0);
+        self.journal.set_fenced(false);
+        log::warn!("zone \"{}\" re-initialised: empty", self.name());
+        drop(g);
     }
 
     #[cold]
     fn log_nomem(&self, size: usize) {
+        if self.journal.is_fenced() {
+            if self.journal.first_fence_report() {
+                log::error!(
+                    "slab alloc({size}) refused: zone \"{}\" is fenced (inconsistent after a \
+                     dead worker's recovery); re-initialise it with Zone::reinit",
+                    self.name()
+                );
+            }
+            return;
+        }
         // SAFETY: an atomic in the header.
         if unsafe { &*addr_of!((*self.hdr()).log_nomem) }.load(Ordering::Relaxed) != 0 {
             log::error!(

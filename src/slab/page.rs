@@ -1,10 +1,26 @@
 //! The allocator proper: size-class pages and page runs, all under the
 //! pool lock. Nothing here allocates, logs or panics on valid state.
+//!
+//! Every write to the state, the descriptors or a page's bitmap is first
+//! recorded in the pool's undo journal (`crate::journal`), so that a holder
+//! killed half-way through an operation is rolled back as a whole by the
+//! next one. Each public operation first checks that its worst case fits in
+//! what is left of the journal (the `*_BUDGET` constants, in words) and
+//! fails cleanly if not, so no record is ever refused half-way.
 
 use super::error::FreeError;
 use super::layout::{
-    Desc, Link, State, CLASS, FIRST_DESC_BITMAP_CLASS, MIN_SHIFT, NIL, PAGE_SHIFT, SLAB_PAGE,
+    ClassState, Desc, Header, Link, State, CLASS, FIRST_DESC_BITMAP_CLASS, JOURNAL_OFF, MIN_SHIFT,
+    NCLASSES, NIL, PAGE_SHIFT, SLAB_PAGE,
 };
+use crate::journal::{record_words, Journal, JournalHeader};
+
+/// Journal words one chunk or run allocation may need, trimming aside.
+pub(crate) const ALLOC_BUDGET: u32 = 160;
+/// Journal words one free may need.
+pub(crate) const FREE_BUDGET: u32 = 128;
+/// Journal words giving back every class's kept page may need.
+pub(crate) const TRIM_BUDGET: u32 = NCLASSES as u32 * 80;
 
 /// The pool's state and descriptors, borrowed exclusively: only built by a
 /// holder of the pool lock.
@@ -13,42 +29,142 @@ pub(crate) struct Core<'a> {
     pub d: &'a mut [Desc],
     /// The first data page, in this process.
     pub pages: *mut u8,
+    /// The pool's undo journal (its records start at the pool's base,
+    /// `offset_of!(Header, state)` before `st`).
+    pub j: &'a Journal,
+    /// The journal's `used`, read once when the Core is made.
+    pub jat: std::cell::Cell<u32>,
 }
 
-/// Removes page `i` from the doubly linked list starting at `*head`.
-#[inline]
-fn unlink(head: &mut u32, d: &mut [Desc], i: u32) {
-    let prev = d[i as usize].prev.idx();
-    let next = d[i as usize].next;
-    if prev == NIL {
-        *head = next;
-    } else {
-        d[prev as usize].next = next;
-    }
-    if next != NIL {
-        let n = &mut d[next as usize];
-        n.prev = n.prev.with_idx(prev);
-    }
-    let me = &mut d[i as usize];
-    me.next = NIL;
-    me.prev = me.prev.with_idx(NIL);
-}
-
-/// Pushes page `i` at the front of the list starting at `*head`.
-#[inline]
-fn push(head: &mut u32, d: &mut [Desc], i: u32) {
-    let old = *head;
-    if old != NIL {
-        let o = &mut d[old as usize];
-        o.prev = o.prev.with_idx(i);
-    }
-    let me = &mut d[i as usize];
-    me.next = old;
-    me.prev = me.prev.with_idx(NIL);
-    *head = i;
-}
+/// Where the state sits from the pool's base.
+const STATE_OFF: usize = std::mem::offset_of!(Header, state);
+const JHDR_OFF: usize = std::mem::offset_of!(Header, journal);
 
 impl Core<'_> {
+    /// Records `n` bytes at `p` in the journal. The operation's budget was
+    /// checked on entry, so this fits; if a budget is wrong the section is
+    /// counted as an overflow (and is not crash-atomic) rather than stopped
+    /// half-way.
+    #[inline(always)]
+    fn save<const W: usize>(&self, p: *const u64) {
+        let mut at = self.jat.get();
+        // The pool's base, header and journal records, from the state's
+        // place (fixed offsets): cheaper than carrying a handle.
+        let base = (self.st as *const State)
+            .cast::<u8>()
+            .wrapping_sub(STATE_OFF);
+        // SAFETY: the journal header is at JHDR_OFF of the pool header.
+        let hdr = unsafe { &*base.wrapping_add(JHDR_OFF).cast::<JournalHeader>() };
+        let recs = base.wrapping_add(JOURNAL_OFF).cast::<u64>().cast_mut();
+        // SAFETY: we hold the lock (Core exists only under it); `p` points
+        // to W aligned words in the pool's header, descriptors or pages
+        // (all in the journal's range); `jat` is the journal's `used`.
+        if unsafe { record_words::<W>(hdr, recs, base, &mut at, p) } {
+            self.jat.set(at);
+        } else {
+            self.j.overflowed();
+        }
+    }
+
+    #[inline(always)]
+    fn save_desc(&self, i: u32) {
+        if let Some(q) = self.d.get(i as usize) {
+            self.save::<2>((q as *const Desc).cast());
+        }
+    }
+
+    /// The class's list head, kept page, counters: 48 bytes.
+    #[inline(always)]
+    fn save_class(&self, c: usize) {
+        const _: () = assert!(std::mem::offset_of!(ClassState, _pad) == 48);
+        self.save::<6>((&self.st.classes[c] as *const ClassState).cast());
+    }
+
+    /// The pool-wide words after the classes: free list head, page counts,
+    /// run counters (48 bytes).
+    #[inline(always)]
+    fn save_pool(&self) {
+        const _: () = assert!(
+            std::mem::offset_of!(State, run_bytes) + 8 - std::mem::offset_of!(State, free_head)
+                == 48
+        );
+        self.save::<6>((&self.st.free_head as *const u32).cast());
+    }
+
+    /// Records a fill (see `Journal::record_fill`) of `count` descriptors
+    /// from `first`, all equal to `q` now.
+    fn save_fill(&self, first: u32, count: usize, q: Desc) {
+        let pattern = [q.slab, (q.next as u64) | ((q.prev.0 as u64) << 32)];
+        let Some(at) = self.d.get(first as usize) else {
+            return;
+        };
+        // SAFETY: we hold the lock; `count` descriptors from `first` are in
+        // the pool (the callers' run lengths were checked).
+        if unsafe {
+            self.j
+                .record_fill((at as *const Desc).cast(), count, &pattern)
+        }
+        .is_err()
+        {
+            self.j.overflowed();
+        }
+        self.jat.set(self.j.used());
+    }
+
+    /// Whether `words` more journal words fit.
+    #[inline(always)]
+    pub fn fits(&self, words: u32) -> bool {
+        self.jat.get().saturating_add(words) <= self.j.cap()
+    }
+
+    /// Removes page `i` from the doubly linked list starting at `head`
+    /// (class `c`'s list, or the free runs' for `None`). The head word
+    /// itself was saved by the caller.
+    #[inline]
+    fn unlink(&mut self, c: Option<usize>, i: u32) {
+        let prev = self.d[i as usize].prev.idx();
+        let next = self.d[i as usize].next;
+        self.save_desc(i);
+        if prev == NIL {
+            *self.head_mut(c) = next;
+        } else {
+            self.save_desc(prev);
+            self.d[prev as usize].next = next;
+        }
+        if next != NIL {
+            self.save_desc(next);
+            let n = &mut self.d[next as usize];
+            n.prev = n.prev.with_idx(prev);
+        }
+        let me = &mut self.d[i as usize];
+        me.next = NIL;
+        me.prev = me.prev.with_idx(NIL);
+    }
+
+    /// Pushes page `i` at the front of the list (as `unlink`).
+    #[inline]
+    fn push(&mut self, c: Option<usize>, i: u32) {
+        let old = *self.head_mut(c);
+        if old != NIL {
+            self.save_desc(old);
+            let o = &mut self.d[old as usize];
+            o.prev = o.prev.with_idx(i);
+        }
+        self.save_desc(i);
+        let me = &mut self.d[i as usize];
+        me.next = old;
+        me.prev = me.prev.with_idx(NIL);
+        *self.head_mut(c) = i;
+    }
+
+    #[inline(always)]
+    fn head_mut(&mut self, c: Option<usize>) -> &mut u32 {
+        match c {
+            Some(c) => &mut self.st.classes[c].head,
+            None => &mut self.st.free_head,
+        }
+    }
+
     /// The in-page bitmap of small page `idx`.
     #[inline]
     fn small_bitmap(&self, idx: u32) -> *mut u64 {
@@ -58,17 +174,21 @@ impl Core<'_> {
             .cast::<u64>()
     }
 
-    /// A chunk of class `c`, as an offset from the first page.
+    /// A chunk of class `c`, as an offset from the first page. The caller
+    /// checked that [`ALLOC_BUDGET`] journal words fit.
     #[inline]
     pub fn alloc_chunk(&mut self, c: usize, size: usize) -> Option<usize> {
         let shift = MIN_SHIFT as usize + c;
         let pages = self.pages;
+        // used, reqs, bytes_requested: one record.
+        self.save::<3>(&self.st.classes[c].used);
         let cs = &mut self.st.classes[c];
         cs.reqs += 1;
         let head = cs.head;
         // NIL (like any index out of range) is past the descriptors' end.
-        let (idx, bit) = match self.d.get_mut(head as usize) {
+        let (idx, bit) = match self.d.get(head as usize) {
             Some(d) => {
+                let slab = d.slab;
                 let info = &CLASS[c];
                 let (bit, full) = if c < FIRST_DESC_BITMAP_CLASS {
                     let bm = pages.wrapping_add(head as usize * SLAB_PAGE).cast::<u64>();
@@ -80,24 +200,34 @@ impl Core<'_> {
                     while w < words && unsafe { *bm.add(w) } == u64::MAX {
                         w += 1;
                     }
-                    if w == words {
+                    if w == words || slab >= info.cap as u64 {
                         // A full page on the list: only a corrupt pool.
                         return self.alloc_chunk_slow(c, size);
                     }
                     // SAFETY: as above, w < words.
                     let word = unsafe { *bm.add(w) };
                     let b = (!word).trailing_zeros();
+                    self.save::<1>(bm.wrapping_add(w));
+                    self.save_desc(head);
                     // SAFETY: as above.
                     unsafe { *bm.add(w) = word | (1 << b) };
+                    let d = &mut self.d[head as usize];
                     d.slab += 1;
                     (w as u32 * 64 + b, d.slab == info.cap as u64)
                 } else {
-                    let b = (!d.slab).trailing_zeros();
+                    let b = (!slab).trailing_zeros();
+                    if b >= info.chunks {
+                        // A full page on the list: only a corrupt pool.
+                        return self.alloc_chunk_slow(c, size);
+                    }
+                    self.save_desc(head);
+                    let d = &mut self.d[head as usize];
                     d.slab |= 1 << b;
                     (b, d.slab == info.full)
                 };
                 if full {
-                    unlink(&mut self.st.classes[c].head, self.d, head);
+                    self.save_class(c);
+                    self.unlink(Some(c), head);
                 }
                 (head, bit)
             }
@@ -114,10 +244,14 @@ impl Core<'_> {
     #[cold]
     #[inline(never)]
     fn alloc_chunk_slow(&mut self, c: usize, size: usize) -> Option<usize> {
+        self.save_class(c);
         let head = self.st.classes[c].head;
-        unlink(&mut self.st.classes[c].head, self.d, head);
-        self.st.classes[c].reqs -= 1;
-        self.alloc_chunk(c, size)
+        self.unlink(Some(c), head);
+        let (idx, bit) = self.new_slab_page(c)?;
+        let cs = &mut self.st.classes[c];
+        cs.used += 1;
+        cs.bytes_requested += size as u64;
+        Some(((idx as usize) << PAGE_SHIFT) + ((bit as usize) << (MIN_SHIFT as usize + c)))
     }
 
     /// Takes a free page for class `c`, sets it up with its first chunk
@@ -125,6 +259,7 @@ impl Core<'_> {
     #[cold]
     #[inline(never)]
     fn new_slab_page(&mut self, c: usize) -> Option<(u32, u32)> {
+        self.save_class(c);
         let Some(idx) = self.alloc_pages_or_trim(1) else {
             self.st.classes[c].fails += 1;
             return None;
@@ -143,28 +278,31 @@ impl Core<'_> {
                     (1u64 << bits) - 1
                 };
                 // SAFETY: page `idx` was just taken from the free runs, so it
-                // is ours under the lock; `words` u64s fit in a page.
+                // is ours under the lock; `words` u64s fit in a page. A free
+                // page's bytes mean nothing: no journal record needed.
                 unsafe { *bm.add(w) = word };
             }
             (1, info.reserved)
         } else {
             (1, 0)
         };
+        // alloc_pages saved this descriptor already.
         self.d[idx as usize] = Desc {
             slab,
             next: NIL,
             prev: Link::slab(c, NIL),
         };
-        push(&mut self.st.classes[c].head, self.d, idx);
+        self.push(Some(c), idx);
         self.st.classes[c].total += info.cap as u64;
         Some((idx, bit))
     }
 
     /// A run of `n` pages (counted as a request, and as a failure if the
     /// pool has fewer than `n` pages at all), as an offset from the first
-    /// page.
+    /// page. The caller checked that [`ALLOC_BUDGET`] journal words fit.
     #[inline]
     pub fn alloc_run_checked(&mut self, n: usize, size: usize, npages: usize) -> Option<usize> {
+        self.save_pool();
         if n > npages {
             self.st.page_reqs += 1;
             self.st.page_fails += 1;
@@ -214,7 +352,9 @@ impl Core<'_> {
     #[cold]
     #[inline(never)]
     fn alloc_pages_after_trim(&mut self, n: usize) -> Option<u32> {
-        if self.trim() {
+        // Trimming needs journal room of its own; without it the request
+        // fails as if there were no room (the caller logs no memory).
+        if self.fits(TRIM_BUDGET + ALLOC_BUDGET / 2) && self.trim() {
             self.alloc_pages(n)
         } else {
             None
@@ -222,32 +362,43 @@ impl Core<'_> {
     }
 
     /// First fit on the list of free runs; the pages are taken from the end
-    /// of the run, so the run keeps its place. The caller writes all `n`
-    /// descriptors.
+    /// of the run, so the run keeps its place. The descriptors of the pages
+    /// taken are saved in the journal; the caller writes all `n`.
     #[inline(always)]
     fn alloc_pages(&mut self, n: usize) -> Option<u32> {
         if n == 0 || n > self.st.pfree as usize {
             return None;
         }
+        let npages = self.d.len();
         let n = n as u32;
         let mut i = self.st.free_head;
-        while i != NIL {
-            if self.d[i as usize].slab >= n as u64 {
+        let mut steps = 0;
+        while let Some(q) = self.d.get(i as usize) {
+            if q.slab >= n as u64 {
                 break;
             }
-            i = self.d[i as usize].next;
+            i = q.next;
+            steps += 1;
+            if steps > npages {
+                // A cycle: only a corrupt pool (check() names it).
+                return None;
+            }
         }
-        if i == NIL {
+        let len = self.d.get(i as usize)?.slab;
+        if len > (npages - i as usize) as u64 {
             return None;
         }
-        let len = self.d[i as usize].slab as u32;
+        let len = len as u32;
+        self.save_pool();
         let first = if len == n {
-            unlink(&mut self.st.free_head, self.d, i);
+            self.unlink(None, i);
             i
         } else {
             let rest = len - n;
+            self.save_desc(i);
             self.d[i as usize].slab = rest as u64;
             if rest > 1 {
+                self.save_desc(i + rest - 1);
                 self.d[(i + rest - 1) as usize] = Desc {
                     slab: 0,
                     next: NIL,
@@ -256,15 +407,26 @@ impl Core<'_> {
             }
             i + rest
         };
+        // The pages taken: the first and last may be a run head or back
+        // tag, the ones between are canonical inner free pages.
+        self.save_desc(first);
+        if n > 2 {
+            self.save_fill(first + 1, (n - 2) as usize, Desc::INNER_FREE);
+        }
+        if n > 1 {
+            self.save_desc(first + n - 1);
+        }
         self.st.pfree -= n;
         Some(first)
     }
 
-    /// Frees pages `idx..idx+n` (descriptors in any state) and coalesces
-    /// them with free neighbours on both sides.
+    /// Frees pages `idx..idx+n` (descriptors in any state, already saved
+    /// by the caller) and coalesces them with free neighbours on both
+    /// sides.
     #[inline(always)]
     fn free_pages(&mut self, idx: u32, n: u32) {
         let npages = self.d.len() as u32;
+        self.save_pool();
         self.st.pfree += n;
         for k in idx..idx + n {
             self.d[k as usize] = Desc::INNER_FREE;
@@ -274,7 +436,7 @@ impl Core<'_> {
         if after < npages {
             let a = self.d[after as usize];
             if a.prev.tag() == Link::FREE && a.slab > 0 {
-                unlink(&mut self.st.free_head, self.d, after);
+                self.unlink(None, after);
                 self.d[after as usize] = Desc::INNER_FREE;
                 len += a.slab as u32;
             }
@@ -285,37 +447,49 @@ impl Core<'_> {
             let b = self.d[(idx - 1) as usize];
             if b.prev.tag() == Link::FREE {
                 let h = if b.slab > 0 { idx - 1 } else { b.prev.idx() };
-                if h != idx - 1 {
-                    self.d[(idx - 1) as usize] = Desc::INNER_FREE;
+                if h as usize >= self.d.len() {
+                    // A back tag out of range: only a corrupt pool. Leave
+                    // the pages as a run of their own.
+                } else {
+                    if h != idx - 1 {
+                        self.save_desc(idx - 1);
+                        self.d[(idx - 1) as usize] = Desc::INNER_FREE;
+                    }
+                    self.save_desc(h);
+                    let hd = &mut self.d[h as usize];
+                    hd.slab += len as u64;
+                    len = hd.slab as u32;
+                    first = h;
+                    merged = true;
                 }
-                let hd = &mut self.d[h as usize];
-                hd.slab += len as u64;
-                len = hd.slab as u32;
-                first = h;
-                merged = true;
             }
         }
         if !merged {
             self.d[first as usize].slab = len as u64;
-            push(&mut self.st.free_head, self.d, first);
+            self.push(None, first);
         }
         if len > 1 {
-            self.d[(first + len - 1) as usize] = Desc {
-                slab: 0,
-                next: NIL,
-                prev: Link::new(Link::FREE, first),
-            };
+            let last = first + len - 1;
+            self.save_desc(last);
+            if let Some(q) = self.d.get_mut(last as usize) {
+                *q = Desc {
+                    slab: 0,
+                    next: NIL,
+                    prev: Link::new(Link::FREE, first),
+                };
+            }
         }
     }
 
     /// Gives a slab page back to the free runs (out of line: the hot free
-    /// path stays small).
+    /// path stays small). Its descriptor was saved by the caller.
     #[inline(never)]
     fn release_page(&mut self, idx: u32) {
         self.free_pages(idx, 1);
     }
 
     /// Gives back every class's kept empty page; true if there was one.
+    /// The caller checked that [`TRIM_BUDGET`] journal words fit.
     ///
     /// `cached` is a hint: it names the class's empty page if the class
     /// has one (`free_at` sets it when it keeps a page), but allocations do
@@ -323,13 +497,18 @@ impl Core<'_> {
     pub fn trim(&mut self) -> bool {
         let mut any = false;
         for (c, info) in CLASS.iter().enumerate() {
-            let idx = std::mem::replace(&mut self.st.classes[c].cached, NIL);
+            let idx = self.st.classes[c].cached;
+            if idx == NIL {
+                continue;
+            }
+            self.save_class(c);
+            self.st.classes[c].cached = NIL;
             let kept = self
                 .d
                 .get(idx as usize)
                 .is_some_and(|q| q.prev.class() == Some(c) && q.slab == 0);
             if kept {
-                unlink(&mut self.st.classes[c].head, self.d, idx);
+                self.unlink(Some(c), idx);
                 self.st.classes[c].total -= info.cap as u64;
                 self.release_page(idx);
                 any = true;
@@ -339,7 +518,8 @@ impl Core<'_> {
     }
 
     /// Frees the chunk or run at byte `off` of page `idx`; on error nothing
-    /// is changed.
+    /// is changed. The caller checked that [`FREE_BUDGET`] journal words
+    /// fit.
     #[inline]
     pub fn free_at(&mut self, idx: u32, off: usize) -> Result<(), FreeError> {
         let desc = self.d[idx as usize];
@@ -365,6 +545,12 @@ impl Core<'_> {
             if word & mask == 0 {
                 return Err(FreeError::ChunkAlreadyFree);
             }
+            if desc.slab == 0 {
+                // Counter disagrees with the bitmap: only a corrupt pool.
+                return Err(FreeError::ChunkAlreadyFree);
+            }
+            self.save::<1>(w);
+            self.save_desc(idx);
             // SAFETY: as above.
             unsafe { *w = word & !mask };
             let d = &mut self.d[idx as usize];
@@ -376,13 +562,19 @@ impl Core<'_> {
             if desc.slab & mask == 0 {
                 return Err(FreeError::ChunkAlreadyFree);
             }
+            self.save_desc(idx);
             let d = &mut self.d[idx as usize];
             d.slab &= !mask;
             (desc.slab == info.full, d.slab == 0)
         };
-        self.st.classes[c].used -= 1;
+        if was_full || empty {
+            self.save_class(c);
+        } else {
+            self.save::<1>(&self.st.classes[c].used);
+        }
+        self.st.classes[c].used = self.st.classes[c].used.wrapping_sub(1);
         if was_full {
-            push(&mut self.st.classes[c].head, self.d, idx);
+            self.push(Some(c), idx);
         }
         if empty {
             if self.st.classes[c].head == idx && self.d[idx as usize].next == NIL {
@@ -390,7 +582,7 @@ impl Core<'_> {
                 // pair does not take and give back a page every time.
                 self.st.classes[c].cached = idx;
             } else {
-                unlink(&mut self.st.classes[c].head, self.d, idx);
+                self.unlink(Some(c), idx);
                 self.st.classes[c].total -= info.cap as u64;
                 self.release_page(idx);
             }
@@ -403,14 +595,126 @@ impl Core<'_> {
         match desc.prev.tag() {
             Link::RUN if off != 0 => Err(FreeError::WrongChunk),
             Link::RUN if desc.slab == 0 => Err(FreeError::WrongPage),
+            Link::RUN if desc.slab > (self.d.len() - idx as usize) as u64 => {
+                // A run length past the pool's end: only a corrupt pool.
+                Err(FreeError::WrongPage)
+            }
             Link::RUN => {
                 let n = desc.slab as u32;
-                self.st.run_pages -= n;
+                self.save_desc(idx);
+                if n > 1 {
+                    let inner = Desc {
+                        slab: 0,
+                        next: NIL,
+                        prev: Link::new(Link::RUN, idx),
+                    };
+                    self.save_fill(idx + 1, (n - 1) as usize, inner);
+                }
+                self.save_pool();
+                self.st.run_pages = self.st.run_pages.wrapping_sub(n);
                 self.free_pages(idx, n);
                 Ok(())
             }
             _ if off == 0 => Err(FreeError::PageAlreadyFree),
             _ => Err(FreeError::WrongChunk),
+        }
+    }
+
+    /// Recomputes the counters that the descriptors and bitmaps determine
+    /// (per class chunks used and total, free pages, pages in runs) and
+    /// makes the request counters agree with them; journaled. Returns how
+    /// many counters were changed. Used after a recovery whose check found
+    /// only counters wrong.
+    pub fn recount(&mut self, _j: &Journal) -> usize {
+        let npages = self.d.len();
+        let mut used = [0u64; NCLASSES];
+        let mut total = [0u64; NCLASSES];
+        let (mut free, mut runs) = (0u32, 0u32);
+        let mut i = 0usize;
+        while i < npages {
+            let q = self.d[i];
+            let step = match (q.prev.tag(), q.prev.class()) {
+                (Link::FREE, _) if q.slab > 0 => {
+                    let n = (q.slab as usize).min(npages - i);
+                    free += n as u32;
+                    n
+                }
+                (Link::RUN, _) if q.slab > 0 => {
+                    let n = (q.slab as usize).min(npages - i);
+                    runs += n as u32;
+                    n
+                }
+                (_, Some(c)) => {
+                    used[c] += if c < FIRST_DESC_BITMAP_CLASS {
+                        q.slab
+                    } else {
+                        q.slab.count_ones() as u64
+                    };
+                    total[c] += CLASS[c].cap as u64;
+                    1
+                }
+                _ => 1,
+            };
+            i += step;
+        }
+        let mut fixed = 0;
+        for c in 0..NCLASSES {
+            let s = self.st.classes[c];
+            let reqs = s.reqs.max(s.fails.saturating_add(used[c]));
+            if (s.used, s.total, s.reqs) != (used[c], total[c], reqs) {
+                self.save_class(c);
+                let s = &mut self.st.classes[c];
+                fixed += (s.used != used[c]) as usize
+                    + (s.total != total[c]) as usize
+                    + (s.reqs != reqs) as usize;
+                s.used = used[c];
+                s.total = total[c];
+                s.reqs = reqs;
+            }
+        }
+        let page_reqs = self.st.page_reqs.max(self.st.page_fails);
+        if (self.st.pfree, self.st.run_pages, self.st.page_reqs) != (free, runs, page_reqs) {
+            self.save_pool();
+            fixed += (self.st.pfree != free) as usize
+                + (self.st.run_pages != runs) as usize
+                + (self.st.page_reqs != page_reqs) as usize;
+            self.st.pfree = free;
+            self.st.run_pages = runs;
+            self.st.page_reqs = page_reqs;
+        }
+        fixed
+    }
+
+    /// Formats the state and descriptors afresh: one free run of every
+    /// page, no classes. Not journaled (see `Pool::reinit`).
+    pub fn reformat(&mut self) {
+        let npages = self.d.len() as u32;
+        let keep_fails: [u64; NCLASSES] = std::array::from_fn(|c| self.st.classes[c].fails);
+        for (c, cs) in self.st.classes.iter_mut().enumerate() {
+            *cs = ClassState::EMPTY;
+            cs.fails = keep_fails[c];
+            cs.reqs = keep_fails[c];
+        }
+        self.st.free_head = 0;
+        self.st.pfree = npages;
+        self.st.run_pages = 0;
+        self.st.run_bytes = 0;
+        self.st.run_bytes_requested = 0;
+        self.st.page_reqs = self.st.page_fails;
+        for q in self.d.iter_mut() {
+            *q = Desc::INNER_FREE;
+        }
+        self.d[0] = Desc {
+            slab: npages as u64,
+            next: NIL,
+            prev: Link::new(Link::FREE, NIL),
+        };
+        if npages > 1 {
+            self.d[npages as usize - 1] = Desc {
+                slab: 0,
+                next: NIL,
+                prev: Link::new(Link::FREE, 0),
+            };
         }
     }
 

@@ -23,7 +23,7 @@ use crate::slab::{Pool, SLAB_PAGE};
 /// "SHMZONE" and a NUL, little-endian.
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"SHMZONE\0");
 /// Bumped whenever the layout of anything in shared memory changes.
-pub(crate) const VERSION: u32 = 1;
+pub(crate) const VERSION: u32 = 2;
 /// How many zones one region can hold.
 pub const MAX_ZONES: usize = 64;
 /// The longest zone name, in bytes.
@@ -37,7 +37,16 @@ pub(crate) const F_NOREUSE: u32 = 2;
 pub(crate) const F_RUNTIME: u32 = 4;
 /// Replaced or dropped by a reload; memory kept until `release_retired`.
 pub(crate) const F_RETIRED: u32 = 8;
-const F_ALL: u32 = F_USED | F_NOREUSE | F_RUNTIME | F_RETIRED;
+/// Not yet visible: made by a reload whose init callbacks are running.
+/// The reloading process's pid is kept in the bits from [`OWNER_SHIFT`],
+/// so that a reload that died half-way is undone by whoever finds it.
+pub(crate) const F_PENDING: u32 = 16;
+const F_ALL: u32 = F_USED | F_NOREUSE | F_RUNTIME | F_RETIRED | F_PENDING;
+/// Where a pending entry keeps its owner's pid (22 bits are enough for
+/// Linux's largest pid_max).
+pub(crate) const OWNER_SHIFT: u32 = 8;
+/// The flag bits proper.
+pub(crate) const FLAG_MASK: u32 = (1 << OWNER_SHIFT) - 1;
 
 /// One directory entry.
 #[repr(C)]
@@ -68,6 +77,12 @@ impl ZoneEntry {
 
     pub(crate) fn is_live(&self) -> bool {
         self.flags & (F_USED | F_RETIRED) == F_USED
+    }
+
+    /// The pid of the reload that made this entry, while it is pending.
+    pub(crate) fn pending_owner(&self) -> Option<u32> {
+        (self.flags & F_USED != 0 && self.flags & F_PENDING != 0)
+            .then_some(self.flags >> OWNER_SHIFT)
     }
 
     pub(crate) fn name_bytes(&self) -> &[u8] {
@@ -187,7 +202,7 @@ pub unsafe fn validate_region(base: NonNull<u8>, len: usize) -> Result<(), Error
     }
     // SAFETY: the pool range lies inside the caller's readable range;
     // `attach` validates the pool header without reading outside it.
-    unsafe { Pool::attach(base.add(po as usize), pl as usize) }
+    unsafe { Pool::attach_scoped(base.add(po as usize), pl as usize, HEADER_LEN as u32) }
         .map_err(|e| bad(format!("the region pool: {e}")))?;
 
     let mut spans: Vec<(u64, u64)> = Vec::new();
@@ -195,7 +210,9 @@ pub unsafe fn validate_region(base: NonNull<u8>, len: usize) -> Result<(), Error
         if e.flags == 0 {
             continue;
         }
-        if e.flags & !F_ALL != 0 || e.flags & F_USED == 0 {
+        let owner_bits_without_pending = e.flags >> OWNER_SHIFT != 0 && e.flags & F_PENDING == 0;
+        if e.flags & FLAG_MASK & !F_ALL != 0 || e.flags & F_USED == 0 || owner_bits_without_pending
+        {
             return Err(bad(format!("directory entry {i} has flags {:#x}", e.flags)));
         }
         if e.name_len as usize > MAX_NAME {

@@ -25,8 +25,8 @@ pub use dir::{validate_region, MAX_NAME, MAX_ZONES};
 
 use builder::{round_zone, Decl};
 use dir::{
-    check_name, RegionHeader, ZoneEntry, F_NOREUSE, F_RETIRED, F_RUNTIME, F_USED, HEADER_LEN,
-    MAGIC, VERSION,
+    check_name, RegionHeader, ZoneEntry, FLAG_MASK, F_NOREUSE, F_PENDING, F_RETIRED, F_RUNTIME,
+    F_USED, HEADER_LEN, MAGIC, OWNER_SHIFT, VERSION,
 };
 
 use crate::error::Error;
@@ -34,8 +34,9 @@ use crate::region::Region;
 use crate::shmtx::ShmMutex;
 use crate::slab::{CheckError, FreeError, Pool, PoolGuard, PoolStats, SLAB_PAGE};
 
-/// Not yet visible: made by a reload whose init callbacks are running.
-const F_PENDING: u32 = 16;
+/// How long [`Zones::get_or_create`] waits for a reload in progress that is
+/// making the same name.
+const PENDING_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The name [`Zones::force_unlock_all`] gives the region's own lock.
 pub const REGION_LOCK_NAME: &str = "<region>";
@@ -143,8 +144,17 @@ impl Zones {
         // SAFETY: the region is at least HEADER_LEN + MIN_SIZE bytes, so the
         // pool range lies inside it and is SLAB_PAGE-aligned (the mapping is
         // page-aligned and HEADER_LEN is whole slab pages).
-        let pool = unsafe { Pool::init(base.add(HEADER_LEN), len - HEADER_LEN, REGION_LOCK_NAME) }
-            .map_err(Error::Pool)?;
+        // The region pool's journal also covers the header before it: the
+        // directory is written under the region lock, crash-atomically.
+        let pool = unsafe {
+            Pool::init_scoped(
+                base.add(HEADER_LEN),
+                len - HEADER_LEN,
+                REGION_LOCK_NAME,
+                HEADER_LEN as u32,
+            )
+        }
+        .map_err(Error::Pool)?;
         pool.set_log_nomem(false);
         let hdr = base.as_ptr().cast::<RegionHeader>();
         // SAFETY: the header fits in the first HEADER_LEN bytes of the
@@ -188,9 +198,14 @@ impl Zones {
         // SAFETY: the region's whole mapping is readable while `region` lives.
         unsafe { validate_region(region.base(), region.len()) }?;
         // SAFETY: validated just above: the pool range is inside the region.
-        let pool =
-            unsafe { Pool::attach(region.base().add(HEADER_LEN), region.len() - HEADER_LEN) }
-                .map_err(Error::Pool)?;
+        let pool = unsafe {
+            Pool::attach_scoped(
+                region.base().add(HEADER_LEN),
+                region.len() - HEADER_LEN,
+                HEADER_LEN as u32,
+            )
+        }
+        .map_err(Error::Pool)?;
         Ok(Zones { region, pool })
     }
 
@@ -220,14 +235,21 @@ impl Zones {
         unsafe { std::ptr::addr_of!((*self.hdr()).dir[slot]).read() }
     }
 
-    /// Writes directory entry `slot`. Caller holds the region lock.
-    fn set_entry(&self, slot: usize, e: ZoneEntry) {
-        // SAFETY: as in `entry`; the lock makes this the only writer, and
-        // readers take the lock too.
+    /// Writes directory entry `slot` in the region lock's section (so a
+    /// death half-way is rolled back with the rest of the section).
+    fn set_entry(&self, guard: &PoolGuard<'_>, slot: usize, e: ZoneEntry) -> Result<(), Error> {
+        // SAFETY: `slot < MAX_ZONES`: the entry and the generation are in
+        // the region header, which the region pool's journal covers; the
+        // guard proves the region lock is held.
         unsafe {
-            std::ptr::addr_of_mut!((*self.hdr()).dir[slot]).write(e);
             let g = std::ptr::addr_of_mut!((*self.hdr()).generation);
-            g.write(g.read().wrapping_add(1));
+            guard
+                .write(std::ptr::addr_of_mut!((*self.hdr()).dir[slot]), e)
+                .and_then(|()| guard.write(g, g.read().wrapping_add(1)))
+                .map_err(|j| Error::Journal {
+                    what: "the zone directory",
+                    source: j,
+                })
         }
     }
 
@@ -271,7 +293,11 @@ impl Zones {
         e.offset = (p.as_ptr() as usize - self.region.as_ptr() as usize) as u64;
         e.size = size as u64;
         e.flags = F_USED | flags;
-        self.set_entry(slot, e);
+        if let Err(err) = self.set_entry(guard, slot, e) {
+            // SAFETY: `p` came from this pool just above.
+            let _ = unsafe { guard.free_locked(p.as_ptr()) };
+            return Err(err);
+        }
         Ok(slot)
     }
 
@@ -279,7 +305,10 @@ impl Zones {
     /// Caller holds the region lock.
     fn destroy_locked(&self, guard: &PoolGuard<'_>, slot: usize) -> usize {
         let e = self.entry(slot);
-        self.set_entry(slot, ZoneEntry::EMPTY);
+        if let Err(err) = self.set_entry(guard, slot, ZoneEntry::EMPTY) {
+            log::error!("shared zone \"{}\": not removed: {err}", e.name_str());
+            return 0;
+        }
         // SAFETY: the entry's offset was handed out by this region pool.
         let p = unsafe { self.region.as_ptr().add(e.offset as usize) };
         // SAFETY: `p` is the start of the zone's page run in the region pool.
@@ -396,7 +425,25 @@ impl Zones {
     {
         check_name(name.as_bytes())?;
         let want = if size == 0 { 0 } else { round_zone(size) };
-        let guard = self.pool.lock();
+        // A reload in progress may be making this very name: wait until it
+        // publishes (or is found dead and undone), so there is always
+        // exactly one zone per name.
+        let deadline = std::time::Instant::now() + PENDING_WAIT;
+        let guard = loop {
+            let guard = self.pool.lock();
+            self.reap_pending(&guard, None);
+            if self.find_pending(name).is_none() {
+                break guard;
+            }
+            drop(guard);
+            if std::time::Instant::now() >= deadline {
+                return Err(Error::ZoneBusy {
+                    name: name.to_string(),
+                    waited: PENDING_WAIT,
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        };
         if let Some(slot) = self.find_live(name) {
             let e = self.entry(slot);
             if e.tag != tag {
@@ -464,7 +511,46 @@ impl Zones {
                 }
             }
         }
+        // A reload that `pid` had under way dies with it: its pending
+        // zones are undone (the directory is as before that reload).
+        self.reap_pending(&_guard, Some(pid));
         names
+    }
+
+    /// Removes the pending entries of a reload that died: those of `pid`,
+    /// or (`None`) of any process that no longer exists. Caller holds the
+    /// region lock. Returns how many.
+    fn reap_pending(&self, guard: &PoolGuard<'_>, pid: Option<u32>) -> usize {
+        let me = crate::os::process::current_pid();
+        let mut n = 0;
+        for slot in 0..MAX_ZONES {
+            let Some(owner) = self.entry(slot).pending_owner() else {
+                continue;
+            };
+            let dead = match pid {
+                Some(p) => owner == p,
+                None => owner != me && !crate::os::process::pid_alive(owner),
+            };
+            if dead {
+                log::warn!(
+                    "zone \"{}\": made by a reload of process {owner}, which died before \
+                     publishing it; removed",
+                    self.entry(slot).name_str()
+                );
+                self.destroy_locked(guard, slot);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// A pending entry (a reload in progress in a live process) named
+    /// `name`. Caller holds the region lock.
+    fn find_pending(&self, name: &str) -> Option<usize> {
+        (0..MAX_ZONES).find(|&i| {
+            let e = self.entry(i);
+            e.pending_owner().is_some() && e.name_bytes() == name.as_bytes()
+        })
     }
 
     /// Applies a new set of declarations, as nginx's reload does:
@@ -515,7 +601,8 @@ impl Zones {
                 let new = if kind == Kind::Kept {
                     None
                 } else {
-                    let flags = F_PENDING | if d.noreuse { F_NOREUSE } else { 0 };
+                    let owner = crate::os::process::current_pid() << OWNER_SHIFT;
+                    let flags = F_PENDING | owner | if d.noreuse { F_NOREUSE } else { 0 };
                     match self.create_locked(&guard, &d.name, d.size, d.tag, flags) {
                         Ok(slot) => Some(slot),
                         Err(e) => {
@@ -568,15 +655,15 @@ impl Zones {
             let name = d.name.clone();
             if let Some(slot) = new {
                 let mut e = self.entry(slot);
-                e.flags &= !F_PENDING;
-                self.set_entry(slot, e);
+                e.flags &= FLAG_MASK & !F_PENDING;
+                self.set_entry(&guard, slot, e)?;
                 keep[slot] = true;
             }
             if let Some(slot) = old {
                 if kind == Kind::Kept {
                     let mut e = self.entry(slot);
                     e.flags &= !F_RUNTIME;
-                    self.set_entry(slot, e);
+                    self.set_entry(&guard, slot, e)?;
                     keep[slot] = true;
                 }
             }
@@ -589,15 +676,20 @@ impl Zones {
         }
         for (slot, &kept) in keep.iter().enumerate() {
             let mut e = self.entry(slot);
-            if kept || !e.is_live() || e.flags & F_RUNTIME != 0 {
+            let replaced = plan.iter().any(|p| p.2 == Some(slot) && p.3 != Kind::Kept);
+            // A zone made at run time is kept, unless a declaration of the
+            // same name replaced it (then it is retired like any other).
+            if kept || !e.is_live() || e.flags & F_PENDING != 0 {
                 continue;
             }
-            let replaced = plan.iter().any(|p| p.2 == Some(slot) && p.3 != Kind::Kept);
+            if e.flags & F_RUNTIME != 0 && !replaced {
+                continue;
+            }
             if !replaced {
                 report.dropped.push(e.name_str().to_string());
             }
             e.flags |= F_RETIRED;
-            self.set_entry(slot, e);
+            self.set_entry(&guard, slot, e)?;
         }
         drop(guard);
         Ok(report)
@@ -612,6 +704,45 @@ impl Zones {
             .filter(|&i| self.entry(i).flags & F_RETIRED != 0)
             .map(|i| self.destroy_locked(&guard, i))
             .sum()
+    }
+
+    /// Every byte of the region's directory state: the region header
+    /// (directory, generation) and the region pool's allocation state (see
+    /// `slab::fuzzing::full_snapshot`). For the kill-point tests; takes
+    /// the region lock.
+    #[doc(hidden)]
+    pub fn directory_snapshot(&self) -> Vec<u8> {
+        let mut v = crate::slab::fuzzing::full_snapshot(&self.pool);
+        let _guard = self.pool.lock();
+        // SAFETY: the header is the region's first bytes, written only
+        // under the region lock, which we hold.
+        let hdr = unsafe {
+            std::slice::from_raw_parts(
+                self.hdr().cast::<u8>().cast_const(),
+                std::mem::size_of::<RegionHeader>(),
+            )
+        };
+        v.extend_from_slice(hdr);
+        v
+    }
+
+    /// The directory's entries and the region pool's page layout, without
+    /// the counters (generation, request counts) that a reload undone by
+    /// [`force_unlock_all`](Self::force_unlock_all) leaves advanced. For
+    /// the kill-point tests; takes the region lock.
+    #[doc(hidden)]
+    pub fn directory_layout(&self) -> Vec<u8> {
+        let mut v = crate::slab::fuzzing::layout_snapshot(&self.pool);
+        let _guard = self.pool.lock();
+        for slot in 0..MAX_ZONES {
+            let e = self.entry(slot);
+            v.extend_from_slice(&e.flags.to_le_bytes());
+            v.extend_from_slice(e.name_bytes());
+            v.extend_from_slice(&e.tag.to_le_bytes());
+            v.extend_from_slice(&e.offset.to_le_bytes());
+            v.extend_from_slice(&e.size.to_le_bytes());
+        }
+        v
     }
 
     /// Bytes held by retired zones.
@@ -722,6 +853,20 @@ impl<'a> Zone<'a> {
     /// The first invariant found broken.
     pub fn check(&self) -> Result<(), CheckError> {
         self.pool.check()
+    }
+
+    /// Whether the zone is fenced: still inconsistent after a dead
+    /// worker's section was rolled back, so its allocations fail (see
+    /// [`Pool::is_fenced`]) until [`reinit`](Self::reinit).
+    pub fn is_fenced(&self) -> bool {
+        self.pool.is_fenced()
+    }
+
+    /// Re-initialises the zone in place: empty, root 0, fence lifted (see
+    /// [`Pool::reinit`]). For the master, once no process uses the zone's
+    /// old contents.
+    pub fn reinit(&self) {
+        self.pool.reinit()
     }
 
     /// The offset (from the zone's start) of the user's root structure, or
