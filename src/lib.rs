@@ -50,8 +50,8 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 #![deny(clippy::missing_safety_doc)]
 
-mod error;
 pub mod dict;
+mod error;
 pub mod journal;
 #[doc(hidden)]
 pub mod killpoint;

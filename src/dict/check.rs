@@ -20,7 +20,88 @@ pub struct KeysPage {
     pub next: Option<u64>,
 }
 
+/// One entry as [`Dict::dump`] shows it (for tests and inspection).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DumpEntry {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The value's type: 1 bytes, 2 i64, 3 f64, 4 bool, 5 list.
+    pub kind: u32,
+    /// The user flags.
+    pub flags: u32,
+    /// Whether it has a TTL (the expiry itself is a clock reading).
+    pub has_ttl: bool,
+    /// Whether it is live now.
+    pub live: bool,
+    /// A scalar's stored bytes.
+    pub value: Vec<u8>,
+    /// A list's items: (kind, bytes), head first.
+    pub items: Vec<(u32, Vec<u8>)>,
+}
+
 impl<'z> Dict<'z> {
+    /// Every entry (expired ones too), sorted by key, with the entry and
+    /// byte totals and the garbage count: what a test compares before and
+    /// after an operation. Holds the lock for the whole walk.
+    ///
+    /// # Errors
+    /// A broken table.
+    #[doc(hidden)]
+    pub fn dump(&self) -> Result<(Vec<DumpEntry>, [u64; 3]), DictError> {
+        let g = self.pool.lock();
+        let s = self.section(&g)?;
+        let mut out = Vec::new();
+        for b in 0..=self.mask {
+            self.each_in_bucket(b, |e| {
+                // SAFETY: a checked entry, under the lock.
+                let (kind, flags, exp) = unsafe { ((*e).kind, (*e).flags, (*e).expires) };
+                let mut d = DumpEntry {
+                    key: Self::key_of(e),
+                    kind,
+                    flags,
+                    has_ttl: exp != 0,
+                    live: s.live(e),
+                    value: Vec::new(),
+                    items: Vec::new(),
+                };
+                match self.read_locked(e) {
+                    Some((_, _, v)) => d.value = v,
+                    None => {
+                        // SAFETY: a checked list entry.
+                        let l = unsafe {
+                            e.cast::<u8>()
+                                .add(value_at(d.key.len()))
+                                .cast::<super::layout::ListHead>()
+                                .read()
+                        };
+                        let mut at = l.head;
+                        for _ in 0..l.len {
+                            let n = self
+                                .node_at(at)
+                                .ok_or_else(|| self.corrupt("a list links outside the zone"))?;
+                            // SAFETY: a checked node.
+                            unsafe {
+                                let b = std::slice::from_raw_parts(
+                                    n.cast::<u8>().add(16),
+                                    (*n).len as usize,
+                                );
+                                d.items.push(((*n).kind, b.to_vec()));
+                                at = (*n).next;
+                            }
+                        }
+                    }
+                }
+                out.push(d);
+                Ok(())
+            })?;
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        let h = s.hdr();
+        // SAFETY: header words, under the lock.
+        let totals = unsafe { [(*h).entries, (*h).bytes, (*h).ngarbage as u64] };
+        Ok((out, totals))
+    }
+
     /// Calls `f` on every entry of bucket `b`, under the lock.
     pub(super) fn each_in_bucket(
         &self,

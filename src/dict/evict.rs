@@ -9,6 +9,23 @@ use super::layout::{Entry, MAX_CHAIN};
 use super::section::{Found, Sec, ALLOC_NEED, FINISH_NEED, FREE_NEED};
 use super::{Dict, DictError};
 
+/// The slab's block size for a request of `size` bytes (a power of two
+/// from 8 up to half a page; 0 for page runs: no class to match).
+fn size_class(size: usize) -> usize {
+    if size > crate::SLAB_PAGE / 2 {
+        0
+    } else {
+        size.max(8).next_power_of_two()
+    }
+}
+
+/// The block size of a checked entry.
+fn block_class(e: *const Entry) -> usize {
+    // SAFETY: a checked entry, under the lock.
+    let (k, v) = unsafe { ((*e).klen as usize, (*e).vlen as usize) };
+    size_class(super::layout::entry_size(k, v))
+}
+
 /// The most entries one store evicts (shdict's 30).
 pub(super) const MAX_EVICT: usize = 30;
 /// Non-empty buckets the hand looks at for an expired entry once it has a
@@ -40,10 +57,13 @@ impl<'z> Dict<'z> {
         let mut forcible = false;
         if evict {
             for _ in 0..MAX_EVICT {
-                if s.g.journal_room() < FREE_NEED + ALLOC_NEED + 2 * FINISH_NEED {
+                if s.g.journal_room()
+                    < FREE_NEED + ALLOC_NEED + 2 * FINISH_NEED + self.max_fill(size)
+                    || !s.can_free()
+                {
                     break;
                 }
-                let Some(f) = self.victim(s, protect)? else {
+                let Some(f) = self.victim(s, protect, size_class(size))? else {
                     break;
                 };
                 if s.live(f.e) {
@@ -62,6 +82,12 @@ impl<'z> Dict<'z> {
         Err(DictError::NoMemory { forcible })
     }
 
+    /// Journal room kept for saving what a new block of `size` bytes may
+    /// overlap of the blocks freed to make room for it.
+    fn max_fill(&self, size: usize) -> usize {
+        size + 256
+    }
+
     /// Frees up to `max` garbage list nodes while the journal has room;
     /// how many it freed.
     pub(super) fn reclaim(&self, s: &Sec<'_, '_, 'z>, max: usize) -> Result<usize, DictError> {
@@ -69,7 +95,7 @@ impl<'z> Dict<'z> {
         let mut n = 0;
         // SAFETY: header words, under the lock.
         while n < max && unsafe { (*h).garbage } != 0 {
-            if s.g.journal_room() < FREE_NEED + 2 * FINISH_NEED {
+            if s.g.journal_room() < FREE_NEED + 2 * FINISH_NEED || !s.can_free() {
                 break;
             }
             // SAFETY: as above.
@@ -83,22 +109,25 @@ impl<'z> Dict<'z> {
                 (*h).garbage = (*node).next;
                 (*h).ngarbage = (*h).ngarbage.saturating_sub(1);
             }
-            // SAFETY: `node` is an allocation of this pool, now unlinked.
-            unsafe { s.g.free_locked(node.cast()) }
-                .map_err(|_| self.corrupt("a garbage node that is not an allocation"))?;
+            // SAFETY: a checked node.
+            let len = std::mem::size_of::<super::layout::Node>() + unsafe { (*node).len } as usize;
+            s.free(node.cast(), len)?;
             n += 1;
         }
         Ok(n)
     }
 
-    /// The entry to evict next: the first expired one the hand meets in
-    /// [`SAMPLE`] non-empty buckets after it has a candidate, else the
-    /// candidate: the last entry of the first bucket whose reference bit
-    /// was clear (bits found set are cleared on the way: a second chance).
+    /// The entry to evict next, as the hand finds it: the first expired
+    /// entry among [`SAMPLE`] non-empty buckets (and more while no
+    /// candidate is found), else a live entry of a bucket whose reference
+    /// bit was clear (bits found set are cleared on the way: a second
+    /// chance), preferring one whose block is of `class` (the size class
+    /// the allocation needs: freeing it makes room for certain).
     fn victim(
         &self,
         s: &Sec<'_, '_, 'z>,
         protect: *const Entry,
+        class: usize,
     ) -> Result<Option<Found>, DictError> {
         // SAFETY: a header word, under the lock.
         if unsafe { (*s.hdr()).entries } == 0 {
@@ -106,17 +135,17 @@ impl<'z> Dict<'z> {
         }
         let nb = self.mask as usize + 1;
         let hand = self.h().hand.load(Ordering::Relaxed);
-        let mut cand: Option<Found> = None;
+        let (mut same, mut any): (Option<Found>, Option<Found>) = (None, None);
         let mut looked = 0;
         let mut step = 0;
-        let mut result = None;
+        let mut expired = None;
         while step < 2 * nb {
             let b = hand.wrapping_add(step as u32) & self.mask;
             step += 1;
             let bucket = self.bucket(b);
+            let referenced = bucket.referenced.load(Ordering::Relaxed) != 0;
             let mut link: *const AtomicU32 = &bucket.head;
-            let mut last: Option<Found> = None;
-            let mut expired = None;
+            let mut nonempty = false;
             for _ in 0..MAX_CHAIN {
                 // SAFETY: a bucket head or a checked entry's `next`.
                 let off8 = unsafe { &*link }.load(Ordering::Relaxed);
@@ -127,45 +156,43 @@ impl<'z> Dict<'z> {
                     .entry_at(off8)
                     .ok_or_else(|| self.corrupt("a chain links outside the zone"))?;
                 if !std::ptr::eq(e, protect) {
+                    nonempty = true;
                     let f = Found { link, e, bucket: b };
                     if !s.live(e) {
                         expired = Some(f);
                         break;
                     }
-                    last = Some(f);
+                    if !referenced {
+                        if same.is_none() && block_class(e) == class {
+                            same = Some(f);
+                        } else if any.is_none() {
+                            any = Some(f);
+                        }
+                    }
                 }
                 // SAFETY: checked entry.
                 link = unsafe { &(*e).next };
             }
             if expired.is_some() {
-                result = expired;
                 break;
             }
-            if last.is_none() {
+            if !nonempty {
                 continue;
             }
-            looked += 1;
-            if cand.is_none() {
-                if bucket.referenced.load(Ordering::Relaxed) != 0 {
-                    bucket.referenced.store(0, Ordering::Relaxed);
-                } else {
-                    cand = last;
-                }
+            if referenced {
+                bucket.referenced.store(0, Ordering::Relaxed);
             }
-            if cand.is_some() && looked >= SAMPLE {
+            looked += 1;
+            if (same.is_some() && looked >= SAMPLE) || (any.is_some() && looked >= 8 * SAMPLE) {
                 break;
             }
         }
-        let result = result.or(cand);
-        if let Some(f) = &result {
-            self.h()
-                .hand
-                .store(f.bucket.wrapping_add(1), Ordering::Relaxed);
-        } else {
-            self.h()
-                .hand
-                .store(hand.wrapping_add(step as u32), Ordering::Relaxed);
-        }
+        let result = expired.or(same).or(any);
+        let next = match &result {
+            Some(f) => f.bucket.wrapping_add(1),
+            None => hand.wrapping_add(step as u32),
+        };
+        self.h().hand.store(next, Ordering::Relaxed);
         Ok(result)
     }
 
@@ -216,7 +243,10 @@ impl<'z> Dict<'z> {
                 if n >= max {
                     return Ok((n, true));
                 }
-                if s.g.journal_room() < FREE_NEED + 2 * FINISH_NEED || s.pending_room() < 2 {
+                if s.g.journal_room() < FREE_NEED + 2 * FINISH_NEED
+                    || s.pending_room() < 2
+                    || !s.can_free()
+                {
                     return Ok((n, false));
                 }
                 s.unlink(&Found { link, e, bucket: b })?;

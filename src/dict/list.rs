@@ -92,7 +92,9 @@ impl<'z> Dict<'z> {
         // SAFETY: `lh` is inside a checked list entry; `node` is fresh.
         let mut l = unsafe { lh.read() };
         let me = self.off8(p);
-        // SAFETY: a fresh allocation of Node + bytes.
+        s.fill(p, std::mem::size_of::<Node>() + bytes.len())?;
+        // SAFETY: a fresh allocation of Node + bytes (overlap with blocks
+        // freed in this section saved just above).
         unsafe {
             node.write(Node {
                 next: if left { l.head } else { 0 },
@@ -210,9 +212,7 @@ impl<'z> Dict<'z> {
             l.tail = 0;
         }
         l.len = l.len.saturating_sub(1);
-        // SAFETY: `node` is an allocation of this pool, now unlinked.
-        unsafe { s.g.free_locked(node.cast()) }
-            .map_err(|_| self.corrupt("a list node that is not an allocation"))?;
+        s.free(node.cast(), std::mem::size_of::<Node>() + nd.len as usize)?;
         s.totals(0, -(nd.len as i64))?;
         if l.len == 0 {
             // SAFETY: writes inside the checked entry, under the lock.

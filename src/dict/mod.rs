@@ -79,7 +79,7 @@ mod value;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-pub use check::KeysPage;
+pub use check::{DumpEntry, KeysPage};
 pub use error::{DictError, ZoneProblem};
 pub use layout::MAX_KEY;
 pub use value::{OwnedValue, Value};
@@ -178,6 +178,19 @@ impl<'z> Dict<'z> {
         unsafe { Self::init_pool(*zone.pool()) }
     }
 
+    /// [`Dict::init`] with a fixed hash seed instead of a random one: the
+    /// table's layout (and so which entries eviction picks) is then the
+    /// same on every run. For tests; a fixed seed lets whoever knows it
+    /// make keys that collide.
+    ///
+    /// # Errors
+    /// As [`Dict::init`].
+    #[doc(hidden)]
+    pub fn init_seeded(zone: &Zone<'z>, seed: u64) -> Result<Dict<'z>, DictError> {
+        // SAFETY: the zone's pool is valid while `'z` is.
+        unsafe { Self::init_with(*zone.pool(), Some(seed)) }
+    }
+
     /// Finds the dictionary that [`Dict::init`] made in `zone`.
     ///
     /// # Errors
@@ -195,6 +208,13 @@ impl<'z> Dict<'z> {
     /// # Errors
     /// As [`Dict::init`].
     pub unsafe fn init_pool(pool: Pool) -> Result<Dict<'z>, DictError> {
+        // SAFETY: the caller's promise.
+        unsafe { Self::init_with(pool, None) }
+    }
+
+    /// # Safety
+    /// As [`Dict::init_pool`].
+    unsafe fn init_with(pool: Pool, seed: Option<u64>) -> Result<Dict<'z>, DictError> {
         let bad = |reason: String| DictError::bad_zone(pool.name(), reason);
         if pool.root() != 0 {
             return Err(bad("it already has a root structure".into()));
@@ -238,10 +258,10 @@ impl<'z> Dict<'z> {
         };
         let off = |p: std::ptr::NonNull<u8>| pool.offset_of(p.as_ptr()).expect("inside") as u64;
         let hdr = h.as_ptr().cast::<Header>();
-        let seed = {
+        let seed = seed.unwrap_or_else(|| {
             use std::hash::BuildHasher;
             std::collections::hash_map::RandomState::new().hash_one(off(h) ^ len as u64)
-        };
+        });
         // SAFETY: `hdr` is a fresh, zeroed, page-aligned allocation of a
         // Header's size that no other process knows yet (the root is set
         // last).

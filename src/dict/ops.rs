@@ -97,12 +97,23 @@ impl<'z> Dict<'z> {
         }
         let sp = s.g.savepoint();
         let r = (|| {
+            let size = entry_size(key.len(), bytes.len());
+            // Allocate before freeing the old entry when there is room: the
+            // new block then cannot reuse the old one's memory (which would
+            // have to be saved first, see Sec::fill).
+            let early = if found.is_some() {
+                s.try_alloc(size)?
+            } else {
+                None
+            };
             if let Some(f) = found {
                 s.unlink(&f)?;
                 s.free_entry(f.e)?;
             }
-            let size = entry_size(key.len(), bytes.len());
-            let (p, forcible) = self.room(s, size, std::ptr::null(), evict)?;
+            let (p, forcible) = match early {
+                Some(p) => (p, false),
+                None => self.room(s, size, std::ptr::null(), evict)?,
+            };
             s.insert(p, h, key, v.kind, bytes, flags, exp)?;
             Ok(Stored { forcible })
         })();

@@ -28,6 +28,9 @@ impl From<JournalFull> for DictError {
     }
 }
 
+/// Blocks one section may free and still reuse (see [`Sec::free`]).
+pub(super) const MAX_FREED: usize = 64;
+
 /// An entry found by a walk: the link word that points at it (a bucket
 /// head or the previous entry's `next`), the entry, its bucket.
 #[derive(Clone, Copy)]
@@ -45,6 +48,12 @@ pub(super) struct Sec<'g, 'd, 'z> {
     np_saved: Cell<bool>,
     totals_saved: Cell<bool>,
     garbage_saved: Cell<bool>,
+    /// Blocks freed in this section: (offset, meaningful length). A
+    /// rollback makes them live again with their old bytes, so memory
+    /// allocated later in the section that overlaps one is not fresh: its
+    /// old bytes are saved before it is written ([`Sec::fill`]).
+    freed: Cell<[(u32, u32); MAX_FREED]>,
+    nfreed: Cell<usize>,
 }
 
 impl<'z> Dict<'z> {
@@ -66,6 +75,8 @@ impl<'z> Dict<'z> {
             np_saved: Cell::new(false),
             totals_saved: Cell::new(false),
             garbage_saved: Cell::new(false),
+            freed: Cell::new([(0, 0); MAX_FREED]),
+            nfreed: Cell::new(0),
         };
         s.publish_pending();
         Ok(s)
@@ -314,13 +325,52 @@ impl<'g, 'd, 'z> Sec<'g, 'd, 'z> {
         } else {
             klen as u64 + vlen as u64
         };
-        if self.g.journal_room() < FREE_NEED {
+        let size = super::layout::entry_size(klen as usize, vlen as usize);
+        self.free(e.cast(), size)?;
+        self.totals(-1, -(bytes as i64))
+    }
+
+    /// Whether this section can free one more block (see `freed`).
+    #[inline]
+    pub fn can_free(&self) -> bool {
+        self.nfreed.get() < MAX_FREED && self.g.journal_room() >= FREE_NEED
+    }
+
+    /// Frees a block whose first `len` bytes matter, remembering it (a
+    /// rollback revives it: memory reused from it must be saved first).
+    pub fn free(&self, p: *mut u8, len: usize) -> Result<(), DictError> {
+        if !self.can_free() {
             return Err(DictError::TooBigForOneSection);
         }
-        // SAFETY: `e` is an allocation of this pool, no longer linked.
-        unsafe { self.g.free_locked(e.cast()) }
-            .map_err(|_| self.d.corrupt("an entry that is not an allocation"))?;
-        self.totals(-1, -(bytes as i64))
+        // SAFETY: `p` is an allocation of this pool (the callers pass
+        // checked entries and nodes), no longer linked.
+        unsafe { self.g.free_locked(p) }
+            .map_err(|_| self.d.corrupt("an entry or node that is not an allocation"))?;
+        let mut f = self.freed.get();
+        f[self.nfreed.get()] = (self.d.off8(p), len as u32);
+        self.freed.set(f);
+        self.nfreed.set(self.nfreed.get() + 1);
+        Ok(())
+    }
+
+    /// Makes `p..p+len`, just allocated in this section, safe to write
+    /// without records: saves whatever part of it overlaps a block freed
+    /// earlier in the section (the allocator may hand that memory out
+    /// again, and a rollback makes the freed block live again).
+    pub fn fill(&self, p: *mut u8, len: usize) -> Result<(), DictError> {
+        let start = p as usize - self.d.base as usize;
+        let end = start + len;
+        let f = self.freed.get();
+        for &(off8, flen) in &f[..self.nfreed.get()] {
+            let (fs, fe) = (off8 as usize * 8, off8 as usize * 8 + flen as usize);
+            let (a, b) = (start.max(fs), end.min(fe));
+            if a < b {
+                // SAFETY: a..b lies in the zone (inside both blocks); only
+                // lock holders write it.
+                unsafe { self.g.save(self.d.base.add(a), b - a) }?;
+            }
+        }
+        Ok(())
     }
 
     /// Moves a list entry's nodes onto the garbage chain (freed a few at a
@@ -383,6 +433,7 @@ impl<'g, 'd, 'z> Sec<'g, 'd, 'z> {
         let b = hash & self.d.mask;
         let bucket = self.d.bucket(b);
         let gen = self.d.h().gen.load(Ordering::Relaxed);
+        self.fill(p, entry_size(key.len(), value.len()))?;
         // SAFETY: `p` is a fresh allocation of entry_size(key, value)
         // bytes, 8-aligned (chunks are aligned to their class).
         unsafe {
