@@ -31,6 +31,8 @@ pub(super) const MAX_EVICT: usize = 30;
 /// Non-empty buckets the hand looks at for an expired entry once it has a
 /// least-recently-used candidate.
 const SAMPLE: usize = 8;
+/// Garbage nodes each store frees.
+const TIDY: usize = 4;
 /// Buckets one sweep batch (one lock hold) looks at.
 const SWEEP_BATCH: u32 = 256;
 
@@ -196,9 +198,28 @@ impl<'z> Dict<'z> {
         Ok(result)
     }
 
+    /// Frees a few garbage list nodes, if there are any: every store does
+    /// this, so that deleted lists are given back steadily.
+    #[inline]
+    pub(super) fn tidy(&self, s: &Sec<'_, '_, 'z>) -> Result<(), DictError> {
+        // SAFETY: a header word, under the lock.
+        if unsafe { (*s.hdr()).ngarbage } != 0 {
+            self.reclaim(s, TIDY)?;
+        }
+        Ok(())
+    }
+
     /// Frees expired entries, up to `max` (0: all), a batch of buckets per
-    /// lock hold; how many it freed.
+    /// lock hold, and every garbage list node; how many entries it freed.
     pub(super) fn flush_expired_inner(&self, max: usize) -> Result<usize, DictError> {
+        // The garbage first, a journal's worth per lock hold.
+        loop {
+            let g = self.pool.lock();
+            let s = self.section(&g)?;
+            if self.reclaim(&s, usize::MAX)? == 0 {
+                break;
+            }
+        }
         let max = if max == 0 { usize::MAX } else { max };
         let nb = self.mask as u64 + 1;
         let mut freed = 0;

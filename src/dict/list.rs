@@ -50,6 +50,7 @@ impl<'z> Dict<'z> {
             }
         }
         bump(&self.h().sets);
+        self.tidy(&s)?;
         let sp = s.g.savepoint();
         let r = self.push_locked(&s, h, key, bytes, v.kind, left, found, live.map(|f| f.e));
         if r.is_err() {

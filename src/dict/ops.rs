@@ -68,6 +68,7 @@ impl<'z> Dict<'z> {
         }
         let exp = expiry(&s, ttl_ms);
         bump(&self.h().sets);
+        self.tidy(&s)?;
         self.put(&s, h, key, &v, flags, exp, found, evict)
     }
 
@@ -173,7 +174,10 @@ impl<'z> Dict<'z> {
         };
         let live = s.live(f.e);
         let sp = s.g.savepoint();
-        let r = s.unlink(&f).and_then(|()| s.free_entry(f.e));
+        let r = s
+            .unlink(&f)
+            .and_then(|()| s.free_entry(f.e))
+            .and_then(|()| self.tidy(&s));
         if let Err(e) = r {
             // SAFETY: `sp` came from this section.
             unsafe { s.g.rollback_to(sp) };
