@@ -69,6 +69,8 @@ mod api;
 mod check;
 mod error;
 mod evict;
+#[doc(hidden)]
+pub mod fuzzing;
 mod layout;
 mod list;
 mod ops;

@@ -428,3 +428,21 @@ fn churn_of_mixed_operations_does_not_leak() {
     zone.pool().trim();
     assert_eq!(zone.stats().pages_free, free0);
 }
+
+/// The fuzz target's interpreter on pseudo-random programs.
+#[test]
+fn fuzz_programs() {
+    let mut x: u64 = 1;
+    for n in 0..150 {
+        let len = 1 + (n * 37) % 2000;
+        let data: Vec<u8> = (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        fuzzing::run(&data);
+    }
+}
