@@ -9,7 +9,9 @@
 //!
 //! stdout: a header row, then `workload<TAB>param<TAB>impl<TAB>value<TAB>unit`
 //! lines (each timed figure as its median, min and max over the reps);
-//! progress goes to stderr.
+//! progress goes to stderr. D1–D3 also give `cpu ns/op`: the process's
+//! own CPU time per op (`CLOCK_PROCESS_CPUTIME_ID`), which a busy machine
+//! disturbs much less than the wall-clock figure.
 //!
 //! D3's mix draws two numbers per op: `c = next()` chooses (`c % 10 < 9`:
 //! a get), `x = next()` makes the key (and a set's size), so that the choice
@@ -112,6 +114,24 @@ fn ns_per(d: Duration, n: u64) -> f64 {
     d.as_nanos() as f64 / n as f64
 }
 
+/// This process's CPU time in ns.
+fn cpu_ns() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-pointer; the clock exists on every unix.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 * 1e9 + ts.tv_nsec as f64
+}
+
+/// Wall and CPU time of `f`, per op.
+fn timed(n: u64, f: impl FnOnce()) -> (f64, f64) {
+    let (t, c) = (Instant::now(), cpu_ns());
+    f();
+    (ns_per(t.elapsed(), n), (cpu_ns() - c) / n as f64)
+}
+
 fn zones(size: usize) -> Zones {
     Zones::builder()
         .dict("d", size)
@@ -121,34 +141,44 @@ fn zones(size: usize) -> Zones {
 
 fn bench_d1(cfg: &Cfg) {
     let n = cfg.n(1_000_000);
-    let (mut set, mut get, mut incr) = (Vec::new(), Vec::new(), Vec::new());
+    let mut v: [Vec<f64>; 6] = Default::default();
     for _ in 0..cfg.reps {
         let z = zones(64 << 20);
         let d = Dict::open(&z.get("d").unwrap()).unwrap();
-        let t = Instant::now();
-        for i in 1..=n {
-            d.set(Key::new(b'k', i % K).as_bytes(), i as i64, 0, 0)
-                .unwrap();
-        }
-        set.push(ns_per(t.elapsed(), n));
-        let t = Instant::now();
-        for i in 1..=n {
-            black_box(d.get(Key::new(b'k', i % K).as_bytes()).unwrap());
-        }
-        get.push(ns_per(t.elapsed(), n));
-        let t = Instant::now();
-        for i in 1..=n {
-            black_box(
-                d.incr(Key::new(b'c', i % K).as_bytes(), 1, Some(0), 0)
-                    .unwrap(),
-            );
-        }
-        incr.push(ns_per(t.elapsed(), n));
+        let (w, c) = timed(n, || {
+            for i in 1..=n {
+                d.set(Key::new(b'k', i % K).as_bytes(), i as i64, 0, 0)
+                    .unwrap();
+            }
+        });
+        v[0].push(w);
+        v[1].push(c);
+        let (w, c) = timed(n, || {
+            for i in 1..=n {
+                black_box(d.get(Key::new(b'k', i % K).as_bytes()).unwrap());
+            }
+        });
+        v[2].push(w);
+        v[3].push(c);
+        let (w, c) = timed(n, || {
+            for i in 1..=n {
+                black_box(
+                    d.incr(Key::new(b'c', i % K).as_bytes(), 1, Some(0), 0)
+                        .unwrap(),
+                );
+            }
+        });
+        v[4].push(w);
+        v[5].push(c);
         d.check().expect("check after D1");
     }
+    let [set, set_cpu, get, get_cpu, incr, incr_cpu] = v;
     emit3("D1", "set", set, "ns/op");
+    emit3("D1", "set", set_cpu, "cpu ns/op");
     emit3("D1", "get", get, "ns/op");
+    emit3("D1", "get", get_cpu, "cpu ns/op");
     emit3("D1", "incr", incr, "ns/op");
+    emit3("D1", "incr", incr_cpu, "cpu ns/op");
 }
 
 static VALUE: [u8; 512] = [0x5a; 512];
@@ -187,26 +217,30 @@ fn bench_d2_d3(cfg: &Cfg) {
     let n3 = cfg.n(5_000_000);
     let zone_len = 16 << 20;
     let (mut ns2, mut ns3, mut frac, mut ev, mut hit) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut cpu2, mut cpu3) = (vec![], vec![]);
     for _ in 0..cfg.reps {
         let z = zones(zone_len);
         let d = Dict::open(&z.get("d").unwrap()).unwrap();
         let mut rng = Rng(42);
-        let t = Instant::now();
-        d2_fill(&d, &mut rng, n2);
-        ns2.push(ns_per(t.elapsed(), n2));
+        let (w, c) = timed(n2, || d2_fill(&d, &mut rng, n2));
+        ns2.push(w);
+        cpu2.push(c);
         let st = d.stats();
         frac.push(st.bytes as f64 / zone_len as f64);
         ev.push(st.evictions as f64);
-        let t = Instant::now();
-        let hits = d3_mix(&d, &mut rng, n3, 90);
-        ns3.push(ns_per(t.elapsed(), n3));
+        let mut hits = 0;
+        let (w, c) = timed(n3, || hits = d3_mix(&d, &mut rng, n3, 90));
+        ns3.push(w);
+        cpu3.push(c);
         hit.push(hits as f64 / (n3 as f64 * 0.9));
         d.check().expect("check after D3");
     }
     emit3("D2", "set", ns2, "ns/op");
+    emit3("D2", "set", cpu2, "cpu ns/op");
     emit3("D2", "evictions", ev, "count");
     emit3("D2", "stored", frac, "fraction");
     emit3("D3", "op", ns3, "ns/op");
+    emit3("D3", "op", cpu3, "cpu ns/op");
     emit3("D3", "hit", hit, "ratio");
 }
 

@@ -31,6 +31,9 @@ pub(super) const MAX_EVICT: usize = 30;
 /// Non-empty buckets the hand looks at for an expired entry once it has a
 /// least-recently-used candidate.
 const SAMPLE: usize = 8;
+/// Non-empty buckets the hand looks at for an entry of the needed size
+/// class before settling for another one (and then emptying its page).
+const LONG_SCAN: usize = 1024;
 /// Garbage nodes each store frees.
 const TIDY: usize = 4;
 /// Buckets one sweep batch (one lock hold) looks at.
@@ -57,6 +60,7 @@ impl<'z> Dict<'z> {
             }
         }
         let mut forcible = false;
+        let mut evicted = 0;
         if evict {
             for _ in 0..MAX_EVICT {
                 if s.g.journal_room()
@@ -65,23 +69,107 @@ impl<'z> Dict<'z> {
                 {
                     break;
                 }
-                let Some(f) = self.victim(s, protect, size_class(size))? else {
+                let class = size_class(size);
+                let Some(f) = self.victim(s, protect, class)? else {
                     break;
                 };
-                if s.live(f.e) {
-                    forcible = true;
-                    bump(&self.h().evictions);
-                } else {
-                    bump(&self.h().expirations);
-                }
-                s.unlink(&f)?;
-                s.free_entry(f.e)?;
+
+                let page = (f.e as usize) & !(crate::SLAB_PAGE - 1);
+                let other = block_class(f.e);
+                forcible |= self.evict_one(s, &f)?;
+                evicted += 1;
                 if let Some(p) = s.try_alloc(size)? {
                     return Ok((p, forcible));
+                }
+                if other != class && other != 0 {
+                    // No block of the needed class was found to evict: empty
+                    // the victim's page instead, so that it can be reused
+                    // for any class.
+                    let (n, f2) = self.evict_page(s, page, other, protect, MAX_EVICT - evicted)?;
+                    evicted += n;
+                    forcible |= f2;
+                    if n > 0 {
+                        if let Some(p) = s.try_alloc(size)? {
+                            return Ok((p, forcible));
+                        }
+                    }
+                }
+                if evicted >= MAX_EVICT {
+                    break;
                 }
             }
         }
         Err(DictError::NoMemory { forcible })
+    }
+
+    /// Unlinks and frees one victim; whether it was live.
+    fn evict_one(&self, s: &Sec<'_, '_, 'z>, f: &Found) -> Result<bool, DictError> {
+        let live = s.live(f.e);
+        if live {
+            bump(&self.h().evictions);
+        } else {
+            bump(&self.h().expirations);
+        }
+        s.unlink(f)?;
+        s.free_entry(f.e)?;
+        Ok(live)
+    }
+
+    /// Evicts the entries in the slab page at `page` whose blocks are of
+    /// `class` bytes, at most `max` (while the journal has room): each
+    /// block start that holds an entry the table links there is one.
+    /// How many, and whether a live one was among them.
+    fn evict_page(
+        &self,
+        s: &Sec<'_, '_, 'z>,
+        page: usize,
+        class: usize,
+        protect: *const Entry,
+        max: usize,
+    ) -> Result<(usize, bool), DictError> {
+        let (mut n, mut forcible) = (0, false);
+        for slot in (0..crate::SLAB_PAGE).step_by(class.max(8)) {
+            if n >= max
+                || !s.can_free()
+                || s.pending_room() < 2
+                || s.g.journal_room() < FREE_NEED + ALLOC_NEED + 2 * FINISH_NEED
+            {
+                break;
+            }
+            let p = page + slot;
+            if p < self.base as usize || p >= self.base as usize + self.len {
+                break;
+            }
+            let Some(e) = self.entry_at(self.off8(p as *const u8)) else {
+                continue;
+            };
+            if std::ptr::eq(e, protect) {
+                continue;
+            }
+            // SAFETY: entry_at checked that the header and key lie inside
+            // the zone; whatever they hold, find() only compares them.
+            let (h, key) = unsafe {
+                (
+                    (*e).hash,
+                    std::slice::from_raw_parts(
+                        e.cast::<u8>().add(super::layout::value_at(0)),
+                        (*e).klen as usize,
+                    ),
+                )
+            };
+            if key.is_empty() {
+                continue;
+            }
+            let key = key.to_vec();
+            match s.find(h, &key)? {
+                Some(f) if std::ptr::eq(f.e, e) => {
+                    forcible |= self.evict_one(s, &f)?;
+                    n += 1;
+                }
+                _ => {}
+            }
+        }
+        Ok((n, forcible))
     }
 
     /// Journal room kept for saving what a new block of `size` bytes may
@@ -137,7 +225,11 @@ impl<'z> Dict<'z> {
         }
         let nb = self.mask as usize + 1;
         let hand = self.h().hand.load(Ordering::Relaxed);
-        let (mut same, mut any): (Option<Found>, Option<Found>) = (None, None);
+        // Candidates: of the needed class in a bucket whose bit was clear,
+        // of the needed class in a recently used bucket, and of another
+        // class (the largest seen: its page has the fewest blocks to empty).
+        let (mut same, mut same_used, mut any): (Option<Found>, Option<Found>, Option<Found>) =
+            (None, None, None);
         let mut looked = 0;
         let mut step = 0;
         let mut expired = None;
@@ -164,12 +256,15 @@ impl<'z> Dict<'z> {
                         expired = Some(f);
                         break;
                     }
-                    if !referenced {
-                        if same.is_none() && block_class(e) == class {
+                    let c = block_class(e);
+                    if c == class {
+                        if !referenced && same.is_none() {
                             same = Some(f);
-                        } else if any.is_none() {
-                            any = Some(f);
+                        } else if same_used.is_none() {
+                            same_used = Some(f);
                         }
+                    } else if !referenced && any.is_none_or(|a| block_class(a.e) < c) {
+                        any = Some(f);
                     }
                 }
                 // SAFETY: checked entry.
@@ -185,11 +280,13 @@ impl<'z> Dict<'z> {
                 bucket.referenced.store(0, Ordering::Relaxed);
             }
             looked += 1;
-            if (same.is_some() && looked >= SAMPLE) || (any.is_some() && looked >= 8 * SAMPLE) {
+            if (same.is_some() && looked >= SAMPLE)
+                || ((same_used.is_some() || any.is_some()) && looked >= LONG_SCAN)
+            {
                 break;
             }
         }
-        let result = expired.or(same).or(any);
+        let result = expired.or(same).or(same_used).or(any);
         let next = match &result {
             Some(f) => f.bucket.wrapping_add(1),
             None => hand.wrapping_add(step as u32),

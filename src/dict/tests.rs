@@ -446,3 +446,32 @@ fn fuzz_programs() {
         fuzzing::run(&data);
     }
 }
+
+#[test]
+fn d2_like_fill_never_runs_out() {
+    let z = zones(4 << 20);
+    let zone = z.get("d").unwrap();
+    let d = Dict::open(&zone).unwrap();
+    let val = [0x5au8; 512];
+    let mut x: u64 = 42;
+    for i in 0..200_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let len = 8 + (x % 505) as usize;
+        if let Err(e) = d.set(format!("k{}", x % 100_000).as_bytes(), &val[..len], 0, 0) {
+            let ps = zone.stats();
+            let cl: Vec<_> = ps
+                .classes
+                .iter()
+                .map(|c| (c.size, c.used, c.total))
+                .collect();
+            panic!(
+                "op {i} len {len}: {e} {:?} free pages {} {cl:?}",
+                d.stats(),
+                ps.pages_free
+            );
+        }
+    }
+    d.check().unwrap();
+}
