@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{fork_child, wait, Exit};
-use shmzone::dict::{Dict, DictError, OwnedValue};
+use shmzone::dict::{Dict, DictError};
 use shmzone::Zones;
 
 const WORKERS: usize = 4;

@@ -30,7 +30,7 @@ fn block_class(e: *const Entry) -> usize {
 pub(super) const MAX_EVICT: usize = 30;
 /// Non-empty buckets the hand looks at for an expired entry once it has a
 /// least-recently-used candidate.
-const SAMPLE: usize = 8;
+const SAMPLE: usize = 3;
 /// Non-empty buckets the hand looks at for an entry of the needed size
 /// class before settling for another one (and then emptying its page).
 const LONG_SCAN: usize = 1024;

@@ -28,9 +28,12 @@
 //!   to everything but [`Dict::get_stale`] until its memory is reused.
 //! - When memory runs out, `set` (and `add`, `incr` creating a key,
 //!   `lpush`/`rpush`) evicts: up to 30 entries, expired ones first, then
-//!   the least recently used by an approximate LRU (a CLOCK: readers set a
-//!   bucket's reference bit with a relaxed store, the eviction hand clears
-//!   it and takes buckets whose bit is clear). [`Stored::forcible`] says
+//!   the least recently used by an approximate LRU (a CLOCK: reads and
+//!   updates set a bucket's reference bit with a relaxed store, the
+//!   eviction hand clears it and takes buckets whose bit is clear; a new
+//!   entry starts unmarked, so entries never used after being stored go
+//!   first), preferring an entry whose block has the size class the new
+//!   one needs (else the candidate's whole page is emptied). [`Stored::forcible`] says
 //!   whether live entries were evicted.
 //! - **A call that fails changes nothing.** shdict's `safe_set` deletes the
 //!   old value when the new one does not fit; here the old value stays
