@@ -19,6 +19,15 @@ fn size_class(size: usize) -> usize {
     }
 }
 
+/// A class's bit in a bucket's `classes` hint.
+pub(super) fn class_bit(class: usize) -> u8 {
+    if !(64..=crate::SLAB_PAGE / 2).contains(&class) {
+        0x80
+    } else {
+        1 << (class.trailing_zeros() - 6)
+    }
+}
+
 /// The block size of a checked entry.
 fn block_class(e: *const Entry) -> usize {
     // SAFETY: a checked entry, under the lock.
@@ -28,6 +37,11 @@ fn block_class(e: *const Entry) -> usize {
 
 /// The most entries one store evicts (shdict's 30).
 pub(super) const MAX_EVICT: usize = 30;
+
+/// The block size of a checked entry (for the store that links it).
+pub(super) fn entry_class_bit(klen: usize, vlen: usize) -> u8 {
+    class_bit(size_class(super::layout::entry_size(klen, vlen)))
+}
 /// Non-empty buckets the hand looks at for an expired entry once it has a
 /// least-recently-used candidate.
 const SAMPLE: usize = 3;
@@ -237,9 +251,20 @@ impl<'z> Dict<'z> {
             let b = hand.wrapping_add(step as u32) & self.mask;
             step += 1;
             let bucket = self.bucket(b);
+            if bucket.head.load(Ordering::Relaxed) == 0 {
+                continue;
+            }
+            // Once there is a fallback, a bucket without a block of the
+            // needed class is passed without reading its entries.
+            if (any.is_some() || same_used.is_some())
+                && bucket.classes.load(Ordering::Relaxed) & class_bit(class) == 0
+            {
+                continue;
+            }
             let referenced = bucket.referenced.load(Ordering::Relaxed) != 0;
             let mut link: *const AtomicU32 = &bucket.head;
             let mut nonempty = false;
+            let mut mask = 0u8;
             for _ in 0..MAX_CHAIN {
                 // SAFETY: a bucket head or a checked entry's `next`.
                 let off8 = unsafe { &*link }.load(Ordering::Relaxed);
@@ -249,6 +274,7 @@ impl<'z> Dict<'z> {
                 let e = self
                     .entry_at(off8)
                     .ok_or_else(|| self.corrupt("a chain links outside the zone"))?;
+                mask |= class_bit(block_class(e));
                 if !std::ptr::eq(e, protect) {
                     nonempty = true;
                     let f = Found { link, e, bucket: b };
@@ -276,6 +302,7 @@ impl<'z> Dict<'z> {
             if !nonempty {
                 continue;
             }
+            bucket.classes.store(mask, Ordering::Relaxed);
             if referenced {
                 bucket.referenced.store(0, Ordering::Relaxed);
             }

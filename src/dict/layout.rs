@@ -3,7 +3,7 @@
 //! from the zone's start in 8-byte units (`off8`, `u32`: zones up to
 //! 32 GiB), 0 meaning none; nothing is an absolute pointer.
 
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8};
 
 use static_assertions::{assert_eq_align, assert_eq_size, const_assert};
 
@@ -94,13 +94,19 @@ const_assert!(std::mem::size_of::<Header>() % 64 == 0);
 const_assert!(std::mem::offset_of!(Header, npending) % 8 == 0);
 assert_eq_size!(Header, [u8; 64 * 6 + 64 * STAT_SLOTS]);
 
-/// A bucket: the head of its chain and the CLOCK reference bit of the
+/// A bucket: the head of its chain, the CLOCK reference bit of the
 /// entries in it (set by readers with a relaxed store, cleared by the
-/// eviction hand; never journaled, a hint).
+/// eviction hand) and the size classes of the blocks in the chain (bit i:
+/// `64 << i` bytes, bit 7: page runs; set by stores, recomputed by the
+/// eviction hand when it walks the chain). Both are hints, never
+/// journaled: the hand skips buckets with no block of the class it needs
+/// without touching their entries.
 #[repr(C)]
 pub(crate) struct Bucket {
     pub head: AtomicU32,
-    pub referenced: AtomicU32,
+    pub referenced: AtomicU8,
+    pub classes: AtomicU8,
+    pub _pad: [u8; 2],
 }
 assert_eq_size!(Bucket, [u8; 8]);
 

@@ -460,6 +460,11 @@ impl<'g, 'd, 'z> Sec<'g, 'd, 'z> {
         // holders; the entry is complete before it is published (Release).
         unsafe { self.g.save((&bucket.head as *const AtomicU32).cast(), 4) }?;
         bucket.head.store(self.d.off8(p), Ordering::Release);
+        let bit = super::evict::entry_class_bit(key.len(), value.len());
+        bucket.classes.store(
+            bucket.classes.load(Ordering::Relaxed) | bit,
+            Ordering::Relaxed,
+        );
         // A new entry is not marked used: entries never used again since
         // they were stored go first (scan resistance, as in 2Q).
         self.totals(1, (key.len() + value.len()) as i64)?;
