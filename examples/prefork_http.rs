@@ -5,10 +5,12 @@
 //! curl -s localhost:8080/hit            # a counter shared by every worker
 //! curl -s 'localhost:8080/limit?key=me' # nginx limit_req: 200, or 429 past the rate
 //! curl -s localhost:8080/stats          # every zone's pages, classes, lock
+//! curl -s localhost:8080/metrics        # the same and request counters, Prometheus text
 //! ```
 //!
 //! The master makes the listening socket and the zones, then forks the
-//! workers ([`shmzone::prefork::Master`]). It respawns a worker that dies
+//! workers ([`shmzone::prefork::Master`]); each worker serves with hyper on
+//! a tokio current-thread runtime it makes after the fork (`server.rs`). It respawns a worker that dies
 //! (after releasing the zone locks it held and checking those zones),
 //! reloads on SIGHUP (zones kept, new workers, old ones finish and leave)
 //! and stops gracefully on SIGTERM or Ctrl-C. `--help` lists the options.
@@ -17,22 +19,29 @@
 mod app;
 #[path = "prefork_http/args.rs"]
 mod args;
-#[path = "prefork_http/http.rs"]
-mod http;
+#[path = "prefork_http/counters.rs"]
+mod counters;
 #[path = "prefork_http/limiter.rs"]
 mod limiter;
+#[path = "prefork_http/server.rs"]
+mod server;
 
 use std::io::Write;
-use std::net::TcpListener;
-use std::os::fd::AsFd;
+use std::net::{SocketAddr, TcpListener};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::sync::LazyLock;
+use std::time::Instant;
 
-use shmzone::prefork::{recover_zones, Master, Wake, Worker};
+use clap::{CommandFactory, Parser};
+use shmzone::prefork::{recover_zones, Master};
 use shmzone::{NamedSpec, Zones};
 
-use app::{App, Shared};
-use args::{Config, Parsed};
+use app::Shared;
+use args::Config;
+
+/// The `--help` text, also served on `/`.
+pub static USAGE: LazyLock<String> =
+    LazyLock::new(|| Config::command().render_long_help().to_string());
 
 /// A minimal logger: `LEVEL [pid] message` on stderr.
 struct StderrLog;
@@ -52,17 +61,7 @@ impl log::Log for StderrLog {
 static LOGGER: StderrLog = StderrLog;
 
 fn main() -> ExitCode {
-    let config = match args::parse(std::env::args().skip(1)) {
-        Ok(Parsed::Run(c)) => c,
-        Ok(Parsed::Help) => {
-            print!("{}", args::USAGE);
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("prefork_http: {e}");
-            return ExitCode::from(64);
-        }
-    };
+    let config = Config::parse();
     let _ = log::set_logger(&LOGGER);
     log::set_max_level(config.log_level);
     match run(config) {
@@ -75,11 +74,7 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Config) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let listener =
-        TcpListener::bind(config.listen).map_err(|e| format!("bind {}: {e}", config.listen))?;
-    // Workers poll the shared socket and accept without blocking: whoever
-    // loses the race for a connection gets WouldBlock and waits again.
-    listener.set_nonblocking(true)?;
+    let listeners = listen(&config).map_err(|e| format!("listen on {}: {e}", config.listen))?;
     let zones = match &config.named {
         // The master's drop removes the name when the server stops; a
         // forked worker's drop never does.
@@ -92,7 +87,7 @@ fn run(config: Config) -> Result<ExitCode, Box<dyn std::error::Error>> {
         None => app::builder(&config).build()?,
     };
 
-    let addr = listener.local_addr()?;
+    let addr = listeners[0].local_addr()?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "listening on http://{addr}")?;
     match zones.region().named() {
@@ -116,21 +111,25 @@ fn run(config: Config) -> Result<ExitCode, Box<dyn std::error::Error>> {
     }
     writeln!(
         out,
-        "{} workers x {} connections; limiter {} burst {}; try: curl -s http://{addr}/hit",
-        config.workers, config.threads, config.rate_text, config.burst
+        "{} workers (hyper, {} connections each, {}); limiter {} burst {}; try: curl -s http://{addr}/hit",
+        config.workers(),
+        config.connections,
+        if config.reuseport { "a SO_REUSEPORT socket each" } else { "one shared socket" },
+        config.rate.text,
+        config.burst
     )?;
     out.flush()?;
     drop(out);
 
     let shared = Shared {
         zones,
-        listener,
+        listeners,
         config: config.clone(),
         epoch: Instant::now(),
     };
     let reload_config = config.clone();
     let master = Master::new(shared)
-        .workers(config.workers)
+        .workers(config.workers())
         .stop_timeout(config.stop_timeout)
         .on_death(|s: &Shared, d| {
             let r = recover_zones(&s.zones, d.pid);
@@ -168,9 +167,9 @@ fn run(config: Config) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 log::info!("released {bytes} bytes of retired zones");
             }
         });
-    // SAFETY: this program has a single thread until here (workers start
-    // their threads after the fork).
-    let (_, report) = unsafe { master.run(worker) }?;
+    // SAFETY: this program has a single thread until here: each worker
+    // makes its runtime (and its one helper thread) after the fork.
+    let (_, report) = unsafe { master.run(server::worker) }?;
     log::info!(
         "master: exiting; {} workers spawned, {} respawned, {} abnormal deaths, {} reloads",
         report.spawned,
@@ -185,41 +184,32 @@ fn run(config: Config) -> Result<ExitCode, Box<dyn std::error::Error>> {
     })
 }
 
-/// One worker process: `threads` threads, each accepting and serving one
-/// connection at a time, until the master says stop.
-fn worker(shared: &Shared, w: &Worker) -> i32 {
-    let app = App::new(shared);
-    let limits = http::Limits {
-        keepalive: shared.config.keepalive,
-        read_timeout: shared.config.read_timeout,
-    };
-    log::debug!("worker {} (generation {}) ready", w.index(), w.generation());
-    std::thread::scope(|scope| {
-        for _ in 0..shared.config.threads {
-            scope.spawn(|| accept_loop(shared, w, &app, &limits));
+/// The listening sockets: one shared by every worker, or with
+/// `--reuseport` one per worker slot, all bound to the same address with
+/// SO_REUSEPORT so the kernel spreads connections over them (nginx's
+/// `listen ... reuseport`). They are made here, before the fork, so a
+/// respawned worker takes over its slot's socket and the connections
+/// queued on it.
+fn listen(c: &Config) -> std::io::Result<Vec<TcpListener>> {
+    use socket2::{Domain, Socket, Type};
+    let n = if c.reuseport { c.workers() } else { 1 };
+    let mut out: Vec<TcpListener> = Vec::with_capacity(n);
+    let mut addr: SocketAddr = c.listen;
+    for _ in 0..n {
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        s.set_reuse_address(true)?;
+        if c.reuseport {
+            s.set_reuse_port(true)?;
         }
-    });
-    0
-}
-
-fn accept_loop(shared: &Shared, w: &Worker, app: &App<'_>, limits: &http::Limits) {
-    loop {
-        match w.wait_readable(shared.listener.as_fd(), None) {
-            Wake::Stop => return,
-            Wake::Timeout => continue,
-            Wake::Ready => {}
-        }
-        match shared.listener.accept() {
-            Ok((stream, _)) => http::serve(stream, w, limits, |req| app.route(req)),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                // EMFILE and the like: back off instead of spinning.
-                log::warn!("accept: {e}");
-                if w.wait_stop(Some(Duration::from_millis(100))) {
-                    return;
-                }
-            }
-        }
+        s.bind(&addr.into())?;
+        s.listen(1024)?;
+        // Workers accept without blocking (tokio); whoever loses the race
+        // for a connection on a shared socket gets WouldBlock and waits.
+        s.set_nonblocking(true)?;
+        let l: TcpListener = s.into();
+        // Port 0: the others join the port the first one got.
+        addr = l.local_addr()?;
+        out.push(l);
     }
+    Ok(out)
 }

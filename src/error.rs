@@ -125,11 +125,23 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A lock of a region this process attached was not released in time:
+    /// its holder may be a process that is not one of the region's users
+    /// (see [`ShmMutex::lock_for`](crate::ShmMutex::lock_for)).
+    LockTimeout {
+        /// Whose lock: a zone's name, or `<region>` for the region lock.
+        lock: String,
+        /// The holder and how long the wait was.
+        source: crate::shmtx::LockTimeout,
+    },
     /// Named regions are not supported on this target (Windows, for now).
     NamedUnsupported {
         /// What was asked for.
         name: String,
     },
+    /// A log ring refused (see [`crate::ring`]); lets a zone's init
+    /// callback make a ring with `?`.
+    Ring(Box<crate::ring::RingError>),
     /// A dictionary refused (see [`DictError`](crate::dict::DictError)).
     Dict(crate::dict::DictError),
 }
@@ -196,11 +208,15 @@ impl fmt::Display for Error {
                 "{name} already exists: not adopting it (attach to it, remove it, or create with replace)"
             ),
             Error::BadNamed { name, reason } => write!(f, "{name}: {reason}"),
+            Error::LockTimeout { lock, source } => {
+                write!(f, "the lock of zone \"{lock}\": {source}")
+            }
             Error::Dict(e) => write!(f, "{e}"),
             Error::NamedUnsupported { name } => write!(
                 f,
                 "{name}: named regions are not supported on this target"
             ),
+            Error::Ring(e) => write!(f, "{e}"),
         }
     }
 }
@@ -210,9 +226,20 @@ impl std::error::Error for Error {
         match self {
             Error::Os { source, .. } => Some(source),
             Error::Pool(e) => Some(e),
+            Error::LockTimeout { source, .. } => Some(source),
+            Error::Ring(e) => Some(&**e),
             Error::Dict(e) => Some(e),
             Error::Journal { source, .. } => Some(source),
             _ => None,
+        }
+    }
+}
+
+impl From<crate::ring::RingError> for Error {
+    fn from(e: crate::ring::RingError) -> Error {
+        match e {
+            crate::ring::RingError::Zone(e) => e,
+            e => Error::Ring(Box::new(e)),
         }
     }
 }

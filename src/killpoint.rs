@@ -10,15 +10,22 @@
 
 #[cfg(feature = "kill-points")]
 mod imp {
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::cell::Cell;
 
-    static HITS: AtomicU64 = AtomicU64::new(0);
-    static ARMED: AtomicU64 = AtomicU64::new(0);
+    // Per thread: a test harness runs tests on several threads, and a
+    // forked child carries only the thread that forked.
+    thread_local! {
+        static HITS: Cell<u64> = const { Cell::new(0) };
+        static ARMED: Cell<u64> = const { Cell::new(0) };
+    }
 
     #[inline]
     pub fn point() {
-        let n = HITS.fetch_add(1, Ordering::Relaxed) + 1;
-        let at = ARMED.load(Ordering::Relaxed);
+        let n = HITS.with(|h| {
+            h.set(h.get() + 1);
+            h.get()
+        });
+        let at = ARMED.with(Cell::get);
         if at != 0 && n >= at {
             crate::os::process::kill_self();
         }
@@ -26,13 +33,13 @@ mod imp {
 
     /// Dies at the `k`-th point from now (1 = the next one); 0 disarms.
     pub fn arm(k: u64) {
-        let now = HITS.load(Ordering::Relaxed);
-        ARMED.store(if k == 0 { 0 } else { now + k }, Ordering::Relaxed);
+        let now = hits();
+        ARMED.with(|a| a.set(if k == 0 { 0 } else { now + k }));
     }
 
-    /// Points passed so far by this process.
+    /// Points passed so far by this thread.
     pub fn hits() -> u64 {
-        HITS.load(Ordering::Relaxed)
+        HITS.with(Cell::get)
     }
 }
 

@@ -29,7 +29,9 @@
 //! | journal | [`journal`] | crash-atomic sections: what a holder wrote, how to undo it |
 //! | slab | [`slab`] | 4 KiB pages, power-of-two classes 8..2048 B, bitmaps, page runs |
 //! | zone | [`zone`] | the region header, the zone directory, init and reload |
+//! | structures | [`ring`] | a log ring: one single-producer ring per worker slot, any number of readers |
 //! | prefork | [`prefork`] | fork, waitid, signals, respawn |
+//! | metrics | [`metrics`] | zone figures in the Prometheus text format |
 //!
 //! A region starts with a header (magic, layout version, lengths) and a
 //! directory of up to [`zone::MAX_ZONES`] zones; the rest is itself a slab
@@ -55,10 +57,12 @@ mod error;
 pub mod journal;
 #[doc(hidden)]
 pub mod killpoint;
+pub mod metrics;
 pub mod named;
 mod os;
 pub mod prefork;
 mod region;
+pub mod ring;
 pub mod shmtx;
 pub mod slab;
 pub mod zone;
@@ -67,7 +71,7 @@ pub use error::Error;
 pub use named::{NamedId, NamedSpec};
 pub use os::{Backend, ParseBackendError};
 pub use region::{page_size, Region};
-pub use shmtx::{ShmGuard, ShmMutex};
+pub use shmtx::{LockTimeout, ShmGuard, ShmMutex};
 pub use slab::{
     CheckError, ClassStats, FreeError, Pool, PoolError, PoolGuard, PoolStats, SLAB_PAGE,
 };

@@ -28,6 +28,11 @@
 //!   directory, a FIFO or a device is an [`Error::BadNamed`]. `O_NOFOLLOW`
 //!   covers the last component only: keep the directory writable by the
 //!   owner alone.
+//! - **Only your own regions.** Attach refuses an object owned by another
+//!   uid than the process's effective uid ([`Error::BadNamed`]): a region
+//!   planted by another user with mode 0666 is not adopted either. An
+//!   inspector run by another user opts in with
+//!   [`NamedSpec::allow_other_owner`].
 //! - **Attach checks before it trusts.** The object must be a non-zero whole
 //!   number of pages, and [`Zones::attach`] runs
 //!   [`validate_region`](crate::zone::validate_region) (magic, layout
@@ -45,18 +50,20 @@
 //! restarted master), so it outlives its creator. Remove it with
 //! [`NamedSpec::remove`] / [`remove`], or ask for
 //! [`NamedSpec::remove_on_drop`]; that removal happens only in the creating
-//! process, never in a child that inherited the handle through `fork`.
+//! process, never in a child that inherited the handle through `fork`, and
+//! only while the name still names the object this process made (same
+//! device and inode, or the same SysV id): a region another creator made
+//! since under that name with [`NamedSpec::replace`] is left alone.
 //! Removing the name never unmaps anyone: the memory goes when its last
 //! mapping goes.
 
 use std::path::Path;
-use std::time::Duration;
 
 use crate::error::Error;
 pub use crate::os::NamedId;
 use crate::os::{remove_named, CreateOpts, NamedMap};
 use crate::region::{round_to_pages, Region};
-use crate::zone::{validate_region, Zones, ZonesBuilder};
+use crate::zone::{Zones, ZonesBuilder};
 
 /// The mode a named region gets unless [`NamedSpec::mode`] says otherwise:
 /// read and write for the owner only.
@@ -84,6 +91,7 @@ pub struct NamedSpec {
     replace: bool,
     read_only: bool,
     remove_on_drop: bool,
+    allow_other_owner: bool,
 }
 
 impl NamedSpec {
@@ -96,6 +104,7 @@ impl NamedSpec {
             replace: false,
             read_only: false,
             remove_on_drop: false,
+            allow_other_owner: false,
         }
     }
 
@@ -146,6 +155,27 @@ impl NamedSpec {
     pub fn remove_on_drop(mut self, yes: bool) -> NamedSpec {
         self.remove_on_drop = yes;
         self
+    }
+
+    /// When attaching: accept a region owned by another uid than this
+    /// process's effective uid (default false: such a region is refused
+    /// with [`Error::BadNamed`], since another user, perhaps a hostile one,
+    /// made it or can rewrite it). Opt in for an inspector run by another
+    /// user (root looking at a service's region, say).
+    ///
+    /// ```
+    /// use shmzone::NamedSpec;
+    /// let spec = NamedSpec::posix("/cache").read_only(true).allow_other_owner(true);
+    /// assert!(spec.allows_other_owner());
+    /// ```
+    pub fn allow_other_owner(mut self, yes: bool) -> NamedSpec {
+        self.allow_other_owner = yes;
+        self
+    }
+
+    /// Whether an attach accepts a region owned by another uid.
+    pub fn allows_other_owner(&self) -> bool {
+        self.allow_other_owner
     }
 
     /// The name, key or path.
@@ -204,16 +234,25 @@ impl Region {
     }
 
     /// Maps the whole of an existing named region, read-only if
-    /// [`NamedSpec::read_only`]. Nothing in it is checked but its size (a
-    /// non-zero whole number of pages) and, for files, that it is a regular
-    /// file reached without following a symbolic link: use
-    /// [`Zones::attach`] to check a zone directory.
+    /// [`NamedSpec::read_only`]. Nothing in it is checked but its owner
+    /// (this process's effective uid, unless
+    /// [`NamedSpec::allow_other_owner`]), its size (a non-zero whole number
+    /// of pages) and, for POSIX objects and files, that it is a regular file
+    /// (a FIFO does not block the open) reached without following a
+    /// symbolic link: use [`Zones::attach`] to check a zone directory.
     ///
     /// # Errors
     /// [`Error::BadNamed`] for what cannot be a region; [`Error::Os`]
     /// naming the call (e.g. `ENOENT`, `EACCES`).
     pub fn attach_named(spec: &NamedSpec) -> Result<Region, Error> {
-        NamedMap::attach(&spec.id, spec.read_only).map(Region::from_named)
+        NamedMap::attach(&spec.id, spec.read_only, spec.allow_other_owner).map(Region::from_named)
+    }
+
+    /// A private, writable, copy-on-write mapping of the named region
+    /// (`MAP_PRIVATE`): its pages read the object until this process writes
+    /// them. `None` for a SysV segment, which cannot be mapped that way.
+    fn attach_named_copy(spec: &NamedSpec) -> Result<Option<Region>, Error> {
+        Ok(NamedMap::attach_copy(&spec.id, spec.allow_other_owner)?.map(Region::from_named))
     }
 
     /// A private, writable copy of this region's bytes (a fresh fork-shared
@@ -263,70 +302,49 @@ impl Zones {
     }
 
     /// Attaches to a named region that [`Zones::create_named`] made,
-    /// validating its header and directory first.
+    /// validating it first without trusting any of it (see
+    /// [`Zones::from_region`]: header, directory and region pool under the
+    /// region lock, every zone's allocator under its lock, each lock waited
+    /// for at most [`ATTACH_LOCK_WAIT`](crate::zone::ATTACH_LOCK_WAIT)). A
+    /// region owned by another uid is refused unless
+    /// [`NamedSpec::allow_other_owner`]; a read-write attach of a region
+    /// made in another pid namespace is refused (its lock words hold that
+    /// namespace's pids).
     ///
     /// Read-write (the default) gives a handle like the creator's: `get`,
     /// `alloc`, `get_or_create` work and are seen by every process.
     ///
-    /// With [`NamedSpec::read_only`] the object is opened and mapped
-    /// read-only, validated, and **copied** into a private mapping, on
-    /// which the returned handle works: a snapshot for an inspector
-    /// (`shmzone-stat`). Copies are retried (up to 20, 0.2 ms apart) until
-    /// one holds no lock, as one taken while a lock is held may catch its
-    /// holder mid-operation (`check()` tells). The zone and region locks
-    /// need writes, so in the copy any lock still held is released
-    /// (as after a dead holder: the copy's next guard reports it with
-    /// `recovered_from`). Changes to the snapshot stay private; it costs
-    /// resident memory equal to the region's length.
+    /// With [`NamedSpec::read_only`] the object is opened read-only and
+    /// the handle works on a private **snapshot of its metadata**: the
+    /// header, the directory, and for the region pool and every zone the
+    /// pool header, the page descriptors, the counters and the small pages'
+    /// bitmaps are copied into a private copy-on-write mapping of the object
+    /// (`MAP_PRIVATE`); everything else (the zones' data) is read from the
+    /// object as it is when read. So the cost grows with the number of
+    /// pages, not their bytes (a full private copy for a SysV segment, which
+    /// cannot be mapped copy-on-write). What `shmzone-stat` reports (names,
+    /// sizes, roots, `check()`, `stats()`) comes from the snapshot. The
+    /// snapshot is taken again (up to 20 times, 0.2 ms apart) while the
+    /// directory changed during the copy, a lock was held (its holder may
+    /// have been mid-operation) or validation failed, so a valid region
+    /// that others are changing is never refused. The locks need writes:
+    /// in the snapshot any lock held when copied is released (its next
+    /// guard reports `recovered_from`). Changes to the snapshot stay
+    /// private.
     ///
     /// # Errors
-    /// As [`Region::attach_named`], plus [`Error::BadRegion`] naming what
-    /// is wrong with the header (a random file, another layout version, a
-    /// recorded length that is not the object's size, ...).
+    /// As [`Region::attach_named`] and [`Zones::from_region`], plus
+    /// [`Error::BadRegion`] naming what is wrong with the header (a random
+    /// file, another layout version, a recorded length that is not the
+    /// object's size, ...).
     pub fn attach(spec: &NamedSpec) -> Result<Zones, Error> {
         let region = Region::attach_named(spec)?;
         if !spec.read_only {
             return Zones::from_region(region);
         }
-        // SAFETY: the mapping is readable for its whole length while
-        // `region` lives.
-        unsafe { validate_region(region.base(), region.len()) }?;
-        // A copy taken while some lock is held may catch its holder
-        // mid-operation: take a few, a moment apart, before settling.
-        let mut tries = 1;
-        loop {
-            let zones = Zones::from_region(region.private_copy()?)?;
-            if tries == SNAPSHOT_TRIES || !any_lock_held(&zones) {
-                release_copied_locks(&zones);
-                return Ok(zones);
-            }
-            drop(zones);
-            tries += 1;
-            std::thread::sleep(Duration::from_micros(200));
-        }
-    }
-}
-
-/// How many copies a read-only attach takes, at most, looking for one in
-/// which no lock is held.
-const SNAPSHOT_TRIES: u32 = 20;
-
-/// Whether the region lock or any zone lock is held in `zones`.
-fn any_lock_held(zones: &Zones) -> bool {
-    // The region lock first: `iter` takes it.
-    zones.region_pool().mutex().holder().is_some()
-        || zones.iter().any(|z| z.mutex().holder().is_some())
-}
-
-/// In a private copy, every lock that was held when the copy was taken is
-/// held by a process that will never release *this* copy: take each back.
-fn release_copied_locks(zones: &Zones) {
-    if let Some(pid) = zones.region_pool().mutex().holder() {
-        zones.region_pool().mutex().force_unlock(pid);
-    }
-    for zone in zones.iter() {
-        if let Some(pid) = zone.mutex().holder() {
-            zone.mutex().force_unlock(pid);
-        }
+        Zones::snapshot(&region, || match Region::attach_named_copy(spec)? {
+            Some(copy) => Ok(copy),
+            None => region.private_copy(),
+        })
     }
 }

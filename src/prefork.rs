@@ -11,8 +11,10 @@
 //!   ([`Master::on_death`]) runs — the hook releases every lock the dead pid
 //!   held (see [`recover_zones`]) — and only then reaped.
 //! - A worker that died is respawned; one that keeps dying soon after start
-//!   is respawned with a growing delay and finally given up on (or at once
-//!   when it exits with [`EXIT_FATAL`], as nginx does with code 2).
+//!   is respawned with a growing delay, capped (a burst of deaths never ends
+//!   the service); only a worker that exits with [`EXIT_FATAL`] is not
+//!   respawned (as nginx does with code 2), or, if asked for with
+//!   [`Master::respawn_limit`], one that keeps failing at start.
 //! - `SIGTERM`, `SIGINT` and `SIGQUIT` stop gracefully: each worker is told
 //!   to stop, finishes what it is doing and exits; the master waits for all
 //!   of them (at most [`Master::stop_timeout`], then `SIGKILL`) and returns.
@@ -57,6 +59,9 @@ pub use crate::os::signal::Signal;
 
 mod zones;
 pub use zones::{recover_zones, Recovery};
+
+/// How soon the master's lock waits check whether the holder died.
+const MASTER_HEAL: Duration = Duration::from_millis(2);
 
 /// A worker exit code that means "do not respawn me" (nginx's fatal exit).
 pub const EXIT_FATAL: i32 = 2;
@@ -270,7 +275,7 @@ impl<T> Master<T> {
                 min_uptime: Duration::from_secs(1),
                 first_delay: Duration::from_millis(100),
                 max_delay: Duration::from_secs(5),
-                give_up_after: 8,
+                give_up_after: 0,
             },
             on_death: None,
             on_reload: None,
@@ -294,9 +299,12 @@ impl<T> Master<T> {
     /// The respawn rate limit. A worker that dies less than `min_uptime`
     /// after it started counts as failing at start: its slot is respawned
     /// after a delay that starts at 100 ms and doubles with every such death
-    /// in a row, up to `max_delay`; after `give_up_after` of them in a row
-    /// the slot is given up on. A worker that lived longer resets its slot.
-    /// Defaults: 1 s, 5 s, 8.
+    /// in a row, up to `max_delay` (a capped backoff: a burst of deaths
+    /// never ends the service). With `give_up_after` above 0, a slot whose
+    /// worker failed at start that many times in a row is given up on; 0
+    /// means never. A worker that lived longer resets its slot; a worker
+    /// that exits with [`EXIT_FATAL`] is never respawned. Defaults: 1 s,
+    /// 5 s, 0 (never give up).
     pub fn respawn_limit(
         mut self,
         min_uptime: Duration,
@@ -306,7 +314,7 @@ impl<T> Master<T> {
         self.respawn.min_uptime = min_uptime;
         self.respawn.max_delay = max_delay;
         self.respawn.first_delay = self.respawn.first_delay.min(max_delay);
-        self.respawn.give_up_after = give_up_after.max(1);
+        self.respawn.give_up_after = give_up_after;
         self
     }
 
@@ -376,7 +384,14 @@ impl<T> Master<T> {
         for s in CAUGHT {
             signal::catch(s)?;
         }
-        let result = self.run_loop(&work);
+        // The master never blocks on a lock whose holder died (a worker
+        // whose death it has not processed yet is a zombie): its waits take
+        // such a lock over after 2 ms (see shmtx::set_process_heal_after).
+        // Workers get the caller's setting back (see `spawn`).
+        let heal = crate::shmtx::process_heal_after();
+        crate::shmtx::set_process_heal_after(Some(MASTER_HEAL));
+        let result = self.run_loop(&work, heal);
+        crate::shmtx::set_process_heal_after(heal);
         for s in CAUGHT {
             let _ = signal::default_action(s);
         }
@@ -385,7 +400,7 @@ impl<T> Master<T> {
 
     // Slot indices address three parallel per-slot vectors at once.
     #[allow(clippy::needless_range_loop)]
-    fn run_loop<W>(&mut self, work: &W) -> Result<Report, Error>
+    fn run_loop<W>(&mut self, work: &W, heal: Option<Duration>) -> Result<Report, Error>
     where
         W: Fn(&T, &Worker) -> i32,
     {
@@ -404,7 +419,7 @@ impl<T> Master<T> {
         let mut old_pending = false;
 
         for i in 0..self.workers {
-            let slot = self.spawn(i, generation, &slots, work)?;
+            let slot = self.spawn(i, generation, &slots, work, heal)?;
             slots.push(slot);
             report.spawned += 1;
         }
@@ -415,59 +430,82 @@ impl<T> Master<T> {
         );
 
         loop {
-            // Reap every dead child: hook first, while it is still a zombie.
-            while let Some((pid, status)) = child::peek_dead()? {
-                let pos = slots.iter().position(|s| s.pid == pid);
-                if let Some(pos) = pos {
+            // Every dead worker first (simultaneous deaths are normal):
+            // each is seen but left a zombie, so no pid can be reused while
+            // the hooks run; then the hooks, in order; then the reaps. A
+            // hook that waits on a lock whose holder is another dead worker
+            // (or one dying meanwhile) does not hang: this process takes
+            // such a lock over from the zombie (process-wide healing, set
+            // in `run_loop`).
+            let mut dead: Vec<(usize, ExitStatus)> = Vec::new();
+            for (pos, s) in slots.iter().enumerate() {
+                if let Some(status) = child::peek_dead_pid(s.pid)? {
+                    dead.push((pos, status));
+                }
+            }
+            let deaths: Vec<Death> = dead
+                .iter()
+                .map(|&(pos, status)| {
                     let s = &slots[pos];
-                    let death = Death {
-                        pid,
+                    Death {
+                        pid: s.pid,
                         index: s.index,
                         generation: s.generation,
                         status,
                         uptime: s.started.elapsed(),
                         told_to_stop: s.stop.is_none(),
-                    };
-                    report.deaths += 1;
-                    if death.abnormal() {
-                        report.abnormal += 1;
-                        log::warn!("{death}");
-                    } else {
-                        log::info!("{death}");
                     }
-                    if let Some(hook) = self.on_death.as_mut() {
-                        hook(&self.state, &death);
-                    }
-                    child::reap(pid)?;
+                })
+                .collect();
+            for death in &deaths {
+                report.deaths += 1;
+                if death.abnormal() {
+                    report.abnormal += 1;
+                    log::warn!("{death}");
+                } else {
+                    log::info!("{death}");
+                }
+                if let Some(hook) = self.on_death.as_mut() {
+                    hook(&self.state, death);
+                }
+            }
+            for death in deaths {
+                child::reap(death.pid)?;
+                if let Some(pos) = slots.iter().position(|s| s.pid == death.pid) {
                     slots.swap_remove(pos);
-                    let current = death.generation == generation;
-                    if current && !death.told_to_stop && stopping.is_none() {
-                        let i = death.index;
-                        if death.status == ExitStatus::Exited(EXIT_FATAL) {
-                            log::error!("{death}: fatal exit, slot {i} not respawned");
+                }
+                let current = death.generation == generation;
+                if current && !death.told_to_stop && stopping.is_none() {
+                    let i = death.index;
+                    if death.status == ExitStatus::Exited(EXIT_FATAL) {
+                        log::error!("{death}: fatal exit, slot {i} not respawned");
+                        given_up[i] = true;
+                    } else {
+                        if death.uptime < self.respawn.min_uptime {
+                            fails[i] = fails[i].saturating_add(1);
+                        } else {
+                            fails[i] = 0;
+                        }
+                        let limit = self.respawn.give_up_after;
+                        if limit != 0 && fails[i] >= limit {
+                            log::error!(
+                                "worker slot {i} died {} times in a row within {:?} of start; not respawned",
+                                fails[i],
+                                self.respawn.min_uptime
+                            );
                             given_up[i] = true;
                         } else {
-                            if death.uptime < self.respawn.min_uptime {
-                                fails[i] += 1;
-                            } else {
-                                fails[i] = 0;
-                            }
-                            if fails[i] >= self.respawn.give_up_after {
-                                log::error!(
-                                    "worker slot {i} died {} times in a row within {:?} of start; not respawned",
-                                    fails[i],
-                                    self.respawn.min_uptime
-                                );
-                                given_up[i] = true;
-                            } else {
-                                due[i] = Some(Instant::now() + self.delay(fails[i]));
-                            }
+                            due[i] = Some(Instant::now() + self.delay(fails[i]));
                         }
                     }
-                } else {
-                    // Not one of ours (e.g. a child the caller made): reap it.
-                    child::reap(pid)?;
                 }
+            }
+            // Children that are not workers (e.g. made by the caller).
+            while let Some((pid, _)) = child::peek_dead()? {
+                if slots.iter().any(|s| s.pid == pid) {
+                    break; // a worker that died just now: next turn
+                }
+                child::reap(pid)?;
             }
 
             let stop_signal =
@@ -495,7 +533,7 @@ impl<T> Master<T> {
                         due.iter_mut().for_each(|d| *d = None);
                         given_up.iter_mut().for_each(|g| *g = false);
                         for i in 0..self.workers {
-                            match self.spawn(i, generation, &slots, work) {
+                            match self.spawn(i, generation, &slots, work, heal) {
                                 Ok(slot) => {
                                     slots.push(slot);
                                     report.spawned += 1;
@@ -519,7 +557,7 @@ impl<T> Master<T> {
                 for i in 0..self.workers {
                     if due[i].is_some_and(|d| d <= now) {
                         due[i] = None;
-                        match self.spawn(i, generation, &slots, work) {
+                        match self.spawn(i, generation, &slots, work, heal) {
                             Ok(slot) => {
                                 slots.push(slot);
                                 report.spawned += 1;
@@ -618,6 +656,7 @@ impl<T> Master<T> {
         generation: u64,
         slots: &[Slot],
         work: &W,
+        heal: Option<Duration>,
     ) -> Result<Slot, Error>
     where
         W: Fn(&T, &Worker) -> i32,
@@ -628,6 +667,7 @@ impl<T> Master<T> {
         match unsafe { child::fork() }? {
             Forked::Child => {
                 drop(w);
+                crate::shmtx::set_process_heal_after(heal);
                 // The other workers' stop pipes are not ours to hold: if we
                 // kept their write ends they would never see hang-up.
                 for s in slots {

@@ -20,6 +20,8 @@
 //! | `dead` | `pid` | the dead holder; meaningful only while `lock == u32::MAX`, cleared by the acquirer that reports it |
 //! | `recoveries` | `n` | how many times the lock was taken back from a dead holder (force-unlock or self-healing) |
 //! | `heal_ms` | `0` / `ms` | self-healing off / a waiter that has slept `ms` milliseconds checks whether the holder is alive |
+//! | `heir` | `0` / `pid` | nobody / process `pid` has waited [`FAIR_AFTER`] and asks for a direct hand-off: the next unlock stores `pid` in `lock` instead of `0` |
+//! | `handoffs` | `n` | how many unlocks handed the lock over that way |
 //!
 //! # Locking
 //!
@@ -52,6 +54,23 @@
 //! CPU with `sched_yield`. Unlock wakes one sleeper; the sleeper competes
 //! for the lock like everyone else (no FIFO, as in nginx).
 //!
+//! # Bounded waits
+//!
+//! - **Eventual fairness.** A waiter that has waited [`FAIR_AFTER`]
+//!   (0.5 ms, parking_lot's anchor) takes the `heir` slot, one waiter at a
+//!   time; the next unlock hands the lock straight to it (the word goes from
+//!   the holder's pid to the heir's, never through 0), so spinners and
+//!   newcomers cannot keep taking it first. The rest of the time the lock
+//!   is as unfair (and as fast) as nginx's. `benches/lock.rs` shows the
+//!   worst waits with 16 processes.
+//! - **No sleep is endless.** A sleeper looks at the lock again after
+//!   [`MAX_SLEEP`] even if nobody woke it, so a holder killed between its
+//!   store of 0 and its wake strands nobody for long;
+//!   [`ShmMutex::wake_stranded`] wakes them at once.
+//! - **A deadline:** [`ShmMutex::lock_for`] gives up after a given time
+//!   with a [`LockTimeout`] that names the holder: for locks in a region
+//!   whose other users this process does not control.
+//!
 //! The lock is not recursive: a process that locks it twice waits forever
 //! (and [`ShmMutex::try_lock`] returns `None`). Holders are processes, not
 //! threads: threads of one process share a pid, so they exclude each other
@@ -72,8 +91,23 @@
 //!   checks the holder with `kill(holder, 0)` (a zombie counts as dead on
 //!   Linux); if it is gone, the waiter takes the lock over with a
 //!   compare-and-swap from the dead pid to its own. A dead holder whose pid
-//!   was already reused by a new process cannot be detected this way; all
-//!   processes must share one pid namespace.
+//!   was already reused by a new process cannot be detected this way.
+//!   [`set_process_heal_after`] turns the same check on for every wait of
+//!   one process (a master's), whatever each lock says.
+//!
+//! # Pids: namespaces and raw clones
+//!
+//! The word holds a pid as the holder's own pid namespace numbers it. All
+//! processes that use one lock must share one pid namespace: a pid from
+//! another container names another process here, so force-unlock and
+//! self-healing would act on the wrong one. Named regions record the
+//! creator's namespace and refuse a read-write attach from another
+//! (`Zones::attach`). A process's pid is cached and refreshed in a child by
+//! a `pthread_atfork` handler, so children made by `fork` (libc's) see their
+//! own pid; a child made by a raw `clone(2)` system call that bypasses
+//! libc keeps its parent's cached pid and would lock and unlock as its
+//! parent: do not use these locks from such children (call `fork`, or
+//! `exec` first).
 //!
 //! A process killed while it sleeps in `lock()` (or a sleep ended by a
 //! timeout or a signal) leaves `wait` one too high: the next unlock makes
@@ -114,6 +148,129 @@ const RECOVERED: u32 = u32::MAX;
 const SPIN_FIRST: u32 = 1;
 /// See [`SPIN_FIRST`].
 const SPIN_LIMIT: u32 = 65536;
+/// A waiter that has waited this long asks for a direct hand-off (it
+/// registers in `heir`): parking_lot's eventual-fairness anchor, where a
+/// thread that has waited about 0.5 ms gets the lock handed to it.
+const FAIR_AFTER: Duration = Duration::from_micros(500);
+/// How long the heir naps before it looks at the word again (an unlock
+/// that read `heir` just before the heir wrote it frees the lock instead
+/// of handing it over).
+const HEIR_NAP: Duration = Duration::from_millis(1);
+/// The longest one sleep lasts before the sleeper looks at the lock again,
+/// even if nobody woke it: a holder killed between its store of 0 and its
+/// wake leaves no sleeper stranded for longer than this.
+pub const MAX_SLEEP: Duration = Duration::from_millis(50);
+
+/// Process-wide self-healing period in ms (0: off), see
+/// [`set_process_heal_after`].
+static PROCESS_HEAL_MS: AtomicU32 = AtomicU32::new(0);
+
+/// Turns self-healing on (`Some(d)`) or off (`None`) for every wait in
+/// *this process*, whatever each lock's own setting: a waiter that has
+/// slept `d` (rounded up to whole milliseconds) checks whether the holder is
+/// alive, and takes the lock over from a dead or zombie holder (its guard
+/// reports [`ShmGuard::recovered_from`]). Where a lock has its own period
+/// ([`ShmMutex::set_heal_after`]), the shorter one applies.
+///
+/// Meant for a pre-fork master: it must never block on a lock whose holder
+/// died but whose death it has not processed yet (the dead worker is its
+/// own child, a zombie until reaped, and counts as dead here).
+///
+/// ```
+/// use std::time::Duration;
+/// shmzone::shmtx::set_process_heal_after(Some(Duration::from_millis(100)));
+/// assert_eq!(shmzone::shmtx::process_heal_after(), Some(Duration::from_millis(100)));
+/// shmzone::shmtx::set_process_heal_after(None);
+/// ```
+pub fn set_process_heal_after(after: Option<Duration>) {
+    PROCESS_HEAL_MS.store(to_ms(after), Ordering::Relaxed);
+}
+
+/// The process-wide self-healing period, if on (see
+/// [`set_process_heal_after`]).
+pub fn process_heal_after() -> Option<Duration> {
+    from_ms(PROCESS_HEAL_MS.load(Ordering::Relaxed))
+}
+
+/// `None` → 0, else whole milliseconds rounded up, at least 1.
+fn to_ms(after: Option<Duration>) -> u32 {
+    match after {
+        None => 0,
+        Some(d) => {
+            let ms = d.as_nanos().div_ceil(1_000_000);
+            ms.clamp(1, u32::MAX as u128) as u32
+        }
+    }
+}
+
+fn from_ms(ms: u32) -> Option<Duration> {
+    (ms != 0).then(|| Duration::from_millis(ms as u64))
+}
+
+/// The error of [`ShmMutex::lock_for`]: the lock was not taken in time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LockTimeout {
+    holder: Option<u32>,
+    waited: Duration,
+}
+
+impl LockTimeout {
+    /// The pid that held the lock when the wait ended (`None` if it was
+    /// free by then: the lock was contended, not stuck).
+    pub fn holder(&self) -> Option<u32> {
+        self.holder
+    }
+
+    /// How long the caller waited.
+    pub fn waited(&self) -> Duration {
+        self.waited
+    }
+}
+
+impl fmt::Display for LockTimeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.waited.as_secs_f64() * 1e3;
+        match self.holder {
+            Some(pid) => write!(
+                f,
+                "lock still held by process {pid} after waiting {ms:.1} ms"
+            ),
+            None => write!(f, "lock not taken within {ms:.1} ms (contended)"),
+        }
+    }
+}
+
+impl std::error::Error for LockTimeout {}
+
+/// One waiter's state in the slow path.
+struct Waiter {
+    pid: u32,
+    deadline: Option<Instant>,
+    /// When self-healing next checks the holder.
+    heal_due: Option<Instant>,
+    /// This waiter holds the `heir` slot.
+    heir: bool,
+    /// It has napped as the heir.
+    napped: bool,
+}
+
+impl Waiter {
+    fn past_deadline(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// The shortest of `limits` and the time left before the deadline.
+    fn nap(&self, limits: [Option<Duration>; 3]) -> Duration {
+        let mut t = MAX_SLEEP;
+        for l in limits.into_iter().flatten() {
+            t = t.min(l);
+        }
+        if let Some(d) = self.deadline {
+            t = t.min(d.saturating_duration_since(Instant::now()));
+        }
+        t
+    }
+}
 
 /// A lock that lives in shared memory; its word holds the holder's pid.
 ///
@@ -138,6 +295,9 @@ pub struct ShmMutex {
     recoveries: AtomicU32,
     heal_ms: AtomicU32,
     seq: AtomicU32,
+    heir: AtomicU32,
+    handoffs: AtomicU32,
+    spinners: AtomicU32,
 }
 
 assert_eq_size!(ShmMutex, [u8; 64]);
@@ -148,6 +308,9 @@ const_assert_eq!(std::mem::offset_of!(ShmMutex, dead), 8);
 const_assert_eq!(std::mem::offset_of!(ShmMutex, recoveries), 12);
 const_assert_eq!(std::mem::offset_of!(ShmMutex, heal_ms), 16);
 const_assert_eq!(std::mem::offset_of!(ShmMutex, seq), 20);
+const_assert_eq!(std::mem::offset_of!(ShmMutex, heir), 24);
+const_assert_eq!(std::mem::offset_of!(ShmMutex, handoffs), 28);
+const_assert_eq!(std::mem::offset_of!(ShmMutex, spinners), 32);
 
 impl Default for ShmMutex {
     fn default() -> Self {
@@ -166,6 +329,9 @@ impl ShmMutex {
             recoveries: AtomicU32::new(0),
             heal_ms: AtomicU32::new(0),
             seq: AtomicU32::new(0),
+            heir: AtomicU32::new(0),
+            handoffs: AtomicU32::new(0),
+            spinners: AtomicU32::new(0),
         }
     }
 
@@ -238,17 +404,169 @@ impl ShmMutex {
     #[cold]
     #[inline(never)]
     fn lock_slow(&self, pid: u32) -> ShmGuard<'_> {
-        let spin = os::process::ncpu() > 1;
-        let mut heal_due: Option<Instant> = None;
+        // Without a deadline `wait_for` only returns with the lock; the
+        // loop makes that total without a panic path.
         loop {
-            if spin {
-                if let Some(g) = self.spin(pid) {
-                    return g;
-                }
-            }
-            if let Some(g) = self.sleep_once(pid, &mut heal_due) {
+            if let Some(g) = self.wait_for(pid, None) {
                 return g;
             }
+        }
+    }
+
+    /// Takes the lock, waiting at most `limit`: a bounded [`lock`](Self::lock)
+    /// for locks whose holders this process does not trust (a region
+    /// attached by name, where the word may name a live process that is not
+    /// one of ours and will never unlock).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let m = shmzone::ShmMutex::new();
+    /// let g = m.lock_for(Duration::from_millis(10)).expect("free");
+    /// # #[cfg(unix)] {
+    /// // The same process holds it: a second take times out, naming it.
+    /// let e = m.lock_for(Duration::from_millis(5)).unwrap_err();
+    /// assert_eq!(e.holder(), Some(std::process::id()));
+    /// # }
+    /// drop(g);
+    /// ```
+    ///
+    /// # Errors
+    /// [`LockTimeout`] naming the holder when `limit` passed first.
+    pub fn lock_for(&self, limit: Duration) -> Result<ShmGuard<'_>, LockTimeout> {
+        let pid = os::process::current_pid();
+        if let Some(g) = self.try_lock_as(pid) {
+            return Ok(g);
+        }
+        let start = Instant::now();
+        let Some(deadline) = start.checked_add(limit) else {
+            return Ok(self.lock_slow(pid));
+        };
+        self.wait_for(pid, Some(deadline)).ok_or(LockTimeout {
+            holder: self.holder(),
+            waited: start.elapsed(),
+        })
+    }
+
+    /// The slow path of [`lock`](Self::lock) and [`lock_for`](Self::lock_for):
+    /// spin, then sleep, until the lock is taken (`Some`) or the deadline
+    /// passed (`None`; never without a deadline).
+    ///
+    /// Eventual fairness (parking_lot's anchor): a waiter that has waited
+    /// [`FAIR_AFTER`] registers in `heir` (one at a time); the next unlock
+    /// then hands the lock straight to it instead of freeing it, so no
+    /// barging newcomer or luckier spinner can take it first.
+    fn wait_for(&self, pid: u32, deadline: Option<Instant>) -> Option<ShmGuard<'_>> {
+        let start = Instant::now();
+        let ncpu = os::process::ncpu() as u32;
+        let spin = ncpu > 1;
+        let max_spinners = ncpu.saturating_sub(1);
+        let mut w = Waiter {
+            pid,
+            deadline,
+            heal_due: None,
+            heir: false,
+            napped: false,
+        };
+        loop {
+            if w.heir && self.heir.load(Ordering::Acquire) != pid {
+                return Some(self.take_handoff(pid));
+            }
+            // The heir spins once (a hand-off usually finds it spinning),
+            // then only naps: it must not burn a spin budget every 1 ms.
+            if spin && !w.napped {
+                // At most one spinner per other CPU: with more processes
+                // waiting than CPUs, spinners only steal the CPU the holder
+                // (or the heir just handed the lock) needs to go on.
+                let r = if self.spinners.fetch_add(1, Ordering::Relaxed) < max_spinners {
+                    self.spin(&mut w)
+                } else {
+                    None
+                };
+                self.spinners.fetch_sub(1, Ordering::Relaxed);
+                if r.is_some() {
+                    return r;
+                }
+            }
+            if !w.heir && start.elapsed() >= FAIR_AFTER {
+                w.heir = self
+                    .heir
+                    .compare_exchange(0, pid, Ordering::SeqCst, Ordering::Relaxed)
+                    .is_ok();
+            }
+            if let Some(g) = self.sleep_once(&mut w) {
+                return Some(g);
+            }
+            if w.past_deadline() {
+                return self.give_up(&mut w);
+            }
+        }
+    }
+
+    /// The deadline passed: leave the `heir` slot, unless an unlocker
+    /// already claimed it for us (then the lock is ours: take it).
+    #[cold]
+    fn give_up(&self, w: &mut Waiter) -> Option<ShmGuard<'_>> {
+        if w.heir
+            && self
+                .heir
+                .compare_exchange(w.pid, 0, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
+            return Some(self.take_handoff(w.pid));
+        }
+        None
+    }
+
+    /// We took the lock ourselves: leave the `heir` slot if we were in it.
+    #[inline]
+    fn won<'a>(&self, w: &Waiter, g: ShmGuard<'a>) -> ShmGuard<'a> {
+        if w.heir {
+            // Only a holder claims the slot, and we hold the lock: nobody
+            // else can have changed it.
+            let _ = self
+                .heir
+                .compare_exchange(w.pid, 0, Ordering::AcqRel, Ordering::Relaxed);
+        }
+        g
+    }
+
+    /// An unlocker claimed our `heir` slot and is storing our pid in the
+    /// word: wait for it (two instructions away), and take the lock.
+    /// Should the unlocker die in between, the word holds its dead pid:
+    /// taken over here after 1 ms (we were promised the lock), or after a
+    /// master's force-unlock.
+    #[cold]
+    fn take_handoff(&self, pid: u32) -> ShmGuard<'_> {
+        let mut heal_at = Instant::now() + Duration::from_millis(1);
+        let mut n = 0u32;
+        loop {
+            match self.lock.load(Ordering::Acquire) {
+                cur if cur == pid => {
+                    return ShmGuard {
+                        mutex: self,
+                        dead: 0,
+                    }
+                }
+                FREE | RECOVERED => {
+                    if let Some(g) = self.try_lock_as(pid) {
+                        return g;
+                    }
+                }
+                cur => {
+                    n = n.wrapping_add(1);
+                    if n % 64 == 0 {
+                        let now = Instant::now();
+                        if now >= heal_at {
+                            if let Some(g) = self.heal(pid, cur) {
+                                return g;
+                            }
+                            heal_at = now + Duration::from_millis(1);
+                        }
+                        os::process::yield_now();
+                    }
+                }
+            }
+            spin_loop();
         }
     }
 
@@ -259,14 +577,20 @@ impl ShmMutex {
     /// lock back and forth on every operation (measured: W4 with 2 processes
     /// fell from 27 to 2 M ops/s); backing off lets the holder run a long
     /// streak alone.
-    fn spin(&self, pid: u32) -> Option<ShmGuard<'_>> {
+    fn spin(&self, w: &mut Waiter) -> Option<ShmGuard<'_>> {
         let mut n = SPIN_FIRST;
         while n < SPIN_LIMIT {
             for _ in 0..n {
                 spin_loop();
             }
-            if let Some(g) = self.try_lock_as(pid) {
-                return Some(g);
+            if w.heir && self.heir.load(Ordering::Acquire) != w.pid {
+                return Some(self.take_handoff(w.pid));
+            }
+            if let Some(g) = self.try_lock_as(w.pid) {
+                return Some(self.won(w, g));
+            }
+            if w.deadline.is_some() && w.past_deadline() {
+                return None;
             }
             n <<= 1;
         }
@@ -274,7 +598,8 @@ impl ShmMutex {
     }
 
     /// One turn of the sleep phase: read `seq`, count ourselves in `wait`,
-    /// try the lock once more (and self-heal if due), else sleep on `seq`.
+    /// try the lock once more (and self-heal if due), else sleep on `seq`
+    /// (the heir naps on `heir` instead, see [`ShmMutex::heir_nap`]).
     /// `None`: woken (or timed out) without the lock; the caller spins again.
     ///
     /// No lost wake-up: an unlocker that sees us counted takes one count
@@ -283,7 +608,12 @@ impl ShmMutex {
     /// `seq` changed and returns at once. If the unlocker did not see us
     /// counted, its release came before our count, so our try below sees
     /// the lock free (all four accesses are sequentially consistent).
-    fn sleep_once(&self, pid: u32, heal_due: &mut Option<Instant>) -> Option<ShmGuard<'_>> {
+    /// Whatever else goes wrong (a holder killed between its store of 0 and
+    /// its wake), no sleep lasts longer than [`MAX_SLEEP`].
+    fn sleep_once(&self, w: &mut Waiter) -> Option<ShmGuard<'_>> {
+        if w.heir {
+            return self.heir_nap(w);
+        }
         let seq = self.seq.load(Ordering::SeqCst);
         self.wait.fetch_add(1, Ordering::SeqCst);
         // Every CPU running a registered process executes a full barrier
@@ -293,45 +623,82 @@ impl ShmMutex {
         // kernel), sleep in short slices so a missed wake costs 1 ms.
         let fenced = os::membarrier::global();
         let cur = self.lock.load(Ordering::SeqCst);
-        let got = if cur == FREE || cur == RECOVERED {
-            self.try_lock_as(pid)
-        } else {
-            None
+        if cur == FREE || cur == RECOVERED {
+            if let Some(g) = self.try_lock_as(w.pid) {
+                self.uncount();
+                return Some(self.won(w, g));
+            }
+        }
+        let heal = match self.heal_if_due(w, cur) {
+            Ok(g) => {
+                self.uncount();
+                return Some(self.won(w, g));
+            }
+            Err(next) => next,
         };
         let unfenced = (!fenced).then_some(Duration::from_millis(1));
-        let timeout = match (&got, self.heal_after()) {
-            (Some(_), _) => None,
-            (None, None) => {
-                *heal_due = None;
-                unfenced
-            }
-            (None, Some(every)) => {
-                let now = Instant::now();
-                let due = *heal_due.get_or_insert(now + every);
-                if now >= due {
-                    if let Some(g) = self.heal(pid, cur) {
-                        self.uncount();
-                        return Some(g);
-                    }
-                    *heal_due = Some(now + every);
-                    Some(every)
-                } else {
-                    Some(due - now)
-                }
-            }
-        };
-        if got.is_some() {
+        let timeout = w.nap([heal, unfenced, Some(MAX_SLEEP)]);
+        if futex::wait(&self.seq, seq, Some(timeout)) {
+            // Timed out: nobody took our count off, so take it off
+            // ourselves (at worst another sleeper's, which then waits for
+            // its own timeout).
             self.uncount();
-            return got;
         }
-        let timeout = match (timeout, unfenced) {
-            (Some(t), Some(u)) => Some(t.min(u)),
-            (t, u) => t.or(u),
-        };
-        futex::wait(&self.seq, seq, timeout);
-        // A wake took our count off; a timeout or a signal left it, and the
-        // one surplus wake it causes later takes it off.
+        // A wake took our count off; a signal left it, and the one
+        // surplus wake it causes later takes it off.
         None
+    }
+
+    /// The heir's sleep: like [`sleep_once`](Self::sleep_once), but on the
+    /// `heir` word, which an unlocker that hands the lock over clears and
+    /// wakes. An unlock that missed our registration (it read `heir`
+    /// before we wrote it) frees the lock instead: the nap is short
+    /// ([`HEIR_NAP`]) so that costs at most that.
+    fn heir_nap(&self, w: &mut Waiter) -> Option<ShmGuard<'_>> {
+        os::membarrier::global();
+        let cur = self.lock.load(Ordering::SeqCst);
+        if cur == FREE || cur == RECOVERED {
+            if let Some(g) = self.try_lock_as(w.pid) {
+                return Some(self.won(w, g));
+            }
+        }
+        let heal = match self.heal_if_due(w, cur) {
+            Ok(g) => return Some(self.won(w, g)),
+            Err(next) => next,
+        };
+        let timeout = w.nap([heal, Some(HEIR_NAP), None]);
+        w.napped = true;
+        futex::wait(&self.heir, w.pid, Some(timeout));
+        None
+    }
+
+    /// Self-healing, when due: the lock taken over from a dead holder, or
+    /// how long until the next check (`None`: self-healing is off).
+    fn heal_if_due(&self, w: &mut Waiter, cur: u32) -> Result<ShmGuard<'_>, Option<Duration>> {
+        let Some(every) = self.effective_heal_after() else {
+            w.heal_due = None;
+            return Err(None);
+        };
+        let now = Instant::now();
+        let due = *w.heal_due.get_or_insert(now + every);
+        if now < due {
+            return Err(Some(due - now));
+        }
+        if let Some(g) = self.heal(w.pid, cur) {
+            return Ok(g);
+        }
+        w.heal_due = Some(now + every);
+        Err(Some(every))
+    }
+
+    /// The self-healing period that applies in this process: the lock's
+    /// own ([`set_heal_after`](Self::set_heal_after)) or the process-wide
+    /// one ([`set_process_heal_after`]), whichever is shorter.
+    fn effective_heal_after(&self) -> Option<Duration> {
+        match (self.heal_after(), process_heal_after()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Takes one count off `wait` if it is above zero; whether it did.
@@ -350,9 +717,13 @@ impl ShmMutex {
     }
 
     /// Self-healing: takes the lock from `holder` if that process is gone.
+    /// A free word (0, or the recovered marker) is no dead holder: nothing
+    /// is taken and no recovery counted (the caller takes a free lock the
+    /// ordinary way).
     #[cold]
     fn heal(&self, pid: u32, holder: u32) -> Option<ShmGuard<'_>> {
-        if holder == pid || os::process::pid_alive(holder) {
+        if holder == FREE || holder == RECOVERED || holder == pid || os::process::pid_alive(holder)
+        {
             return None;
         }
         self.lock
@@ -367,7 +738,9 @@ impl ShmMutex {
 
     /// Releases the lock if this process holds it (a compare-and-swap on
     /// the own pid, so a non-holder releases nothing); then wakes one
-    /// sleeper if any are counted. Returns whether it released.
+    /// sleeper if any are counted. When a waiter waits in `heir`, the lock
+    /// goes to it instead ([`hand_off`](Self::hand_off)). Returns whether
+    /// it released.
     #[inline]
     fn unlock(&self) -> bool {
         let pid = os::process::current_pid();
@@ -381,11 +754,20 @@ impl ShmMutex {
             if self.lock.load(Ordering::Relaxed) != pid {
                 return false;
             }
+            if self.heir.load(Ordering::Relaxed) != 0 && self.hand_off() {
+                return true;
+            }
             self.lock.store(FREE, Ordering::Release);
             compiler_fence(Ordering::SeqCst);
             if self.wait.load(Ordering::Relaxed) != 0 {
                 self.wake_one();
             }
+            return true;
+        }
+        if self.lock.load(Ordering::Relaxed) == pid
+            && self.heir.load(Ordering::Relaxed) != 0
+            && self.hand_off()
+        {
             return true;
         }
         if self
@@ -401,6 +783,39 @@ impl ShmMutex {
         true
     }
 
+    /// Direct hand-off, called by the holder: the waiter in `heir` gets the
+    /// lock without it ever being free (the word goes from our pid to
+    /// its). The slot is claimed first with a compare-and-swap, so a heir
+    /// that gives up at the same moment either leaves before (no hand-off)
+    /// or finds itself claimed and takes the lock. A heir that is no longer
+    /// alive (or a zombie) is dropped from the slot instead. False: no
+    /// hand-off, unlock the ordinary way.
+    #[cold]
+    #[inline(never)]
+    fn hand_off(&self) -> bool {
+        let h = self.heir.load(Ordering::Acquire);
+        if h == 0 {
+            return false;
+        }
+        if h != os::process::current_pid() && !os::process::pid_alive(h) {
+            let _ = self
+                .heir
+                .compare_exchange(h, 0, Ordering::AcqRel, Ordering::Relaxed);
+            return false;
+        }
+        if self
+            .heir
+            .compare_exchange(h, 0, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return false;
+        }
+        self.lock.store(h, Ordering::Release);
+        futex::wake(&self.heir, u32::MAX);
+        self.handoffs.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
     /// nginx's wakeup: takes one sleeper's count off `wait` and wakes one,
     /// so a sleeper costs one wake syscall, not one per unlock until it runs.
     #[cold]
@@ -410,6 +825,41 @@ impl ShmMutex {
             self.seq.fetch_add(1, Ordering::SeqCst);
             futex::wake(&self.seq, 1);
         }
+    }
+
+    /// Wakes every sleeper if the lock is free (0, or free after a dead
+    /// holder) while sleepers are counted (or a waiter waits for a
+    /// hand-off), and says whether it did.
+    ///
+    /// A holder killed after its store of 0 but before its wake leaves
+    /// sleepers asleep with the lock free, and [`force_unlock`](Self::force_unlock)
+    /// cannot help (the dead pid no longer holds the word). A master calls
+    /// this for every lock after any death. (Sleepers also look again by
+    /// themselves after [`MAX_SLEEP`] at most, so none is stranded for
+    /// ever; this makes it immediate.)
+    ///
+    /// ```
+    /// let m = shmzone::ShmMutex::new();
+    /// assert!(!m.wake_stranded()); // free, nobody asleep
+    /// ```
+    pub fn wake_stranded(&self) -> bool {
+        let cur = self.lock.load(Ordering::SeqCst);
+        if cur != FREE && cur != RECOVERED {
+            return false;
+        }
+        let heir = self.heir.load(Ordering::SeqCst) != 0;
+        if heir {
+            futex::wake(&self.heir, u32::MAX);
+        }
+        if self.wait.load(Ordering::SeqCst) == 0 {
+            return heir;
+        }
+        // All of them, as force_unlock does: those that sleep again count
+        // themselves again.
+        self.wait.store(0, Ordering::SeqCst);
+        self.seq.fetch_add(1, Ordering::SeqCst);
+        futex::wake(&self.seq, u32::MAX);
+        true
     }
 
     /// The pid holding the lock, if any.
@@ -446,7 +896,15 @@ impl ShmMutex {
     /// # drop(g);
     /// ```
     pub fn force_unlock(&self, pid: u32) -> bool {
-        if pid == FREE || pid == RECOVERED || self.lock.load(Ordering::Relaxed) != pid {
+        if pid == FREE || pid == RECOVERED {
+            return false;
+        }
+        // A dead waiter may have been waiting for a hand-off: forget it,
+        // so that no unlock hands the lock to a dead process.
+        let _ = self
+            .heir
+            .compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Relaxed);
+        if self.lock.load(Ordering::Relaxed) != pid {
             return false;
         }
         // Take it over first, so that `dead` is written while we hold the
@@ -462,6 +920,9 @@ impl ShmMutex {
         self.dead.store(pid, Ordering::Relaxed);
         self.recoveries.fetch_add(1, Ordering::Relaxed);
         self.lock.store(RECOVERED, Ordering::SeqCst);
+        if self.heir.load(Ordering::SeqCst) != 0 {
+            futex::wake(&self.heir, u32::MAX);
+        }
         if self.wait.swap(0, Ordering::SeqCst) != 0 {
             // All of them: a rare event, and a woken process that dies
             // before it takes the lock must not strand the others. Those
@@ -488,9 +949,19 @@ impl ShmMutex {
     }
 
     /// How many processes are counted as sleeping (or about to sleep) in
-    /// [`ShmMutex::lock`]. A snapshot, for diagnostics and tests.
+    /// [`ShmMutex::lock`], the one waiting for a hand-off included. A
+    /// snapshot, for diagnostics and tests.
     pub fn waiters(&self) -> u32 {
-        self.wait.load(Ordering::Relaxed)
+        let heir = self.heir.load(Ordering::Relaxed) != 0;
+        self.wait
+            .load(Ordering::Relaxed)
+            .saturating_add(heir as u32)
+    }
+
+    /// How many times an unlock handed the lock straight to a waiter that
+    /// had waited long (eventual fairness, see the [module docs](self)).
+    pub fn handoffs(&self) -> u32 {
+        self.handoffs.load(Ordering::Relaxed)
     }
 
     /// Turns self-healing on (`Some(d)`) or off (`None`). The setting lives
@@ -510,22 +981,12 @@ impl ShmMutex {
     /// assert_eq!(m.heal_after(), Some(Duration::from_millis(250)));
     /// ```
     pub fn set_heal_after(&self, after: Option<Duration>) {
-        let ms = match after {
-            None => 0,
-            Some(d) => {
-                let ms = d.as_nanos().div_ceil(1_000_000);
-                ms.clamp(1, u32::MAX as u128) as u32
-            }
-        };
-        self.heal_ms.store(ms, Ordering::Relaxed);
+        self.heal_ms.store(to_ms(after), Ordering::Relaxed);
     }
 
     /// The self-healing delay, if self-healing is on.
     pub fn heal_after(&self) -> Option<Duration> {
-        match self.heal_ms.load(Ordering::Relaxed) {
-            0 => None,
-            ms => Some(Duration::from_millis(ms as u64)),
-        }
+        from_ms(self.heal_ms.load(Ordering::Relaxed))
     }
 }
 
@@ -551,6 +1012,7 @@ impl fmt::Debug for ShmMutex {
             )
             .field("waiters", &self.waiters())
             .field("recoveries", &self.recoveries())
+            .field("handoffs", &self.handoffs())
             .field("heal_after", &self.heal_after())
             .finish()
     }
@@ -654,6 +1116,83 @@ mod tests {
         assert_eq!(m.holder(), Some(me));
         assert_eq!(m.recoveries(), 1);
         assert!(g.unlock());
+    }
+
+    /// Regression (issue 12.10): a waiter that read a free word (0 or the
+    /// recovered marker) called `heal` with it and counted a recovery for
+    /// simply taking a free lock.
+    #[test]
+    fn heal_of_a_free_word_takes_nothing_and_counts_nothing() {
+        let m = ShmMutex::new();
+        let me = os::process::current_pid();
+        assert!(m.heal(me, FREE).is_none());
+        assert_eq!(m.holder(), None);
+        m.lock.store(RECOVERED, Ordering::Relaxed);
+        assert!(m.heal(me, RECOVERED).is_none());
+        assert_eq!(m.recoveries(), 0);
+        m.lock.store(FREE, Ordering::Relaxed);
+    }
+
+    #[test]
+    fn lock_for_times_out_naming_the_holder_then_succeeds() {
+        let m = ShmMutex::new();
+        // A pid above pid_max: never alive, but no self-healing is on.
+        m.lock.store(i32::MAX as u32, Ordering::Relaxed);
+        let e = m.lock_for(Duration::from_millis(20)).unwrap_err();
+        assert_eq!(e.holder(), Some(i32::MAX as u32));
+        assert!(e.waited() >= Duration::from_millis(20));
+        assert!(e.to_string().contains(&format!("process {}", i32::MAX)));
+        // Nothing of the waiter is left behind: no heir, no count.
+        assert_eq!(m.heir.load(Ordering::Relaxed), 0);
+        assert!(m.force_unlock(i32::MAX as u32));
+        let g = m.lock_for(Duration::from_millis(20)).expect("free");
+        assert_eq!(g.recovered_from(), Some(i32::MAX as u32));
+    }
+
+    #[test]
+    fn wake_stranded_wakes_only_sleepers_of_a_free_lock() {
+        let m = ShmMutex::new();
+        assert!(!m.wake_stranded());
+        // Held, with a sleeper counted: not stranded.
+        let g = m.lock();
+        m.wait.store(1, Ordering::Relaxed);
+        assert!(!m.wake_stranded());
+        assert_eq!(m.waiters(), 1);
+        // A holder that died between its store of 0 and its wake.
+        std::mem::forget(g);
+        m.lock.store(FREE, Ordering::Relaxed);
+        let seq = m.seq.load(Ordering::Relaxed);
+        assert!(m.wake_stranded());
+        assert_eq!(m.waiters(), 0);
+        assert_ne!(m.seq.load(Ordering::Relaxed), seq, "sleepers see seq move");
+        // And after a force-unlock (the recovered marker).
+        m.lock.store(7, Ordering::Relaxed);
+        assert!(m.force_unlock(7));
+        m.wait.store(2, Ordering::Relaxed);
+        assert!(m.wake_stranded());
+        assert_eq!(m.waiters(), 0);
+    }
+
+    #[test]
+    fn hand_off_goes_to_a_live_heir_and_skips_a_dead_one() {
+        let m = ShmMutex::new();
+        let me = os::process::current_pid();
+        // A dead heir is dropped, and the unlock frees the lock.
+        let g = m.lock();
+        m.heir.store(i32::MAX as u32, Ordering::Relaxed);
+        assert!(g.unlock());
+        assert_eq!(m.heir.load(Ordering::Relaxed), 0);
+        assert_eq!(m.holder(), None);
+        assert_eq!(m.handoffs(), 0);
+        // A live heir (ourselves, standing for another thread of this
+        // process) is handed the lock: the word never becomes free.
+        let g = m.lock();
+        m.heir.store(me, Ordering::Relaxed);
+        assert!(g.unlock());
+        assert_eq!(m.holder(), Some(me));
+        assert_eq!(m.heir.load(Ordering::Relaxed), 0);
+        assert_eq!(m.handoffs(), 1);
+        m.lock.store(FREE, Ordering::Relaxed);
     }
 
     #[test]

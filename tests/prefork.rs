@@ -391,3 +391,41 @@ fn worker_killed_holding_a_zone_lock_is_recovered_before_reap() {
     signal(m.0, libc::SIGTERM);
     assert_eq!(wait_within(m.0, LIMIT), Exit::Code(0));
 }
+
+/// A burst of deaths (16 kills in quick succession, 2 workers, the default
+/// respawn limit) never ends the service: respawn backs off, capped, and
+/// never gives up.
+#[test]
+fn a_burst_of_deaths_does_not_end_the_service() {
+    let b = Board::new();
+    let m = spawn_master(&b, |m| m.workers(2), patient);
+    b.until("both workers up", |b| {
+        b.get(STARTS) >= 1 && b.get(STARTS + 1) >= 1
+    });
+    let mut kills = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while kills < 16 {
+        assert!(
+            Instant::now() < deadline,
+            "respawn stalled after {kills} kills"
+        );
+        for slot in 0..2 {
+            let pid = b.get(PIDS + slot);
+            if pid != 0 && alive(pid) {
+                signal(pid as libc::pid_t, libc::SIGKILL);
+                b.at(PIDS + slot).store(0, Ordering::SeqCst);
+                kills += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Both slots come back (the capped delay is 5 s at most).
+    b.until("a worker in each slot again", |b| {
+        (0..2).all(|s| b.get(PIDS + s) != 0 && alive(b.get(PIDS + s)))
+    });
+    assert!(alive(m.0 as u64), "the master is still serving");
+    signal(m.0, libc::SIGTERM);
+    assert_eq!(wait_within(m.0, LIMIT), Exit::Code(0));
+    assert_eq!(b.get(R_GAVE_UP), 0);
+    assert!(b.get(R_RESPAWNED) >= 16);
+}

@@ -115,8 +115,14 @@ fn lock_taken_over_from_a_dead_holder_is_reported_and_checked() {
     assert!(pool.mutex().force_unlock(pid as u32));
     let g = pool.lock();
     assert_eq!(g.recovered_from(), Some(pid as u32));
+    // The dead holder's open section (its allocation) was rolled back.
+    let r = g.rolled_back().expect("an open section was undone");
+    assert!(r.records > 0 && !r.corrupt, "{r:?}");
     g.check_locked().unwrap();
-    assert_eq!(g.stats_locked().classes[4].used, 1);
+    assert_eq!(g.stats_locked().classes[4].used, 0);
+    // Statistics count the rolled-back call as made.
+    assert_eq!(g.stats_locked().classes[4].reqs, 1);
+    assert_eq!(g.stats_locked().rollbacks, 1);
     drop(g);
     assert_eq!(pool.lock().recovered_from(), None);
 }

@@ -77,7 +77,7 @@ pub enum Verdict {
 }
 
 /// Counters for /stats.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct TableStats {
     pub keys: u64,
     pub evicted: u64,

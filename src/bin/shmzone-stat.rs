@@ -1,9 +1,10 @@
 //! `shmzone-stat`: prints the zones of a named shmzone region and their slab
-//! statistics, as a table or as JSON.
+//! statistics, as a table, as JSON or in the Prometheus text format, once
+//! or refreshed in place.
 //!
 //! ```text
-//! shmzone-stat [--json] [--classes] (posix:/NAME | sysv:KEY | file:PATH)
-//! shmzone-stat [--json] [--classes] (--posix /NAME | --sysv KEY | --file PATH)
+//! shmzone-stat [--json | --prometheus] [--classes] [--watch SECS] (posix:/NAME | sysv:KEY | file:PATH)
+//! shmzone-stat [OPTIONS] (--posix /NAME | --sysv KEY | --file PATH)
 //! ```
 //!
 //! It attaches **read-only** (so read permission on the region is enough,
@@ -13,67 +14,70 @@
 //! are read (they are only trusted once the pages and bitmaps are sound).
 //! Exit status: 0; 1 when the region cannot be attached (not there, no
 //! permission, not a valid region); 2 for a usage error; 3 when a zone is
-//! inconsistent in five snapshots running.
+//! inconsistent in five snapshots running. `--watch` runs until Ctrl-C (or
+//! until the region goes away: 1).
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::process::ExitCode;
+use std::time::Duration;
 
+use clap::{ArgGroup, Parser};
+use serde::Serialize;
+
+use shmzone::journal::JournalStats;
+use shmzone::metrics::{write_zones, Kind, PromText, ZoneSample};
 use shmzone::slab::PoolStats;
 use shmzone::{NamedId, NamedSpec, Zones};
 
-const USAGE: &str = "usage: shmzone-stat [--json] [--classes] \
-                     (posix:/NAME | sysv:KEY | file:PATH | --posix /NAME | --sysv KEY | --file PATH)\n\
-                     \n  --posix /NAME   a POSIX shm region (/dev/shm/NAME on Linux)\
-                     \n  --sysv KEY      a SysV keyed region (decimal or 0x hex, as `ipcs -m` shows)\
-                     \n  --file PATH     a file region\
-                     \n  --json          print JSON instead of a table\
-                     \n  --classes       also print every size class in use (table output)";
-
-struct Args {
-    spec: NamedSpec,
+/// Prints the zones of a named shmzone region and their slab statistics.
+#[derive(Parser, Debug)]
+#[command(name = "shmzone-stat", version)]
+#[command(group(ArgGroup::new("region").required(true).args(["id", "posix", "sysv", "file"])))]
+struct Cli {
+    /// The region: posix:/NAME, sysv:KEY or file:PATH.
+    #[arg(value_name = "REGION")]
+    id: Option<NamedId>,
+    /// A POSIX shm region (/dev/shm/NAME on Linux).
+    #[arg(long, value_name = "/NAME")]
+    posix: Option<String>,
+    /// A SysV keyed region (decimal or 0x hex, as `ipcs -m` shows).
+    #[arg(long, value_name = "KEY", value_parser = sysv_key)]
+    sysv: Option<NamedId>,
+    /// A file region.
+    #[arg(long, value_name = "PATH")]
+    file: Option<std::path::PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long, conflicts_with = "prometheus")]
     json: bool,
+    /// Print the Prometheus text format (the names of the example server's
+    /// /metrics).
+    #[arg(long)]
+    prometheus: bool,
+    /// Also print every size class in use (table output).
+    #[arg(long)]
     classes: bool,
+    /// Refresh every SECS seconds in place, as `top` does, until Ctrl-C.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u32).range(1..=86_400))]
+    watch: Option<u32>,
 }
 
-fn parse(args: &[String]) -> Result<Args, String> {
-    let (mut spec, mut json, mut classes) = (None, false, false);
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value = || {
-            it.next()
-                .cloned()
-                .ok_or_else(|| format!("{a} needs a value"))
-        };
-        let next = match a.as_str() {
-            "--json" => {
-                json = true;
-                None
-            }
-            "--classes" => {
-                classes = true;
-                None
-            }
-            "--posix" => Some(NamedSpec::posix(&value()?)),
-            "--sysv" => {
-                let v = value()?;
-                Some(NamedSpec::new(format!("sysv:{v}").parse::<NamedId>()?))
-            }
-            "--file" => Some(NamedSpec::file(value()?)),
-            "-h" | "--help" => return Err(String::new()),
-            other if other.starts_with('-') => return Err(format!("unknown argument {other:?}")),
-            other => Some(NamedSpec::new(other.parse::<NamedId>()?)),
-        };
-        if let Some(s) = next {
-            if spec.replace(s).is_some() {
-                return Err("give one region only".into());
-            }
+fn sysv_key(v: &str) -> Result<NamedId, String> {
+    format!("sysv:{v}").parse()
+}
+
+impl Cli {
+    fn spec(&self) -> NamedSpec {
+        match (&self.id, &self.posix, &self.sysv, &self.file) {
+            (Some(id), ..) => NamedSpec::new(id.clone()),
+            (_, Some(p), ..) => NamedSpec::posix(p),
+            (_, _, Some(id), _) => NamedSpec::new(id.clone()),
+            (.., Some(f)) => NamedSpec::file(f),
+            // The "region" group is required: clap refused the command
+            // line before we get here.
+            _ => unreachable!("clap requires one region"),
         }
     }
-    Ok(Args {
-        spec: spec.ok_or("which region? give --posix, --sysv or --file")?,
-        json,
-        classes,
-    })
 }
 
 /// One zone's line of figures.
@@ -82,12 +86,21 @@ struct Row {
     size: usize,
     tag: u64,
     root: usize,
+    recoveries: u32,
+    journal: JournalStats,
     /// The counters, if `check()` passed (else what it found).
     stats: Result<PoolStats, String>,
 }
 
-fn snapshot(args: &Args) -> Result<(Zones, Vec<Row>, PoolStats), shmzone::Error> {
-    let zones = Zones::attach(&args.spec.clone().read_only(true))?;
+/// One look at the region.
+struct Snapshot {
+    len: usize,
+    rows: Vec<Row>,
+    free: PoolStats,
+}
+
+fn snapshot(spec: &NamedSpec) -> Result<Snapshot, shmzone::Error> {
+    let zones = Zones::attach(&spec.clone().read_only(true))?;
     let rows = zones
         .iter()
         .map(|z| Row {
@@ -95,6 +108,8 @@ fn snapshot(args: &Args) -> Result<(Zones, Vec<Row>, PoolStats), shmzone::Error>
             size: z.size(),
             tag: z.tag(),
             root: z.root(),
+            recoveries: z.mutex().recoveries(),
+            journal: z.pool().journal_stats(),
             stats: z.check().map(|()| z.stats()).map_err(|e| e.to_string()),
         })
         .collect();
@@ -107,45 +122,94 @@ fn snapshot(args: &Args) -> Result<(Zones, Vec<Row>, PoolStats), shmzone::Error>
             })
         }
     };
-    Ok((zones, rows, free))
+    Ok(Snapshot {
+        len: zones.len(),
+        rows,
+        free,
+    })
+}
+
+/// A snapshot copied while a worker was inside a critical section can
+/// look inconsistent: take up to five before believing it.
+fn settled(spec: &NamedSpec) -> Result<Snapshot, shmzone::Error> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match snapshot(spec) {
+            Ok(s) if tries < 5 && s.rows.iter().any(|r| r.stats.is_err()) => {}
+            other => return other,
+        }
+    }
 }
 
 fn main() -> ExitCode {
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let args = match parse(&argv) {
-        Ok(a) => a,
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if !e.use_stderr() => {
+            // --help, --version
+            print!("{e}");
+            return ExitCode::SUCCESS;
+        }
         Err(e) => {
-            if !e.is_empty() {
-                eprintln!("shmzone-stat: {e}");
+            // clap says "Usage:"; this tool always said "usage:".
+            let msg = e.render().to_string().replace("Usage:", "usage:");
+            eprint!("{msg}");
+            if !msg.contains("usage:") {
+                eprintln!("usage: shmzone-stat [OPTIONS] <REGION | --posix /NAME | --sysv KEY | --file PATH>");
             }
-            eprintln!("{USAGE}");
             return ExitCode::from(2);
         }
     };
-    // A snapshot copied while a worker was inside a critical section can
-    // look inconsistent: take up to five before believing it.
-    let mut tries = 0;
-    let (zones, rows, free) = loop {
-        tries += 1;
-        match snapshot(&args) {
-            Ok(s) if tries < 5 && s.1.iter().any(|r| r.stats.is_err()) => {}
-            Ok(s) => break s,
+    let spec = cli.spec();
+    let Some(secs) = cli.watch else {
+        return match settled(&spec) {
+            Ok(s) => {
+                print!("{}", render(&cli, &spec, &s));
+                if s.rows.iter().any(|r| r.stats.is_err()) {
+                    ExitCode::from(3)
+                } else {
+                    ExitCode::SUCCESS
+                }
+            }
+            Err(e) => {
+                eprintln!("shmzone-stat: {e}");
+                ExitCode::from(1)
+            }
+        };
+    };
+    // --watch: clear the screen and redraw, until Ctrl-C (SIGINT's default
+    // action ends the process) or the region goes away.
+    let mut out = std::io::stdout();
+    loop {
+        match settled(&spec) {
+            Ok(s) => {
+                let page = render(&cli, &spec, &s);
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let _ = write!(
+                    out,
+                    "\x1b[H\x1b[2J{page}\nevery {secs} s (unix time {now}); Ctrl-C to stop\n"
+                );
+                let _ = out.flush();
+            }
             Err(e) => {
                 eprintln!("shmzone-stat: {e}");
                 return ExitCode::from(1);
             }
         }
-    };
-    let out = if args.json {
-        json(&args, &zones, &rows, &free)
-    } else {
-        table(&args, &zones, &rows, &free)
-    };
-    print!("{out}");
-    if rows.iter().any(|r| r.stats.is_err()) {
-        return ExitCode::from(3);
+        std::thread::sleep(Duration::from_secs(u64::from(secs)));
     }
-    ExitCode::SUCCESS
+}
+
+fn render(cli: &Cli, spec: &NamedSpec, s: &Snapshot) -> String {
+    if cli.json {
+        json(spec, s)
+    } else if cli.prometheus {
+        prometheus(s)
+    } else {
+        table(cli, spec, s)
+    }
 }
 
 /// `n` bytes in B, KiB, MiB or GiB, three significant digits.
@@ -166,30 +230,40 @@ fn human(n: usize) -> String {
     }
 }
 
-fn table(args: &Args, zones: &Zones, rows: &[Row], free: &PoolStats) -> String {
+fn table(cli: &Cli, spec: &NamedSpec, snap: &Snapshot) -> String {
     let mut s = String::new();
     let page = shmzone::slab::SLAB_PAGE;
     let _ = writeln!(
         s,
         "{}: {} ({} bytes), {} zones, {} free for zones made at run time",
-        args.spec.id(),
-        human(zones.len()),
-        zones.len(),
-        rows.len(),
-        human(free.largest_free_run * page),
+        spec.id(),
+        human(snap.len),
+        snap.len,
+        snap.rows.len(),
+        human(snap.free.largest_free_run * page),
     );
     let _ = writeln!(
         s,
-        "{:<24} {:>9} {:>6} {:>7} {:>7} {:>9} {:>9} {:>9} {:>6} {:>10}  CHECK",
-        "ZONE", "SIZE", "TAG", "PAGES", "FREE", "LARGEST", "IN USE", "REQS", "FAILS", "ROOT",
+        "{:<24} {:>9} {:>6} {:>7} {:>7} {:>9} {:>9} {:>9} {:>6} {:>10} {:>6}  CHECK",
+        "ZONE",
+        "SIZE",
+        "TAG",
+        "PAGES",
+        "FREE",
+        "LARGEST",
+        "IN USE",
+        "REQS",
+        "FAILS",
+        "ROOT",
+        "RBACK",
     );
-    for r in rows {
+    for r in &snap.rows {
         let st = match &r.stats {
             Ok(st) => st,
             Err(e) => {
                 let _ = writeln!(
                     s,
-                    "{:<24} {:>9} {:>6} {:>7} {:>7} {:>9} {:>9} {:>9} {:>6} {:>10}  BROKEN: {e}",
+                    "{:<24} {:>9} {:>6} {:>7} {:>7} {:>9} {:>9} {:>9} {:>6} {:>10} {:>6}  BROKEN{}: {e}",
                     r.name,
                     human(r.size),
                     r.tag,
@@ -200,6 +274,8 @@ fn table(args: &Args, zones: &Zones, rows: &[Row], free: &PoolStats) -> String {
                     "-",
                     "-",
                     format!("{:#x}", r.root),
+                    r.journal.rollbacks,
+                    if r.journal.fenced { " (fenced)" } else { "" },
                 );
                 continue;
             }
@@ -208,7 +284,7 @@ fn table(args: &Args, zones: &Zones, rows: &[Row], free: &PoolStats) -> String {
         let fails = st.classes.iter().map(|c| c.fails).sum::<u64>() + st.page_fails;
         let _ = writeln!(
             s,
-            "{:<24} {:>9} {:>6} {:>7} {:>7} {:>9} {:>9} {:>9} {:>6} {:>10}  ok",
+            "{:<24} {:>9} {:>6} {:>7} {:>7} {:>9} {:>9} {:>9} {:>6} {:>10} {:>6}  {}",
             r.name,
             human(r.size),
             r.tag,
@@ -219,8 +295,14 @@ fn table(args: &Args, zones: &Zones, rows: &[Row], free: &PoolStats) -> String {
             reqs,
             fails,
             format!("{:#x}", r.root),
+            r.journal.rollbacks,
+            if r.journal.fenced {
+                "ok (fenced)"
+            } else {
+                "ok"
+            },
         );
-        if args.classes {
+        if cli.classes {
             for c in st.classes.iter().filter(|c| c.total > 0 || c.reqs > 0) {
                 let _ = writeln!(
                     s,
@@ -240,78 +322,227 @@ fn table(args: &Args, zones: &Zones, rows: &[Row], free: &PoolStats) -> String {
     s
 }
 
-/// A JSON string literal.
-fn q(text: &str) -> String {
-    let mut s = String::with_capacity(text.len() + 2);
-    s.push('"');
-    for ch in text.chars() {
-        match ch {
-            '"' => s.push_str("\\\""),
-            '\\' => s.push_str("\\\\"),
-            '\n' => s.push_str("\\n"),
-            '\r' => s.push_str("\\r"),
-            '\t' => s.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(s, "\\u{:04x}", c as u32);
-            }
-            c => s.push(c),
+fn prometheus(snap: &Snapshot) -> String {
+    let mut t = PromText::new();
+    t.family(
+        "shmzone_region_bytes",
+        Kind::Gauge,
+        "Size of the shared region.",
+    )
+    .sample("shmzone_region_bytes", &[], snap.len);
+    t.family(
+        "shmzone_region_largest_free_run_pages",
+        Kind::Gauge,
+        "The largest zone that can still be made at run time, in pages.",
+    )
+    .sample(
+        "shmzone_region_largest_free_run_pages",
+        &[],
+        snap.free.largest_free_run,
+    );
+    let samples: Vec<ZoneSample> = snap
+        .rows
+        .iter()
+        .map(|r| ZoneSample {
+            name: r.name.clone(),
+            size: r.size,
+            stats: r.stats.as_ref().ok().cloned(),
+            // A read-only snapshot releases any lock held in its copy.
+            lock_holder: None,
+            recoveries: r.recoveries,
+            journal: r.journal,
+            consistent: Some(r.stats.is_ok()),
+        })
+        .collect();
+    write_zones(&mut t, &samples);
+    t.finish()
+}
+
+#[derive(Serialize)]
+struct ClassJson {
+    size: usize,
+    total: u64,
+    used: u64,
+    reqs: u64,
+    fails: u64,
+}
+
+#[derive(Serialize)]
+struct StatsJson {
+    pages_total: usize,
+    pages_free: usize,
+    pages_in_runs: usize,
+    largest_free_run: usize,
+    page_reqs: u64,
+    page_fails: u64,
+    bytes_requested: u64,
+    bytes_handed_out: u64,
+    bytes_in_use: usize,
+    classes: Vec<ClassJson>,
+}
+
+impl From<&PoolStats> for StatsJson {
+    fn from(st: &PoolStats) -> StatsJson {
+        StatsJson {
+            pages_total: st.pages_total,
+            pages_free: st.pages_free,
+            pages_in_runs: st.pages_in_runs,
+            largest_free_run: st.largest_free_run,
+            page_reqs: st.page_reqs,
+            page_fails: st.page_fails,
+            bytes_requested: st.bytes_requested,
+            bytes_handed_out: st.bytes_handed_out,
+            bytes_in_use: st.bytes_in_use(),
+            classes: st
+                .classes
+                .iter()
+                .map(|c| ClassJson {
+                    size: c.size,
+                    total: c.total,
+                    used: c.used,
+                    reqs: c.reqs,
+                    fails: c.fails,
+                })
+                .collect(),
         }
     }
-    s.push('"');
-    s
 }
 
-fn stats_json(st: &PoolStats) -> String {
-    let classes: Vec<String> = st
-        .classes
-        .iter()
-        .map(|c| {
-            format!(
-                "{{\"size\": {}, \"total\": {}, \"used\": {}, \"reqs\": {}, \"fails\": {}}}",
-                c.size, c.total, c.used, c.reqs, c.fails
-            )
-        })
-        .collect();
-    format!(
-        "\"pages_total\": {}, \"pages_free\": {}, \"pages_in_runs\": {}, \
-         \"largest_free_run\": {}, \"page_reqs\": {}, \"page_fails\": {}, \
-         \"bytes_requested\": {}, \"bytes_handed_out\": {}, \"bytes_in_use\": {}, \
-         \"classes\": [{}]",
-        st.pages_total,
-        st.pages_free,
-        st.pages_in_runs,
-        st.largest_free_run,
-        st.page_reqs,
-        st.page_fails,
-        st.bytes_requested,
-        st.bytes_handed_out,
-        st.bytes_in_use(),
-        classes.join(", ")
-    )
+#[derive(Serialize)]
+struct ZoneJson {
+    name: String,
+    size: usize,
+    tag: u64,
+    root: usize,
+    recoveries: u32,
+    rollbacks: u64,
+    fenced: bool,
+    /// "ok", or what check() found.
+    check: String,
+    #[serde(flatten)]
+    stats: Option<StatsJson>,
 }
 
-fn json(args: &Args, zones: &Zones, rows: &[Row], free: &PoolStats) -> String {
-    let zone_objs: Vec<String> = rows
-        .iter()
-        .map(|r| {
-            let rest = match &r.stats {
-                Ok(st) => format!("\"check\": \"ok\", {}", stats_json(st)),
-                Err(e) => format!("\"check\": {}", q(e)),
-            };
-            format!(
-                "    {{\"name\": {}, \"size\": {}, \"tag\": {}, \"root\": {}, {rest}}}",
-                q(&r.name),
-                r.size,
-                r.tag,
-                r.root,
-            )
-        })
-        .collect();
-    format!(
-        "{{\n  \"region\": {},\n  \"len\": {},\n  \"region_pool\": {{{}}},\n  \"zones\": [\n{}\n  ]\n}}\n",
-        q(&args.spec.id().to_string()),
-        zones.len(),
-        stats_json(free),
-        zone_objs.join(",\n")
-    )
+#[derive(Serialize)]
+struct RegionJson {
+    region: String,
+    len: usize,
+    region_pool: StatsJson,
+    zones: Vec<ZoneJson>,
+}
+
+fn json(spec: &NamedSpec, snap: &Snapshot) -> String {
+    let doc = RegionJson {
+        region: spec.id().to_string(),
+        len: snap.len,
+        region_pool: StatsJson::from(&snap.free),
+        zones: snap
+            .rows
+            .iter()
+            .map(|r| ZoneJson {
+                name: r.name.clone(),
+                size: r.size,
+                tag: r.tag,
+                root: r.root,
+                recoveries: r.recoveries,
+                rollbacks: r.journal.rollbacks,
+                fenced: r.journal.fenced,
+                check: match &r.stats {
+                    Ok(_) => "ok".to_string(),
+                    Err(e) => e.clone(),
+                },
+                stats: r.stats.as_ref().ok().map(StatsJson::from),
+            })
+            .collect(),
+    };
+    let mut out = Vec::new();
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, Layout::default());
+    // Serialising plain structs of numbers and strings into a Vec cannot fail.
+    doc.serialize(&mut ser).expect("JSON into a Vec");
+    out.push(b'\n');
+    String::from_utf8(out).expect("serde_json writes UTF-8")
+}
+
+/// The JSON layout this tool has always printed: the top object's members
+/// and the zones one per line, each zone on one line, `": "` and `", "`
+/// between items.
+#[derive(Default)]
+struct Layout {
+    depth: usize,
+}
+
+impl Layout {
+    fn newline<W: ?Sized + std::io::Write>(&self, w: &mut W) -> std::io::Result<()> {
+        w.write_all(b"\n")?;
+        for _ in 0..self.depth {
+            w.write_all(b"  ")?;
+        }
+        Ok(())
+    }
+
+    /// Items at depth 1 (the top object's members) and 2 (the zones) go
+    /// on their own lines.
+    fn broken(&self) -> bool {
+        self.depth <= 2
+    }
+}
+
+impl serde_json::ser::Formatter for Layout {
+    fn begin_object<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.depth += 1;
+        w.write_all(b"{")
+    }
+    fn end_object<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.depth -= 1;
+        if self.depth == 0 {
+            self.newline(w)?;
+        }
+        w.write_all(b"}")
+    }
+    fn begin_object_key<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if !first {
+            w.write_all(b",")?;
+        }
+        if self.depth == 1 {
+            self.newline(w)
+        } else if !first {
+            w.write_all(b" ")
+        } else {
+            Ok(())
+        }
+    }
+    fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        w.write_all(b": ")
+    }
+    fn begin_array<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.depth += 1;
+        w.write_all(b"[")
+    }
+    fn end_array<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.depth -= 1;
+        if self.depth == 1 {
+            self.newline(w)?;
+        }
+        w.write_all(b"]")
+    }
+    fn begin_array_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if !first {
+            w.write_all(b",")?;
+        }
+        if self.broken() {
+            self.newline(w)
+        } else if !first {
+            w.write_all(b" ")
+        } else {
+            Ok(())
+        }
+    }
 }

@@ -91,6 +91,38 @@ pub(crate) fn peek_dead() -> Result<Option<(u32, ExitStatus)>, Error> {
     }
 }
 
+/// Whether child `pid` has ended, without reaping it
+/// (`waitid(P_PID, pid, WEXITED|WNOHANG|WNOWAIT)`): its status if so.
+pub(crate) fn peek_dead_pid(pid: u32) -> Result<Option<ExitStatus>, Error> {
+    loop {
+        // SAFETY: an all-zero siginfo_t is valid; waitid fills it.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `info` is a valid out-pointer.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        if r == 0 {
+            return Ok(status_of(&info).map(|(_, st)| st));
+        }
+        let err = std::io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::ECHILD) => return Ok(None),
+            _ => {
+                return Err(Error::Os {
+                    call: format!("waitid(P_PID, {pid}, WEXITED|WNOHANG|WNOWAIT)"),
+                    source: err,
+                })
+            }
+        }
+    }
+}
+
 /// Reaps the ended child `pid` (`waitid(P_PID, pid, WEXITED)`).
 pub(crate) fn reap(pid: u32) -> Result<(), Error> {
     loop {

@@ -15,7 +15,7 @@ use std::ptr::NonNull;
 
 use memmap2::{MmapOptions, MmapRaw};
 
-use super::named::{bad, checked_len, kind, this_pid, CreateOpts, NamedId};
+use super::named::{bad, checked_len, file_id, kind, this_pid, CreateOpts, FileId, NamedId};
 use crate::error::Error;
 
 /// A shared mapping of a file; unmapped on drop (by memmap2), and the file
@@ -25,6 +25,11 @@ pub(crate) struct Map {
     path: PathBuf,
     /// The pid that must drop this `Map` for the drop to remove the file.
     remove_by: Option<u32>,
+    /// The file this process made (device, inode): the drop removes the
+    /// path only while it still names that file, never a replacement.
+    made: FileId,
+    /// The uid owning the file.
+    owner: u32,
 }
 
 fn os_err(call: String) -> impl FnOnce(io::Error) -> Error {
@@ -77,11 +82,13 @@ impl Map {
                 .map_raw(&file)
                 .map_err(os_err(format!("mmap({shown:?}, MAP_SHARED, {})", opts.len)))
         })();
-        match made {
-            Ok(map) => Ok(Map {
+        match made.and_then(|map| Ok((map, file_id(&id, &file)?))) {
+            Ok((map, (made, owner))) => Ok(Map {
                 map,
                 path: path.to_path_buf(),
                 remove_by: opts.remove_on_drop.then(this_pid),
+                made,
+                owner,
             }),
             Err(e) => {
                 let _ = std::fs::remove_file(path);
@@ -94,6 +101,17 @@ impl Map {
     /// checks for a regular file of a non-zero whole number of pages, maps
     /// all of it.
     pub(crate) fn attach(path: &Path, read_only: bool) -> Result<Map, Error> {
+        Map::attach_as(path, read_only, false)
+    }
+
+    /// As [`Map::attach`] read-only, but mapped private and writable
+    /// (`MAP_PRIVATE`, copy-on-write): pages read the file until this
+    /// process writes them, which gives it a private copy of just those.
+    pub(crate) fn attach_copy(path: &Path) -> Result<Map, Error> {
+        Map::attach_as(path, true, true)
+    }
+
+    fn attach_as(path: &Path, read_only: bool, copy: bool) -> Result<Map, Error> {
         let id = NamedId::File(path.to_path_buf());
         let shown = path.display().to_string();
         let file = OpenOptions::new()
@@ -117,19 +135,35 @@ impl Map {
                 },
             })?;
         let len = checked_len(&id, &file)?;
+        let (made, owner) = file_id(&id, &file)?;
         let mut opts = MmapOptions::new();
         opts.len(len);
-        let map = if read_only {
+        let map = if copy {
+            // SAFETY: a private mapping: nothing this process writes reaches
+            // the file; what others write may show in pages this process
+            // has not written, which the caller knows.
+            unsafe { opts.map_copy(&file) }.map(MmapRaw::from)
+        } else if read_only {
             opts.map_raw_read_only(&file)
         } else {
             opts.map_raw(&file)
         }
-        .map_err(os_err(format!("mmap({shown:?}, MAP_SHARED, {len})")))?;
+        .map_err(os_err(format!(
+            "mmap({shown:?}, {}, {len})",
+            if copy { "MAP_PRIVATE" } else { "MAP_SHARED" }
+        )))?;
         Ok(Map {
             map,
             path: path.to_path_buf(),
             remove_by: None,
+            made,
+            owner,
         })
+    }
+
+    /// The uid that owns the file.
+    pub(crate) fn owner(&self) -> u32 {
+        self.owner
     }
 
     pub(crate) fn as_ptr(&self) -> NonNull<u8> {
@@ -143,10 +177,24 @@ impl Map {
 
 impl Drop for Map {
     fn drop(&mut self) {
-        if self.remove_by == Some(this_pid()) {
-            if let Err(e) = remove(&self.path) {
-                log::error!("{e}");
+        if self.remove_by != Some(this_pid()) {
+            return;
+        }
+        // Only the file this process made: another creator may have
+        // replaced it (`replace`) since. (A replacement between this check
+        // and the unlink cannot be told apart: there is no unlink-if-same.)
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(m) if (m.dev(), m.ino()) == self.made => {
+                if let Err(e) = remove(&self.path) {
+                    log::error!("{e}");
+                }
             }
+            Ok(_) => log::warn!(
+                "file {:?} was replaced by another creator: not removing it",
+                self.path.display().to_string()
+            ),
+            Err(_) => {} // already removed
         }
     }
 }

@@ -23,8 +23,9 @@ cfg_if::cfg_if! {
     if #[cfg(any(target_os = "linux", target_os = "android"))] {
         /// Sleeps while `*word == expected`, at most `timeout` (forever if
         /// `None`). Returns on a wake, a signal, the timeout, or at once when
-        /// the word already differs; the caller re-checks the word.
-        pub(crate) fn wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
+        /// the word already differs; the caller re-checks the word. True
+        /// when the timeout ended the sleep (`ETIMEDOUT`).
+        pub(crate) fn wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) -> bool {
             let ts;
             let ts_ptr: *const libc::timespec = match timeout {
                 Some(d) => {
@@ -41,7 +42,7 @@ cfg_if::cfg_if! {
             // outlives the call; the remaining arguments are unused by
             // FUTEX_WAIT. Errors (EAGAIN, EINTR, ETIMEDOUT) all mean "look
             // again", which the caller does anyway.
-            unsafe {
+            let r = unsafe {
                 libc::syscall(
                     libc::SYS_futex,
                     word.as_ptr(),
@@ -50,8 +51,9 @@ cfg_if::cfg_if! {
                     ts_ptr,
                     std::ptr::null::<u32>(),
                     0u32,
-                );
-            }
+                )
+            };
+            r == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ETIMEDOUT)
         }
 
         /// Wakes up to `n` processes sleeping in [`wait`] on `word`; returns
@@ -81,8 +83,9 @@ cfg_if::cfg_if! {
     } else {
         /// No process-shared wait queue here: gives the CPU away once
         /// (`sched_yield`, as nginx does without semaphores) and returns.
-        pub(crate) fn wait(_word: &AtomicU32, _expected: u32, _timeout: Option<Duration>) {
+        pub(crate) fn wait(_word: &AtomicU32, _expected: u32, _timeout: Option<Duration>) -> bool {
             crate::os::process::yield_now();
+            false
         }
 
         /// Nothing sleeps in [`wait`] here, so there is nothing to wake.
@@ -109,7 +112,7 @@ mod tests {
     fn wait_times_out() {
         let w = AtomicU32::new(5);
         let t = Instant::now();
-        wait(&w, 5, Some(Duration::from_millis(20)));
+        assert!(wait(&w, 5, Some(Duration::from_millis(20))));
         assert!(t.elapsed() < Duration::from_secs(10));
     }
 

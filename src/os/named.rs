@@ -154,18 +154,53 @@ impl NamedMap {
         })
     }
 
-    /// Maps the existing object `id` names, all of it.
-    pub(crate) fn attach(id: &NamedId, read_only: bool) -> Result<NamedMap, Error> {
+    /// Maps the existing object `id` names, all of it. Unless `any_owner`,
+    /// an object owned by another uid than this process's effective uid is
+    /// refused (someone else planted it, or it is someone else's).
+    pub(crate) fn attach(
+        id: &NamedId,
+        read_only: bool,
+        any_owner: bool,
+    ) -> Result<NamedMap, Error> {
         let inner = match id {
             NamedId::Posix(name) => Inner::Posix(posix_map::Map::attach(name, read_only)?),
             NamedId::SysVKey(key) => Inner::SysVKey(sysv_key_map::Map::attach(*key, read_only)?),
             NamedId::File(path) => Inner::File(file_map::Map::attach(path, read_only)?),
         };
+        let owner = match &inner {
+            Inner::Posix(m) => m.owner(),
+            Inner::SysVKey(m) => m.owner(),
+            Inner::File(m) => m.owner(),
+        };
+        check_owner(id, owner, any_owner)?;
         Ok(NamedMap {
             id: id.clone(),
             read_only,
             inner,
         })
+    }
+
+    /// A private, copy-on-write mapping of the existing object (for a
+    /// snapshot that copies only what it must): `None` for a SysV segment,
+    /// which cannot be mapped that way. The owner is checked as by
+    /// [`NamedMap::attach`].
+    pub(crate) fn attach_copy(id: &NamedId, any_owner: bool) -> Result<Option<NamedMap>, Error> {
+        let inner = match id {
+            NamedId::Posix(name) => Inner::Posix(posix_map::Map::attach_copy(name)?),
+            NamedId::File(path) => Inner::File(file_map::Map::attach_copy(path)?),
+            NamedId::SysVKey(_) => return Ok(None),
+        };
+        let owner = match &inner {
+            Inner::Posix(m) => m.owner(),
+            Inner::SysVKey(m) => m.owner(),
+            Inner::File(m) => m.owner(),
+        };
+        check_owner(id, owner, any_owner)?;
+        Ok(Some(NamedMap {
+            id: id.clone(),
+            read_only: false,
+            inner,
+        }))
     }
 
     pub(crate) fn as_ptr(&self) -> NonNull<u8> {
@@ -201,6 +236,22 @@ impl NamedMap {
             Inner::Posix(_) | Inner::File(_) => Backend::DevZero,
         }
     }
+}
+
+/// Refuses an object owned by another uid than this process's effective
+/// uid, unless `any_owner`.
+fn check_owner(id: &NamedId, owner: u32, any_owner: bool) -> Result<(), Error> {
+    let me = super::process::euid();
+    if owner != me && !any_owner {
+        return Err(bad(
+            id,
+            format!(
+                "is owned by uid {owner}, not by this process's effective uid {me}: \
+                 refusing to trust it (NamedSpec::allow_other_owner(true) to attach anyway)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Removes the name: `shm_unlink`, `shmctl(IPC_RMID)`, `unlink`. Processes
@@ -258,6 +309,20 @@ pub(crate) fn checked_len(id: &NamedId, file: &File) -> Result<usize, Error> {
         ));
     }
     usize::try_from(len).map_err(|_| bad(id, format!("its size {len} does not fit in memory")))
+}
+
+/// A file's identity: (device, inode).
+pub(crate) type FileId = (u64, u64);
+
+/// The identity and owner uid of an open object (`fstat`).
+#[cfg(unix)]
+pub(crate) fn file_id(id: &NamedId, file: &File) -> Result<(FileId, u32), Error> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = file.metadata().map_err(|source| Error::Os {
+        call: format!("fstat({id})"),
+        source,
+    })?;
+    Ok(((meta.dev(), meta.ino()), meta.uid()))
 }
 
 /// What kind of file `meta` describes, for messages.

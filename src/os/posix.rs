@@ -14,7 +14,7 @@ use std::ptr::NonNull;
 use memmap2::{MmapOptions, MmapRaw};
 
 use super::last_error;
-use super::named::{bad, checked_len, this_pid, CreateOpts, NamedId};
+use super::named::{bad, checked_len, file_id, this_pid, CreateOpts, FileId, NamedId};
 use crate::error::Error;
 
 /// The longest name, slash included (`NAME_MAX` is 255 for the file under
@@ -28,6 +28,11 @@ pub(crate) struct Map {
     name: CString,
     /// The pid that must drop this `Map` for the drop to unlink the name.
     unlink_by: Option<u32>,
+    /// The object this process made (device, inode): the drop unlinks the
+    /// name only while it still names that object, never a replacement.
+    made: FileId,
+    /// The uid owning the object.
+    owner: u32,
 }
 
 /// Checks `name` and makes the C string: `/` then 1..=254 bytes with no
@@ -107,11 +112,13 @@ impl Map {
                     source,
                 })
         })();
-        match made {
-            Ok(map) => Ok(Map {
+        match made.and_then(|map| Ok((map, file_id(&NamedId::Posix(name.into()), &file)?))) {
+            Ok((map, (made, owner))) => Ok(Map {
                 map,
                 name: c,
                 unlink_by: opts.remove_on_drop.then(this_pid),
+                made,
+                owner,
             }),
             Err(e) => {
                 let _ = unlink(&c, name, true);
@@ -120,33 +127,64 @@ impl Map {
         }
     }
 
-    /// `shm_open(O_RDWR or O_RDONLY)` and a map of the whole object, whose
-    /// size must be a non-zero whole number of pages.
+    /// `shm_open(O_RDWR or O_RDONLY, O_NONBLOCK)` and a map of the whole
+    /// object, whose size must be a non-zero whole number of pages. A FIFO
+    /// planted under the name (anyone may create one in `/dev/shm`) must
+    /// not block the open: `O_NONBLOCK`, then `fstat` refuses anything but
+    /// a regular file before mapping.
     pub(crate) fn attach(name: &str, read_only: bool) -> Result<Map, Error> {
+        Map::attach_as(name, read_only, false)
+    }
+
+    /// As [`Map::attach`] read-only, but mapped private and writable
+    /// (`MAP_PRIVATE`, copy-on-write): pages read the object until this
+    /// process writes them, which gives it a private copy of just those.
+    pub(crate) fn attach_copy(name: &str) -> Result<Map, Error> {
+        Map::attach_as(name, true, true)
+    }
+
+    fn attach_as(name: &str, read_only: bool, copy: bool) -> Result<Map, Error> {
         let c = c_name(name)?;
         let (flags, flag_text) = if read_only {
-            (libc::O_RDONLY, "O_RDONLY")
+            (libc::O_RDONLY | libc::O_NONBLOCK, "O_RDONLY|O_NONBLOCK")
         } else {
-            (libc::O_RDWR, "O_RDWR")
+            (libc::O_RDWR | libc::O_NONBLOCK, "O_RDWR|O_NONBLOCK")
         };
         let file = shm_open(&c, flags, 0, &format!("shm_open({name:?}, {flag_text})"))?;
         let len = checked_len(&NamedId::Posix(name.to_string()), &file)?;
+        let (made, owner) = file_id(&NamedId::Posix(name.to_string()), &file)?;
         let mut opts = MmapOptions::new();
         opts.len(len);
-        let map = if read_only {
+        let map = if copy {
+            // SAFETY: a private mapping: nothing this process writes reaches
+            // the object; what others write to it may show in pages this
+            // process has not written, which the caller knows (it copies
+            // what it needs consistent).
+            unsafe { opts.map_copy(&file) }.map(MmapRaw::from)
+        } else if read_only {
             opts.map_raw_read_only(&file)
         } else {
             opts.map_raw(&file)
         }
         .map_err(|source| Error::Os {
-            call: format!("mmap({name:?}, MAP_SHARED, {len})"),
+            call: format!(
+                "mmap({name:?}, {}, {len})",
+                if copy { "MAP_PRIVATE" } else { "MAP_SHARED" }
+            ),
             source,
         })?;
         Ok(Map {
             map,
             name: c,
             unlink_by: None,
+            made,
+            owner,
         })
+    }
+
+    /// The uid that owns the object.
+    pub(crate) fn owner(&self) -> u32 {
+        self.owner
     }
 
     pub(crate) fn as_ptr(&self) -> NonNull<u8> {
@@ -160,11 +198,31 @@ impl Map {
 
 impl Drop for Map {
     fn drop(&mut self) {
-        if self.unlink_by == Some(this_pid()) {
-            let name = self.name.to_string_lossy().into_owned();
-            if let Err(e) = unlink(&self.name, &name, false) {
-                log::error!("{e}");
+        if self.unlink_by != Some(this_pid()) {
+            return;
+        }
+        let name = self.name.to_string_lossy().into_owned();
+        // Only the object this process made: another creator may have
+        // replaced it under the same name (`replace`) since. (A replacement
+        // between this check and the unlink cannot be told apart: POSIX
+        // has no unlink-if-same.)
+        let now = shm_open(
+            &self.name,
+            libc::O_RDONLY | libc::O_NONBLOCK,
+            0,
+            "shm_open(O_RDONLY)",
+        )
+        .and_then(|f| file_id(&NamedId::Posix(name.clone()), &f));
+        match now {
+            Ok((id, _)) if id == self.made => {
+                if let Err(e) = unlink(&self.name, &name, false) {
+                    log::error!("{e}");
+                }
             }
+            Ok(_) => {
+                log::warn!("POSIX shm {name:?} was replaced by another creator: not removing it")
+            }
+            Err(_) => {} // already removed
         }
     }
 }

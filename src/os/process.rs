@@ -164,8 +164,27 @@ cfg_if::cfg_if! {
     }
 }
 
+/// This process's effective uid (`geteuid`).
+pub(crate) fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// The inode of this process's pid namespace (`stat("/proc/self/ns/pid")`),
+/// which names the namespace on this machine; `None` where there is no
+/// such file (not Linux, or no `/proc`).
+pub(crate) fn pid_namespace() -> Option<u64> {
+    cfg_if::cfg_if! {
+        if #[cfg(any(target_os = "linux", target_os = "android"))] {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata("/proc/self/ns/pid").ok().map(|m| m.ino())
+        } else {
+            None
+        }
+    }
+}
+
 /// Gives the CPU away (`sched_yield`).
-#[allow(dead_code)] // the lock's wait where futex.rs has no futex
 pub(crate) fn yield_now() {
     // SAFETY: no preconditions.
     unsafe { libc::sched_yield() };

@@ -20,6 +20,8 @@ pub(crate) struct Map {
     shmid: libc::c_int,
     /// The pid that must drop this `Map` for the drop to remove the segment.
     remove_by: Option<u32>,
+    /// The uid owning the segment (`shm_perm.uid`).
+    owner: u32,
 }
 
 fn check_key(key: i32) -> Result<(), Error> {
@@ -109,6 +111,7 @@ impl Map {
             len: opts.len,
             shmid,
             remove_by: opts.remove_on_drop.then(this_pid),
+            owner: crate::os::process::euid(),
         })
     }
 
@@ -138,6 +141,7 @@ impl Map {
             len,
             shmid,
             remove_by: None,
+            owner: ds.shm_perm.uid,
         })
     }
 
@@ -147,6 +151,11 @@ impl Map {
 
     pub(crate) fn len(&self) -> usize {
         self.len
+    }
+
+    /// The uid that owns the segment.
+    pub(crate) fn owner(&self) -> u32 {
+        self.owner
     }
 }
 

@@ -43,11 +43,19 @@ macro_rules! stub {
                     Err(unsupported($id(name)))
                 }
 
+                pub(crate) fn attach_copy(name: $arg) -> Result<Map, Error> {
+                    Err(unsupported($id(name)))
+                }
+
                 pub(crate) fn as_ptr(&self) -> NonNull<u8> {
                     match *self {}
                 }
 
                 pub(crate) fn len(&self) -> usize {
+                    match *self {}
+                }
+
+                pub(crate) fn owner(&self) -> u32 {
                     match *self {}
                 }
             }

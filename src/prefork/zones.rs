@@ -1,6 +1,7 @@
 //! The death hook for zones: release what a dead worker held, check it.
 
-use crate::slab::CheckError;
+use crate::journal::Rollback;
+use crate::slab::{CheckError, Pool};
 use crate::zone::{Zones, REGION_LOCK_NAME};
 
 /// What [`recover_zones`] did for one dead worker.
@@ -11,7 +12,11 @@ pub struct Recovery {
     /// The locks it held and that were released: zone names, and
     /// `"<region>"` for the region's own lock.
     pub unlocked: Vec<String>,
-    /// Of those zones, the ones whose pool `check()` found broken.
+    /// Of those, the ones where it had a section open, rolled back as a
+    /// whole (what was undone).
+    pub rolled_back: Vec<(String, Rollback)>,
+    /// Of those zones (and the region pool), the ones whose `check()` still
+    /// found them broken after the rollback: they are fenced.
     pub broken: Vec<(String, CheckError)>,
 }
 
@@ -44,21 +49,33 @@ impl Recovery {
 /// ```
 pub fn recover_zones(zones: &Zones, pid: u32) -> Recovery {
     let unlocked = zones.force_unlock_all(pid);
+    let mut rolled_back = Vec::new();
     let mut broken = Vec::new();
-    for name in &unlocked {
-        if name == REGION_LOCK_NAME {
-            continue;
-        }
-        let Some(zone) = zones.get(name) else {
-            continue;
+    // The region pool first: looking zones up takes its lock.
+    let mut names: Vec<&String> = unlocked.iter().filter(|n| *n == REGION_LOCK_NAME).collect();
+    names.extend(unlocked.iter().filter(|n| *n != REGION_LOCK_NAME));
+    for name in names {
+        let zone;
+        let pool: &Pool = if name == REGION_LOCK_NAME {
+            zones.region_pool()
+        } else {
+            let Some(z) = zones.get(name) else {
+                continue;
+            };
+            zone = z;
+            zone.pool()
         };
-        // The check takes the lock, so the master's guard (not the next
-        // worker's) is the one told that the lock was taken from a dead
-        // holder: repairing the user's data in the zone belongs in the same
-        // death hook, after this call (see the `prefork_http` example).
-        let guard = zone.lock();
-        if guard.recovered_from() == Some(pid) {
-            log::debug!("zone \"{name}\": recovery from {pid} confirmed");
+        // Taking the lock rolls the dead worker's open section back (the
+        // master's guard is the one told), then checks the pool; the check
+        // below reports what is still wrong (the pool is then fenced).
+        let guard = pool.lock();
+        if let Some(r) = guard.rolled_back() {
+            log::warn!(
+                "zone \"{name}\": section of dead worker {pid} rolled back ({} records, {} bytes)",
+                r.records,
+                r.bytes
+            );
+            rolled_back.push((name.clone(), r));
         }
         let checked = guard.check_locked();
         drop(guard);
@@ -73,6 +90,7 @@ pub fn recover_zones(zones: &Zones, pid: u32) -> Recovery {
     Recovery {
         pid,
         unlocked,
+        rolled_back,
         broken,
     }
 }

@@ -4,6 +4,7 @@
 use std::fmt;
 
 use super::layout::{Desc, Link, State, CLASS, FIRST_DESC_BITMAP_CLASS, NCLASSES, NIL, SLAB_PAGE};
+use super::{Pool, PoolGuard};
 
 /// The first broken invariant that [`Pool::check`](super::Pool::check) found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -264,4 +265,89 @@ fn walk(head: u32, d: &[Desc], ok: impl Fn(&Desc) -> bool) -> Result<u64, CheckE
         i = q.next;
     }
     Ok(n)
+}
+
+impl PoolGuard<'_> {
+    /// Calls `f(offset, bytes)` for every allocated page run, in address
+    /// order; `offset` is from the pool's base. The walk is bounded by the
+    /// page count and a run length out of range is an `Err` (run
+    /// [`check_locked`](PoolGuard::check_locked) first for the rest).
+    pub(crate) fn page_runs_locked(
+        &self,
+        mut f: impl FnMut(usize, usize),
+    ) -> Result<(), CheckError> {
+        let (_, d, _) = self.view();
+        let start = self.pool().start_off;
+        let npages = d.len() as u32;
+        let mut i = 0u32;
+        while i < npages {
+            let p = d[i as usize];
+            let tag = p.prev.tag();
+            i += if tag == Link::FREE || tag == Link::RUN {
+                let len = p.slab;
+                if len == 0 || len > (npages - i) as u64 {
+                    return fail("page run length out of range", i, len, 1);
+                }
+                if tag == Link::RUN {
+                    f(start + i as usize * SLAB_PAGE, len as usize * SLAB_PAGE);
+                }
+                len as u32
+            } else {
+                1
+            };
+        }
+        Ok(())
+    }
+}
+
+impl Pool {
+    /// Where this pool keeps its metadata, for tests and fuzz targets that
+    /// craft damaged pools: `(desc, start, npages)`, offsets from the pool's
+    /// base of the descriptor array and of the first data page, and the
+    /// page count. Page `i`'s descriptor is the 16 bytes at `desc + 16 * i`:
+    /// `slab: u64`, `next: u32`, `prev: u32` with the page's tag in the top
+    /// 4 bits of `prev` (0 free, 1 page run, 2 + c a page of class c) and a
+    /// page index in the low 28. The allocator state (list heads, counters)
+    /// and the journal lie before `desc`.
+    #[doc(hidden)]
+    pub fn metadata_layout(&self) -> (usize, usize, usize) {
+        (self.desc_off, self.start_off, self.npages as usize)
+    }
+
+    /// Bytes from the pool's base to its first data page: the header and
+    /// the page descriptors, the metadata an inspector reads.
+    pub(crate) fn meta_len(&self) -> usize {
+        self.start_off
+    }
+
+    /// Calls `f(offset, bytes)` for the rest of the allocator's metadata:
+    /// the bitmap at the start of every small-chunk page (8, 16 and 32-byte
+    /// classes keep it in the page), as the descriptors say; `offset` is
+    /// from the pool's base.
+    ///
+    /// # Safety
+    /// The pool's header and descriptors are readable and nobody writes
+    /// them meanwhile (a private snapshot). Whatever they hold, only
+    /// descriptors below the page count are read and only ranges inside
+    /// the pool are reported.
+    pub(crate) unsafe fn small_page_bitmaps(&self, mut f: impl FnMut(usize, usize)) {
+        let d = self
+            .base
+            .as_ptr()
+            .wrapping_add(self.desc_off)
+            .cast::<Desc>();
+        for i in 0..self.npages as usize {
+            // SAFETY: i < npages: a descriptor inside the pool (geometry
+            // checked by attach), aligned; the caller says nobody writes it.
+            let p = unsafe { d.add(i).read_volatile() };
+            if let Some(c) = p.prev.class() {
+                if c < FIRST_DESC_BITMAP_CLASS {
+                    f(
+                        self.start_off + i * SLAB_PAGE,
+                        (CLASS[c].chunks / 8) as usize,
+                    );
+                }
+            }
+        }
+    }
 }

@@ -152,7 +152,8 @@ pub fn run(data: &[u8]) {
                 let expect = near.map(|_| FreeError::WrongChunk);
                 bad_free(&pool, &live, addr, expect.filter(|_| addr % 8 != 0));
             }
-            5 => model_stats(&pool, &live),
+            5 if a % 2 == 0 => model_stats(&pool, &live),
+            5 => section_rolled_back(&pool, &live, a, b),
             _ => {}
         }
         pool.check().expect("check after op");
@@ -182,6 +183,48 @@ pub fn run(data: &[u8]) {
     // SAFETY: just allocated.
     unsafe { pool.free(p.as_ptr()) }.expect("free whole");
     pool.check().expect("final check");
+}
+
+/// A section of allocations and frees (of blocks live before it and of
+/// blocks it made) under one lock, undone with `rollback_to`: every byte
+/// of the allocation state (statistics aside) must be as before it, and
+/// the live blocks' contents untouched.
+fn section_rolled_back(pool: &Pool, live: &[Live], a: u8, b: u8) {
+    let before = full_snapshot(pool);
+    {
+        let g = pool.lock();
+        let sp = g.savepoint();
+        let mut made = Vec::new();
+        for k in 0..=(b % 8) {
+            let x = a.wrapping_mul(31).wrapping_add(k.wrapping_mul(17));
+            if x % 3 == 0 && !live.is_empty() {
+                let l = &live[(x as usize * 7 + k as usize) % live.len()];
+                // SAFETY: a live chunk of this pool; the rollback revives
+                // it, and nothing reads it meanwhile.
+                let _ = unsafe { g.free_locked(l.addr as *mut u8) };
+            } else if x % 3 == 1 && !made.is_empty() {
+                let p: *mut u8 = made.swap_remove(0);
+                // SAFETY: allocated in this section (a live block freed
+                // above may have been handed out again and freed since).
+                let _ = unsafe { g.free_locked(p) };
+            } else if let Some(p) = g.alloc_locked(decode_size(x, b ^ k)) {
+                made.push(p.as_ptr());
+            }
+        }
+        // SAFETY: from this guard; the blocks made since are dropped.
+        unsafe { g.rollback_to(sp) };
+    }
+    assert!(
+        full_snapshot(pool) == before,
+        "rollback_to left the pool changed"
+    );
+    for l in live {
+        // SAFETY: l.addr is a live allocation of l.size bytes.
+        let bytes = unsafe { std::slice::from_raw_parts(l.addr as *const u8, l.size) };
+        for (i, &x) in bytes.iter().enumerate() {
+            assert_eq!(x, pattern(l.fill, i), "live contents changed by a rollback");
+        }
+    }
 }
 
 /// The fresh classes with this run's request counters.
@@ -287,14 +330,31 @@ pub fn full_snapshot(pool: &Pool) -> Vec<u8> {
     let g = pool.lock();
     let (st, d, pages) = g.view();
     let mut v = Vec::new();
+    // The state without its statistics (requests, failures, bytes asked
+    // for and handed out): a call rolled back after a death still counts
+    // as made there, by design (see `slab::page`).
+    use super::layout::{ClassState, State};
+    use std::mem::offset_of;
     // SAFETY: `st` is a live, initialised State; viewing it as bytes.
-    let st_bytes = unsafe {
-        std::slice::from_raw_parts(
-            (st as *const super::layout::State).cast::<u8>(),
-            size_of_val(st),
-        )
-    };
-    v.extend_from_slice(st_bytes);
+    let mut bytes = unsafe {
+        std::slice::from_raw_parts((st as *const State).cast::<u8>(), size_of::<State>())
+    }
+    .to_vec();
+    let mut zero = |at: usize, n: usize| bytes[at..at + n].fill(0);
+    for c in 0..NCLASSES {
+        let base = offset_of!(State, classes) + c * size_of::<ClassState>();
+        zero(base + offset_of!(ClassState, reqs), 8);
+        zero(base + offset_of!(ClassState, fails), 8);
+        zero(base + offset_of!(ClassState, bytes_requested), 8);
+    }
+    zero(offset_of!(State, page_reqs), 8);
+    zero(offset_of!(State, page_fails), 8);
+    zero(offset_of!(State, run_bytes_requested), 8);
+    zero(offset_of!(State, run_bytes), 8);
+    // Padding after the last field: whatever init's temporary held.
+    let end = offset_of!(State, run_bytes) + 8;
+    zero(end, size_of::<State>() - end);
+    v.extend_from_slice(&bytes);
     for (i, q) in d.iter().enumerate() {
         v.extend_from_slice(&q.slab.to_le_bytes());
         v.extend_from_slice(&q.next.to_le_bytes());

@@ -26,8 +26,11 @@ use crate::shmtx::ShmGuard;
 /// instruction), the next process to take the lock undoes the whole
 /// section: the zone is exactly as it was before the lock was taken.
 /// Memory allocated in the section needs no recording (its allocation is
-/// undone, so its bytes no longer matter); memory that was live before the
-/// section must be changed only through the guard.
+/// undone, so its bytes no longer matter) **unless the section freed it
+/// first**: a block freed and allocated again within one section is
+/// revived by a rollback, so save its bytes ([`save`](Self::save)) before
+/// writing them (`calloc_locked` does so itself). Memory that was live
+/// before the section must be changed only through the guard.
 ///
 /// ```
 /// # let zones = shmzone::Zones::builder().zone("z", 64 << 10).build()?;
@@ -51,6 +54,9 @@ pub struct PoolGuard<'a> {
     pool: &'a Pool,
     guard: ShmGuard<'a>,
     rolled: Option<Rollback>,
+    /// This section freed something: memory it allocates may be memory
+    /// that a rollback revives.
+    freed: Cell<bool>,
     _not_sync: PhantomData<Cell<()>>,
 }
 
@@ -77,6 +83,7 @@ impl<'a> PoolGuard<'a> {
             pool,
             guard,
             rolled,
+            freed: Cell::new(false),
             _not_sync: PhantomData,
         }
     }
@@ -174,7 +181,14 @@ impl<'a> PoolGuard<'a> {
     /// no pointer to memory allocated since then is used afterwards.
     pub unsafe fn rollback_to(&self, savepoint: u32) -> Rollback {
         // SAFETY: we hold the lock; the caller's promise on the savepoint.
-        unsafe { self.pool.journal.rollback_to(savepoint) }
+        let r = unsafe { self.pool.journal.rollback_to(savepoint) };
+        // The allocator does not record its counters (see `slab::page`):
+        // recompute them from the pages the rollback restored.
+        if r.records > 0 {
+            let mut core = self.core();
+            core.recount(self.pool.journal_ref());
+        }
+        r
     }
 
     /// The pool this guard locks.
@@ -227,8 +241,20 @@ impl<'a> PoolGuard<'a> {
     }
 
     /// [`Pool::calloc`] with the lock already held.
+    ///
+    /// When this section freed memory before, the block may be memory a
+    /// rollback revives, so its old bytes are saved before they are zeroed
+    /// (`None` if the journal has no room for them: the block is given
+    /// back).
     pub fn calloc_locked(&self, size: usize) -> Option<NonNull<u8>> {
         let p = self.alloc_locked(size)?;
+        // SAFETY: p is a fresh allocation of at least `size` bytes inside
+        // this pool.
+        if self.freed.get() && unsafe { self.save(p.as_ptr(), size) }.is_err() {
+            // SAFETY: allocated just above, not used after.
+            let _ = unsafe { self.free_locked(p.as_ptr()) };
+            return None;
+        }
         // SAFETY: p is a fresh allocation of at least `size` bytes.
         unsafe { p.as_ptr().write_bytes(0, size) };
         Some(p)
@@ -247,7 +273,10 @@ impl<'a> PoolGuard<'a> {
             Ok(_) if self.pool.is_fenced() || !self.pool.journal.fits(FREE_BUDGET) => {
                 Err(self.pool.refused_free())
             }
-            Ok((idx, off)) => self.core().free_at(idx, off),
+            Ok((idx, off)) => {
+                self.freed.set(true);
+                self.core().free_at(idx, off)
+            }
             Err(e) => Err(e),
         };
         if let Err(e) = r {
@@ -285,6 +314,10 @@ impl<'a> PoolGuard<'a> {
     pub fn stats_locked(&self) -> PoolStats {
         let (st, d, _) = self.view();
         let largest = Core::largest_run_of(st, d);
-        PoolStats::from_state(st, d.len(), largest)
+        let mut s = PoolStats::from_state(st, d.len(), largest);
+        let j = self.pool.journal.stats();
+        s.rollbacks = j.rollbacks;
+        s.fenced = j.fenced;
+        s
     }
 }

@@ -156,6 +156,24 @@ impl Pool {
         PoolGuard::new(self, g, rolled)
     }
 
+    /// As [`Pool::lock`], waiting at most `limit` (for a pool in a region
+    /// whose other users this process does not control).
+    ///
+    /// # Errors
+    /// [`LockTimeout`](crate::LockTimeout) naming the holder.
+    pub fn lock_for(
+        &self,
+        limit: std::time::Duration,
+    ) -> Result<PoolGuard<'_>, crate::shmtx::LockTimeout> {
+        let g = self.mutex().lock_for(limit)?;
+        let rolled = if g.recovered_from().is_some() || self.journal.needs_attention() {
+            self.attention(g.recovered_from()).0
+        } else {
+            None
+        };
+        Ok(PoolGuard::new(self, g, rolled))
+    }
+
     /// Takes the lock for one allocator operation needing `budget` journal
     /// words: `None` if the pool is fenced (see [`Pool::is_fenced`]) or the
     /// journal is short of room (only inside a long user section).
@@ -274,6 +292,10 @@ impl Pool {
         self.journal.is_fenced()
     }
 
+    pub(crate) fn journal_ref(&self) -> &Journal {
+        &self.journal
+    }
+
     /// The journal's counters (rollbacks, capacity, fence).
     pub fn journal_stats(&self) -> JournalStats {
         self.journal.stats()
@@ -310,6 +332,7 @@ impl Pool {
                 pages: self.base.as_ptr().add(self.start_off),
                 j: &self.journal,
                 jat: std::cell::Cell::new(self.journal.used()),
+                lite: false,
             }
         }
     }
@@ -359,7 +382,7 @@ impl Pool {
             let c = class_of(size);
             let g = self.lock_op(ALLOC_BUDGET)?;
             // SAFETY: `g` holds the lock until after this borrow ends.
-            let off = unsafe { self.core() }.alloc_chunk(c, size);
+            let off = unsafe { self.core() }.lite().alloc_chunk(c, size);
             self.journal.commit();
             drop(g);
             off.map(|off| self.data_ptr(off))
@@ -443,7 +466,7 @@ impl Pool {
             Ok((idx, off)) => match self.lock_op(FREE_BUDGET) {
                 Some(g) => {
                     // SAFETY: `g` holds the lock until after this borrow ends.
-                    let r = unsafe { self.core() }.free_at(idx, off);
+                    let r = unsafe { self.core() }.lite().free_at(idx, off);
                     self.journal.commit();
                     drop(g);
                     r

@@ -14,6 +14,7 @@ use super::layout::{
     NCLASSES, NIL, PAGE_SHIFT, SLAB_PAGE,
 };
 use crate::journal::{record_words, Journal, JournalHeader};
+use crate::killpoint;
 
 /// Journal words one chunk or run allocation may need, trimming aside.
 pub(crate) const ALLOC_BUDGET: u32 = 160;
@@ -34,6 +35,14 @@ pub(crate) struct Core<'a> {
     pub j: &'a Journal,
     /// The journal's `used`, read once when the Core is made.
     pub jat: std::cell::Cell<u32>,
+    /// The operation is a section of its own (`Pool::alloc`, `Pool::free`,
+    /// not a `_locked` call inside a caller's section): where its only
+    /// change to the structure is one word written by one store, that
+    /// store is atomic by itself and needs no record (a death before it
+    /// leaves the state before, after it the state after; the counters
+    /// are recomputed by the recovery's check). Inside a caller's section
+    /// everything is recorded, so that the whole section rolls back.
+    pub lite: bool,
 }
 
 /// Where the state sits from the pool's base.
@@ -41,6 +50,13 @@ const STATE_OFF: usize = std::mem::offset_of!(Header, state);
 const JHDR_OFF: usize = std::mem::offset_of!(Header, journal);
 
 impl Core<'_> {
+    /// This Core runs one standalone operation (see [`Core::lite`]).
+    #[inline(always)]
+    pub fn lite(mut self) -> Self {
+        self.lite = true;
+        self
+    }
+
     /// Records `n` bytes at `p` in the journal. The operation's budget was
     /// checked on entry, so this fits; if a budget is wrong the section is
     /// counted as an overflow (and is not crash-atomic) rather than stopped
@@ -71,6 +87,36 @@ impl Core<'_> {
         if let Some(q) = self.d.get(i as usize) {
             self.save::<2>((q as *const Desc).cast());
         }
+    }
+
+    /// Descriptor `i`'s `slab` word only.
+    #[inline(always)]
+    fn save_slab(&self, i: u32) {
+        if let Some(q) = self.d.get(i as usize) {
+            self.save::<1>(&q.slab);
+        }
+    }
+
+    /// Descriptor `i`'s links word only (`next` and `prev`).
+    #[inline(always)]
+    fn save_links(&self, i: u32) {
+        if let Some(q) = self.d.get(i as usize) {
+            const _: () = assert!(std::mem::offset_of!(Desc, next) == 8);
+            self.save::<1>((&q.next as *const u32).cast());
+        }
+    }
+
+    /// The word holding a list's head: a class's `head` and `cached`, or
+    /// the free runs' `free_head` and `pfree`.
+    #[inline(always)]
+    fn save_head(&self, c: Option<usize>) {
+        const _: () = assert!(std::mem::offset_of!(ClassState, head) == 0);
+        const _: () = assert!(std::mem::offset_of!(State, free_head) % 8 == 0);
+        let p: *const u32 = match c {
+            Some(c) => &self.st.classes[c].head,
+            None => &self.st.free_head,
+        };
+        self.save::<1>(p.cast());
     }
 
     /// The class's list head, kept page, counters: 48 bytes.
@@ -124,15 +170,16 @@ impl Core<'_> {
     fn unlink(&mut self, c: Option<usize>, i: u32) {
         let prev = self.d[i as usize].prev.idx();
         let next = self.d[i as usize].next;
-        self.save_desc(i);
+        self.save_links(i);
         if prev == NIL {
+            self.save_head(c);
             *self.head_mut(c) = next;
         } else {
-            self.save_desc(prev);
+            self.save_links(prev);
             self.d[prev as usize].next = next;
         }
         if next != NIL {
-            self.save_desc(next);
+            self.save_links(next);
             let n = &mut self.d[next as usize];
             n.prev = n.prev.with_idx(prev);
         }
@@ -146,11 +193,12 @@ impl Core<'_> {
     fn push(&mut self, c: Option<usize>, i: u32) {
         let old = *self.head_mut(c);
         if old != NIL {
-            self.save_desc(old);
+            self.save_links(old);
             let o = &mut self.d[old as usize];
             o.prev = o.prev.with_idx(i);
         }
-        self.save_desc(i);
+        self.save_head(c);
+        self.save_links(i);
         let me = &mut self.d[i as usize];
         me.next = old;
         me.prev = me.prev.with_idx(NIL);
@@ -180,8 +228,10 @@ impl Core<'_> {
     pub fn alloc_chunk(&mut self, c: usize, size: usize) -> Option<usize> {
         let shift = MIN_SHIFT as usize + c;
         let pages = self.pages;
-        // used, reqs, bytes_requested: one record.
-        self.save::<3>(&self.st.classes[c].used);
+        // Counters are not recorded: the structural ones (used, total,
+        // free and run pages, small pages' used counts) are recomputed
+        // from the pages after a rollback, and the statistics (requests,
+        // failures, bytes asked for) count a rolled-back call as made.
         let cs = &mut self.st.classes[c];
         cs.reqs += 1;
         let head = cs.head;
@@ -207,26 +257,35 @@ impl Core<'_> {
                     // SAFETY: as above, w < words.
                     let word = unsafe { *bm.add(w) };
                     let b = (!word).trailing_zeros();
-                    self.save::<1>(bm.wrapping_add(w));
-                    self.save_desc(head);
+                    // A small page's `slab` is its used count: recomputed.
+                    let full = slab + 1 == info.cap as u64;
+                    if !self.lite || full {
+                        self.save::<1>(bm.wrapping_add(w));
+                    } else {
+                        killpoint::point();
+                    }
                     // SAFETY: as above.
                     unsafe { *bm.add(w) = word | (1 << b) };
-                    let d = &mut self.d[head as usize];
-                    d.slab += 1;
-                    (w as u32 * 64 + b, d.slab == info.cap as u64)
+                    killpoint::point();
+                    self.d[head as usize].slab = slab + 1;
+                    (w as u32 * 64 + b, full)
                 } else {
                     let b = (!slab).trailing_zeros();
                     if b >= info.chunks {
                         // A full page on the list: only a corrupt pool.
                         return self.alloc_chunk_slow(c, size);
                     }
-                    self.save_desc(head);
-                    let d = &mut self.d[head as usize];
-                    d.slab |= 1 << b;
-                    (b, d.slab == info.full)
+                    let full = slab | 1 << b == info.full;
+                    if !self.lite || full {
+                        self.save_slab(head);
+                    } else {
+                        killpoint::point();
+                    }
+                    self.d[head as usize].slab = slab | 1 << b;
+                    killpoint::point();
+                    (b, full)
                 };
                 if full {
-                    self.save_class(c);
                     self.unlink(Some(c), head);
                 }
                 (head, bit)
@@ -244,7 +303,6 @@ impl Core<'_> {
     #[cold]
     #[inline(never)]
     fn alloc_chunk_slow(&mut self, c: usize, size: usize) -> Option<usize> {
-        self.save_class(c);
         let head = self.st.classes[c].head;
         self.unlink(Some(c), head);
         let (idx, bit) = self.new_slab_page(c)?;
@@ -259,7 +317,6 @@ impl Core<'_> {
     #[cold]
     #[inline(never)]
     fn new_slab_page(&mut self, c: usize) -> Option<(u32, u32)> {
-        self.save_class(c);
         let Some(idx) = self.alloc_pages_or_trim(1) else {
             self.st.classes[c].fails += 1;
             return None;
@@ -268,6 +325,14 @@ impl Core<'_> {
         let (slab, bit) = if c < FIRST_DESC_BITMAP_CLASS {
             let bm = self.small_bitmap(idx);
             let words = (info.chunks / 64) as usize;
+            // A free page's bytes usually mean nothing, but this page may
+            // have held live chunks freed earlier in this very section: a
+            // rollback revives them, so their bytes are saved too.
+            // SAFETY: we hold the lock; the page is inside the pool.
+            if unsafe { self.j.record(bm.cast(), words * 8) }.is_err() {
+                self.j.overflowed();
+            }
+            self.jat.set(self.j.used());
             let mut used = info.reserved + 1;
             for w in 0..words {
                 let bits = used.min(64);
@@ -278,8 +343,7 @@ impl Core<'_> {
                     (1u64 << bits) - 1
                 };
                 // SAFETY: page `idx` was just taken from the free runs, so it
-                // is ours under the lock; `words` u64s fit in a page. A free
-                // page's bytes mean nothing: no journal record needed.
+                // is ours under the lock; `words` u64s fit in a page.
                 unsafe { *bm.add(w) = word };
             }
             (1, info.reserved)
@@ -302,7 +366,6 @@ impl Core<'_> {
     /// page. The caller checked that [`ALLOC_BUDGET`] journal words fit.
     #[inline]
     pub fn alloc_run_checked(&mut self, n: usize, size: usize, npages: usize) -> Option<usize> {
-        self.save_pool();
         if n > npages {
             self.st.page_reqs += 1;
             self.st.page_fails += 1;
@@ -389,7 +452,6 @@ impl Core<'_> {
             return None;
         }
         let len = len as u32;
-        self.save_pool();
         let first = if len == n {
             self.unlink(None, i);
             i
@@ -426,7 +488,6 @@ impl Core<'_> {
     #[inline(always)]
     fn free_pages(&mut self, idx: u32, n: u32) {
         let npages = self.d.len() as u32;
-        self.save_pool();
         self.st.pfree += n;
         for k in idx..idx + n {
             self.d[k as usize] = Desc::INNER_FREE;
@@ -436,6 +497,7 @@ impl Core<'_> {
         if after < npages {
             let a = self.d[after as usize];
             if a.prev.tag() == Link::FREE && a.slab > 0 {
+                self.save_slab(after);
                 self.unlink(None, after);
                 self.d[after as usize] = Desc::INNER_FREE;
                 len += a.slab as u32;
@@ -501,13 +563,14 @@ impl Core<'_> {
             if idx == NIL {
                 continue;
             }
-            self.save_class(c);
+            self.save_head(Some(c));
             self.st.classes[c].cached = NIL;
             let kept = self
                 .d
                 .get(idx as usize)
                 .is_some_and(|q| q.prev.class() == Some(c) && q.slab == 0);
             if kept {
+                self.save_slab(idx);
                 self.unlink(Some(c), idx);
                 self.st.classes[c].total -= info.cap as u64;
                 self.release_page(idx);
@@ -549,29 +612,33 @@ impl Core<'_> {
                 // Counter disagrees with the bitmap: only a corrupt pool.
                 return Err(FreeError::ChunkAlreadyFree);
             }
-            self.save::<1>(w);
-            self.save_desc(idx);
+            let was_full = desc.slab == info.cap as u64;
+            let empty = desc.slab == 1;
+            if !self.lite || was_full || empty {
+                self.save::<1>(w);
+            } else {
+                killpoint::point();
+            }
             // SAFETY: as above.
             unsafe { *w = word & !mask };
-            let d = &mut self.d[idx as usize];
-            let was_full = d.slab == info.cap as u64;
-            d.slab -= 1;
-            (was_full, d.slab == 0)
+            killpoint::point();
+            self.d[idx as usize].slab = desc.slab - 1;
+            (was_full, empty)
         } else {
             let mask = 1u64 << bit;
             if desc.slab & mask == 0 {
                 return Err(FreeError::ChunkAlreadyFree);
             }
-            self.save_desc(idx);
-            let d = &mut self.d[idx as usize];
-            d.slab &= !mask;
-            (desc.slab == info.full, d.slab == 0)
+            let (was_full, empty) = (desc.slab == info.full, desc.slab & !mask == 0);
+            if !self.lite || was_full || empty {
+                self.save_slab(idx);
+            } else {
+                killpoint::point();
+            }
+            self.d[idx as usize].slab = desc.slab & !mask;
+            killpoint::point();
+            (was_full, empty)
         };
-        if was_full || empty {
-            self.save_class(c);
-        } else {
-            self.save::<1>(&self.st.classes[c].used);
-        }
         self.st.classes[c].used = self.st.classes[c].used.wrapping_sub(1);
         if was_full {
             self.push(Some(c), idx);
@@ -580,8 +647,12 @@ impl Core<'_> {
             if self.st.classes[c].head == idx && self.d[idx as usize].next == NIL {
                 // The class's only page: keep it, so that an alloc+free
                 // pair does not take and give back a page every time.
-                self.st.classes[c].cached = idx;
+                if self.st.classes[c].cached != idx {
+                    self.save_head(Some(c));
+                    self.st.classes[c].cached = idx;
+                }
             } else {
+                self.save_slab(idx);
                 self.unlink(Some(c), idx);
                 self.st.classes[c].total -= info.cap as u64;
                 self.release_page(idx);
@@ -610,7 +681,6 @@ impl Core<'_> {
                     };
                     self.save_fill(idx + 1, (n - 1) as usize, inner);
                 }
-                self.save_pool();
                 self.st.run_pages = self.st.run_pages.wrapping_sub(n);
                 self.free_pages(idx, n);
                 Ok(())
@@ -630,6 +700,7 @@ impl Core<'_> {
         let mut used = [0u64; NCLASSES];
         let mut total = [0u64; NCLASSES];
         let (mut free, mut runs) = (0u32, 0u32);
+        let mut fixed = 0;
         let mut i = 0usize;
         while i < npages {
             let q = self.d[i];
@@ -646,7 +717,21 @@ impl Core<'_> {
                 }
                 (_, Some(c)) => {
                     used[c] += if c < FIRST_DESC_BITMAP_CLASS {
-                        q.slab
+                        // A small page's count, from its bitmap (the
+                        // reserved chunks' bits are always set).
+                        let bm = self.small_bitmap(i as u32);
+                        let set: u32 = (0..(CLASS[c].chunks / 64) as usize)
+                            // SAFETY: page i is a small page of the pool;
+                            // its first words are its bitmap.
+                            .map(|w| unsafe { *bm.add(w) }.count_ones())
+                            .sum();
+                        let n = set.saturating_sub(CLASS[c].reserved) as u64;
+                        if self.d[i].slab != n {
+                            self.save_slab(i as u32);
+                            self.d[i].slab = n;
+                            fixed += 1;
+                        }
+                        n
                     } else {
                         q.slab.count_ones() as u64
                     };
@@ -657,7 +742,6 @@ impl Core<'_> {
             };
             i += step;
         }
-        let mut fixed = 0;
         for c in 0..NCLASSES {
             let s = self.st.classes[c];
             let reqs = s.reqs.max(s.fails.saturating_add(used[c]));

@@ -42,6 +42,11 @@ pub struct PoolStats {
     pub bytes_requested: u64,
     /// Sum of the chunk and run sizes those allocations were given.
     pub bytes_handed_out: u64,
+    /// Open sections of dead lock holders rolled back so far.
+    pub rollbacks: u64,
+    /// The pool is fenced: inconsistent after a recovery, allocations fail
+    /// until it is re-initialised.
+    pub fenced: bool,
 }
 
 impl PoolStats {
@@ -77,6 +82,8 @@ impl PoolStats {
                     .map(|c| c.reqs.saturating_sub(c.fails).wrapping_mul(c.size as u64))
                     .fold(0u64, u64::wrapping_add),
             ),
+            rollbacks: 0,
+            fenced: false,
         }
     }
 

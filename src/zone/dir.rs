@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! region base
-//! ├─ RegionHeader   magic, version, slab page, OS page, length, pool offset/len
+//! ├─ RegionHeader   magic, version, slab page, OS page, length, pool offset/len, pid namespace
 //! │   └─ dir[MAX_ZONES]  ZoneEntry: flags, name, tag, offset, size
 //! └─ region pool (from pool_offset): a slab Pool whose page runs are the zones
 //!     ├─ zone "a": its own Pool (header, lock, descriptors, pages)
@@ -111,7 +111,10 @@ pub(crate) struct RegionHeader {
     pub pool_len: u64,
     /// Bumped on every directory change.
     pub generation: u64,
-    pub _reserved: [u64; 1],
+    /// The creator's pid namespace (the inode of `/proc/self/ns/pid`), 0 if
+    /// unknown: lock words hold pids as that namespace numbers them, so a
+    /// process of another namespace must not take the locks.
+    pub pid_ns: u64,
     pub dir: [ZoneEntry; MAX_ZONES],
 }
 
@@ -152,6 +155,19 @@ fn bad(reason: String) -> Error {
 /// # Safety
 /// `base..base+len` must be readable memory for the whole call.
 pub unsafe fn validate_region(base: NonNull<u8>, len: usize) -> Result<(), Error> {
+    // SAFETY: passed on from the caller.
+    let h = unsafe { validate_header(base, len) }?;
+    // SAFETY: as above; `h` passed `validate_header` for this range.
+    unsafe { validate_dir(base, &h) }
+}
+
+/// The fixed part of [`validate_region`]: everything but the directory
+/// (what `format` writes once and nobody changes). Returns a copy of the
+/// header, whose directory is not validated yet.
+///
+/// # Safety
+/// As [`validate_region`].
+pub(crate) unsafe fn validate_header(base: NonNull<u8>, len: usize) -> Result<RegionHeader, Error> {
     let hlen = std::mem::size_of::<RegionHeader>();
     if len < HEADER_LEN + Pool::MIN_SIZE {
         return Err(bad(format!(
@@ -204,7 +220,17 @@ pub unsafe fn validate_region(base: NonNull<u8>, len: usize) -> Result<(), Error
     // `attach` validates the pool header without reading outside it.
     unsafe { Pool::attach_scoped(base.add(po as usize), pl as usize, HEADER_LEN as u32) }
         .map_err(|e| bad(format!("the region pool: {e}")))?;
+    Ok(h)
+}
 
+/// The directory part of [`validate_region`], on the copy `h` of the
+/// header (taken under the region lock by a read-write attach).
+///
+/// # Safety
+/// As [`validate_region`], with `h` a header of `base` that passed
+/// [`validate_header`].
+pub(crate) unsafe fn validate_dir(base: NonNull<u8>, h: &RegionHeader) -> Result<(), Error> {
+    let po = h.pool_offset;
     let mut spans: Vec<(u64, u64)> = Vec::new();
     for (i, e) in h.dir.iter().enumerate() {
         if e.flags == 0 {

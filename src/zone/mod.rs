@@ -14,12 +14,14 @@
 //! pages are 4 KiB whatever the OS page size, so a small zone that works on
 //! x86-64 also works on a 64 KiB-page machine.
 
+mod attach;
 mod builder;
 mod dir;
 
 use std::fmt;
 use std::ptr::NonNull;
 
+pub use attach::ATTACH_LOCK_WAIT;
 pub use builder::{InitFn, ZonesBuilder, DEFAULT_SLACK};
 pub use dir::{validate_region, MAX_NAME, MAX_ZONES};
 
@@ -170,7 +172,7 @@ impl Zones {
                 pool_offset: HEADER_LEN as u64,
                 pool_len: (len - HEADER_LEN) as u64,
                 generation: 0,
-                _reserved: [0; 1],
+                pid_ns: crate::os::process::pid_namespace().unwrap_or(0),
                 dir: [ZoneEntry::EMPTY; MAX_ZONES],
             });
             // The magic goes in last: a half-formatted region never passes.
@@ -180,13 +182,21 @@ impl Zones {
     }
 
     /// Wraps a region that some process already formatted (for example a
-    /// named region attached by an unrelated process), after validating its
-    /// header and directory with [`validate_region`].
+    /// named region attached by an unrelated process), after validating it
+    /// without trusting any of it: the header, then under the region lock
+    /// the directory ([`validate_region`]), the region pool, and that the
+    /// directory entries are exactly the region pool's allocated page runs;
+    /// then every zone's whole allocator under the zone's lock. Each lock is
+    /// waited for at most [`ATTACH_LOCK_WAIT`]. A region changing under
+    /// other processes meanwhile is validated again, never refused for it.
     ///
     /// # Errors
-    /// [`Error::BadRegion`] naming what is wrong, or for a read-only mapping
+    /// [`Error::BadRegion`] naming what is wrong (a broken zone, a region
+    /// made in another pid namespace, ...), or for a read-only mapping
     /// (every lookup takes a lock, which needs a write: a read-only reader
-    /// uses [`Zones::attach`] with `NamedSpec::read_only`, a snapshot).
+    /// uses [`Zones::attach`] with `NamedSpec::read_only`, a snapshot);
+    /// [`Error::LockTimeout`] naming a lock's holder that did not release
+    /// it in time.
     pub fn from_region(region: Region) -> Result<Zones, Error> {
         if region.is_read_only() {
             return Err(Error::BadRegion {
@@ -195,18 +205,7 @@ impl Zones {
                     .into(),
             });
         }
-        // SAFETY: the region's whole mapping is readable while `region` lives.
-        unsafe { validate_region(region.base(), region.len()) }?;
-        // SAFETY: validated just above: the pool range is inside the region.
-        let pool = unsafe {
-            Pool::attach_scoped(
-                region.base().add(HEADER_LEN),
-                region.len() - HEADER_LEN,
-                HEADER_LEN as u32,
-            )
-        }
-        .map_err(Error::Pool)?;
-        Ok(Zones { region, pool })
+        Zones::attach_region(region)
     }
 
     /// Makes every declared zone (fresh region) and runs the init callbacks.
@@ -509,11 +508,16 @@ impl Zones {
                     );
                     names.push(e.name_str().to_string());
                 }
+                // A holder killed between its unlock's store and its wake
+                // leaves sleepers asleep on a free lock: wake them.
+                zone.mutex().wake_stranded();
             }
         }
         // A reload that `pid` had under way dies with it: its pending
         // zones are undone (the directory is as before that reload).
         self.reap_pending(&_guard, Some(pid));
+        drop(_guard);
+        self.pool.mutex().wake_stranded();
         names
     }
 

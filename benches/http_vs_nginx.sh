@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# The H workloads (the project's WORKLOADS.md, "HTTP workloads"): the example
+# server (examples/prefork_http.rs) against nginx + lua-nginx-module
+# (benches/nginx-h.conf), both with 4 workers on loopback, alternated in one
+# window: wrk -t2 -c64 and -c256 on /hit, /limit?key=me and, when the example
+# server has /kv, GET /kv/k1 after one PUT. Prints requests/s, p99 latency
+# and the ratio to nginx. Not run by CI.
+#
+#   benches/http_vs_nginx.sh               # -d10s, one round
+#   DUR=3s ROUNDS=2 benches/http_vs_nginx.sh
+#   SHMZONE_ARGS="--reuseport" benches/http_vs_nginx.sh
+#
+# Installs what is missing (Debian): nginx-light, libnginx-mod-http-lua, wrk.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DUR=${DUR:-10s}
+ROUNDS=${ROUNDS:-1}
+CONNS=${CONNS:-"64 256"}
+NGINX_PORT=18090
+OURS_PORT=${OURS_PORT:-18091}
+SHMZONE_ARGS=${SHMZONE_ARGS:-}
+
+if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null \
+    || [ ! -e /usr/lib/nginx/modules/ngx_http_lua_module.so ]; then
+    apt-get update
+    DEBIAN_FRONTEND=noninteractive apt-get install -y nginx-light libnginx-mod-http-lua wrk
+fi
+
+cargo build --release --example prefork_http >&2
+BIN=target/release/examples/prefork_http
+
+tmp=$(mktemp -d)
+mkdir -p "$tmp/logs"
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    sleep 0.5
+    for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+nginx -p "$tmp" -c "$PWD/benches/nginx-h.conf" 2>"$tmp/nginx.err" &
+pids+=($!)
+NGINX_MASTER=$!
+# shellcheck disable=SC2086
+"$BIN" --workers 4 --listen "127.0.0.1:$OURS_PORT" --log warn $SHMZONE_ARGS >"$tmp/ours.out" 2>"$tmp/ours.err" &
+pids+=($!)
+OURS_MASTER=$!
+
+wait_up() {
+    for _ in $(seq 100); do
+        curl -s -o /dev/null "http://127.0.0.1:$1/hit" && return 0
+        sleep 0.1
+    done
+    echo "server on port $1 did not start" >&2
+    cat "$tmp"/*.err >&2
+    exit 1
+}
+wait_up $NGINX_PORT
+wait_up "$OURS_PORT"
+
+paths=(/hit "/limit?key=me")
+code=$(curl -s -o /dev/null -w '%{http_code}' -X PUT --data-binary 'value-of-k1' "http://127.0.0.1:$OURS_PORT/kv/k1")
+if [ "${code:0:1}" = 2 ]; then
+    curl -s -o /dev/null -X PUT --data-binary 'value-of-k1' "http://127.0.0.1:$NGINX_PORT/kv/k1"
+    paths+=(/kv/k1)
+else
+    echo "(the example server has no /kv yet: PUT /kv/k1 answered $code; /kv skipped)" >&2
+fi
+
+# wrk's latency "99%  1.23ms" in milliseconds.
+to_ms() {
+    awk -v v="$1" 'BEGIN {
+        n = v + 0; u = v; sub(/^[0-9.]+/, "", u);
+        if (u == "us") n /= 1000; else if (u == "s") n *= 1000; else if (u == "m") n *= 60000;
+        printf "%.2f", n }'
+}
+
+# CPU time (clock ticks) used so far by the workers of master $1.
+cpu_ticks() {
+    local t=0 p
+    for p in $(pgrep -P "$1"); do
+        t=$((t + $(awk '{ print $14 + $15 }' "/proc/$p/stat" 2>/dev/null || echo 0)))
+    done
+    echo $t
+}
+
+# run MASTER PORT PATH CONNS -> "rps p99ms cpu-us-per-request"
+run() {
+    local out rps p99 reqs c0 c1
+    c0=$(cpu_ticks "$1")
+    out=$(wrk -t2 -c"$4" -d"$DUR" --latency "http://127.0.0.1:$2$3")
+    c1=$(cpu_ticks "$1")
+    rps=$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out")
+    reqs=$(awk '/requests in/ { print $1 }' <<<"$out")
+    p99=$(awk '$1 == "99%" { print $2 }' <<<"$out")
+    echo "$rps $(to_ms "$p99") $(awk -v c=$((c1 - c0)) -v n="$reqs" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", c * 1e6 / hz / n }')"
+}
+
+median() { tr ' ' '\n' | grep . | sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+
+printf '%-14s %5s %11s %8s %7s %11s %8s %7s %7s %6s\n' workload conns "nginx req/s" "p99 ms" "cpu us" "ours req/s" "p99 ms" "cpu us" ratio "p99"
+for c in $CONNS; do
+    for p in "${paths[@]}"; do
+        nr_all=""; np_all=""; nc_all=""; or_all=""; op_all=""; oc_all=""
+        for _ in $(seq "$ROUNDS"); do
+            read -r nr np nc <<<"$(run $NGINX_MASTER $NGINX_PORT "$p" "$c")"
+            read -r or op oc <<<"$(run $OURS_MASTER "$OURS_PORT" "$p" "$c")"
+            nr_all="$nr_all $nr"; np_all="$np_all $np"; nc_all="$nc_all $nc"
+            or_all="$or_all $or"; op_all="$op_all $op"; oc_all="$oc_all $oc"
+        done
+        awk -v w="$p" -v c="$c" \
+            -v nr="$(median <<<"$nr_all")" -v np="$(median <<<"$np_all")" -v nc="$(median <<<"$nc_all")" \
+            -v or="$(median <<<"$or_all")" -v op="$(median <<<"$op_all")" -v oc="$(median <<<"$oc_all")" 'BEGIN {
+            printf "%-14s %5d %11.0f %8.2f %7.1f %11.0f %8.2f %7.1f %6.2fx %6s\n", w, c, nr, np, nc, or, op, oc, or / nr, (op <= np) ? "ok" : "worse" }'
+    done
+done
+echo "(medians of $ROUNDS round(s) of wrk -t2 -d$DUR, nginx and ours alternated; cpu us: worker CPU time per request; ratio: ours/nginx req/s)"

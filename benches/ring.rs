@@ -1,0 +1,363 @@
+//! The ring workloads of `WORKLOADS.md` (R1–R3), in one run.
+//!
+//! ```text
+//! cargo bench --bench ring               # N = 10^7, medians of 3
+//! cargo bench --bench ring -- --quick    # N / 100, for a smoke run
+//! cargo bench --bench ring -- R1 R3      # only these
+//! ```
+//!
+//! stdout: a header row, then `workload<TAB>param<TAB>impl<TAB>value<TAB>unit`
+//! lines (median, then min and max of the repetitions); progress goes to
+//! stderr.
+//!
+//! R1: the parent writes N 64-byte records into a one-slot ring (32 MiB, or
+//! `SHMZONE_RING_SLOT` bytes, in a 64 MiB zone) while a forked reader reads
+//! them all; ns per record written, timed in the writer (wall clock, and
+//! the writer's CPU time, since the bench shares its cores), and records
+//! the reader lost; then the same with timestamps on. R2: 4 forked
+//! producers write N/4 records each of `16 + x % 241` bytes (seed 42 + w)
+//! into a 4-slot ring (8 MiB slots), one reader; records/s from the first
+//! fork until every producer exited, and lost. R3: R1's records written
+//! with `write(2)`, one call per record, to a file opened `O_APPEND` in the
+//! temporary directory and to a pipe drained by a forked reader; N / 10
+//! records (a system call per record makes N = 10^7 take minutes); ns per
+//! record and the ratio to R1's median in the same run.
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use shmzone::ring::{Ring, RingConfig, Start};
+use shmzone::{Region, Zones};
+
+const REPS: usize = 3;
+const ZONE: usize = 64 << 20;
+
+/// The workloads' xorshift64, advanced before each use.
+struct Rng(u64);
+
+impl Rng {
+    #[inline]
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+}
+
+/// 1 MiB of random bytes (seed 42); record `i` of size `s` is the window at
+/// `(i * 64) % (1 MiB - 256)`.
+fn random_bytes() -> Vec<u8> {
+    let mut rng = Rng(42);
+    (0..(1 << 20) / 8)
+        .flat_map(|_| rng.next().to_le_bytes())
+        .collect()
+}
+
+#[inline]
+fn rec(bytes: &[u8], i: usize, size: usize) -> &[u8] {
+    let at = (i * 64) % (bytes.len() - 256);
+    &bytes[at..at + size]
+}
+
+/// A shared page of counters for children to report through.
+struct Board(Region);
+
+impl Board {
+    fn new() -> Board {
+        Board(Region::new(4096).expect("a page"))
+    }
+    fn at(&self, i: usize) -> &AtomicU64 {
+        assert!(i < 512);
+        // SAFETY: a page of zeroed shared memory, 8-aligned, used only
+        // through atomics, alive as long as `self`.
+        unsafe { &*self.0.as_ptr().cast::<AtomicU64>().add(i) }
+    }
+}
+
+fn fork(f: impl FnOnce()) -> libc::pid_t {
+    // SAFETY: the child runs `f` (shared memory and its own stack) and
+    // `_exit`s.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        f();
+        // SAFETY: ends the child without running destructors.
+        unsafe { libc::_exit(0) };
+    }
+    pid
+}
+
+fn wait(pid: libc::pid_t) {
+    let mut status = 0;
+    // SAFETY: waits for our own child.
+    let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert!(r == pid && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+}
+
+/// A reader process: reads until `n` records were read or lost, then
+/// stores read and lost at `board[slot]`, `board[slot + 1]`.
+fn reader(ring: &Ring<'_>, board: &Board, slot: usize, n: u64) -> libc::pid_t {
+    let reader = ring.reader(Start::Oldest);
+    fork(move || {
+        let mut reader = reader;
+        let mut sum = 0usize;
+        while reader.read() + reader.lost() < n {
+            match reader.next_record() {
+                Ok(Some(r)) => sum += r.data.len(),
+                Ok(None) => {
+                    for _ in 0..1024 {
+                        std::hint::spin_loop();
+                    }
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        black_box(sum);
+        board.at(slot).store(reader.read(), Ordering::SeqCst);
+        board.at(slot + 1).store(reader.lost(), Ordering::SeqCst);
+    })
+}
+
+fn ring_zones(cfg: &RingConfig) -> Zones {
+    assert!(cfg.zone_size() <= ZONE);
+    Zones::builder().zone("ring", ZONE).build().expect("zones")
+}
+
+/// The thread's CPU time in ns (the bench shares its cores: wall time
+/// includes other processes' turns).
+fn cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// R1's slot size: `SHMZONE_RING_SLOT` bytes (a power of two), else 32 MiB.
+fn r1_slot() -> usize {
+    std::env::var("SHMZONE_RING_SLOT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(32 << 20)
+}
+
+/// R1 once: ns per record written (wall, CPU), records lost.
+fn r1(n: usize, bytes: &[u8], stamp: bool) -> (f64, f64, u64) {
+    let cfg = RingConfig {
+        slots: 1,
+        slot_bytes: r1_slot(),
+        max_record: 256,
+        timestamps: stamp,
+    };
+    let zones = ring_zones(&cfg);
+    let ring = Ring::create(&zones.get("ring").unwrap(), &cfg).expect("ring");
+    let board = Board::new();
+    let pid = reader(&ring, &board, 0, n as u64);
+    let mut log = ring.producer().expect("a slot");
+    let (t, c) = (Instant::now(), cpu_ns());
+    for i in 0..n {
+        log.write(rec(bytes, i, 64)).expect("64 bytes fit");
+    }
+    let (el, cpu) = (t.elapsed(), cpu_ns() - c);
+    wait(pid);
+    assert_eq!(
+        board.at(0).load(Ordering::SeqCst) + board.at(1).load(Ordering::SeqCst),
+        n as u64
+    );
+    (
+        ns_per(el, n),
+        cpu as f64 / n as f64,
+        board.at(1).load(Ordering::SeqCst),
+    )
+}
+
+/// R2 once: records per second, records lost.
+fn r2(n: usize, bytes: &[u8]) -> (f64, u64) {
+    let cfg = RingConfig {
+        slots: 4,
+        slot_bytes: 8 << 20,
+        max_record: 256,
+        timestamps: false,
+    };
+    let zones = ring_zones(&cfg);
+    let ring = Ring::create(&zones.get("ring").unwrap(), &cfg).expect("ring");
+    let board = Board::new();
+    let rpid = reader(&ring, &board, 0, n as u64);
+    let t = Instant::now();
+    let pids: Vec<_> = (0..4u64)
+        .map(|w| {
+            let ring = &ring;
+            fork(move || {
+                let mut log = ring.producer().expect("a slot");
+                let mut rng = Rng(42 + w);
+                for i in 0..n / 4 {
+                    let size = 16 + (rng.next() % 241) as usize;
+                    log.write(rec(bytes, i, size)).expect("fits");
+                }
+            })
+        })
+        .collect();
+    for pid in pids {
+        wait(pid);
+    }
+    let el = t.elapsed();
+    wait(rpid);
+    (
+        n as f64 / el.as_secs_f64(),
+        board.at(1).load(Ordering::SeqCst),
+    )
+}
+
+/// R3 once on `fd`: ns per 64-byte `write(2)`.
+fn r3_writes(fd: libc::c_int, n: usize, bytes: &[u8]) -> f64 {
+    let t = Instant::now();
+    for i in 0..n {
+        let r = rec(bytes, i, 64);
+        // SAFETY: `r` is 64 readable bytes; `fd` is open for writing.
+        let w = unsafe { libc::write(fd, r.as_ptr().cast(), r.len()) };
+        assert_eq!(w, 64, "write: {}", std::io::Error::last_os_error());
+    }
+    ns_per(t.elapsed(), n)
+}
+
+fn r3_file(n: usize, bytes: &[u8]) -> f64 {
+    let path = std::env::temp_dir().join(format!("shmzone-bench-r3-{}", std::process::id()));
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: a valid C path; the fd is closed below.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_APPEND | libc::O_CLOEXEC,
+            0o600,
+        )
+    };
+    assert!(fd >= 0, "open: {}", std::io::Error::last_os_error());
+    let ns = r3_writes(fd, n, bytes);
+    // SAFETY: our fd, closed once.
+    unsafe { libc::close(fd) };
+    let _ = std::fs::remove_file(&path);
+    ns
+}
+
+fn r3_pipe(n: usize, bytes: &[u8]) -> f64 {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is a valid out-array of two ints.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let [rd, wr] = fds;
+    let pid = fork(|| {
+        // SAFETY: the child closes its copy of the write end and drains
+        // the read end into a stack buffer until EOF.
+        unsafe {
+            libc::close(wr);
+            let mut buf = [0u8; 65536];
+            while libc::read(rd, buf.as_mut_ptr().cast(), buf.len()) > 0 {}
+        }
+    });
+    // SAFETY: our copy of the read end, closed once.
+    unsafe { libc::close(rd) };
+    let ns = r3_writes(wr, n, bytes);
+    // SAFETY: our write end, closed once (the reader then sees EOF).
+    unsafe { libc::close(wr) };
+    wait(pid);
+    ns
+}
+
+fn ns_per(d: Duration, n: usize) -> f64 {
+    d.as_nanos() as f64 / n as f64
+}
+
+/// Median, min, max.
+fn summary(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(|a, b| a.total_cmp(b));
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}
+
+fn emit(workload: &str, param: &str, imp: &str, value: f64, unit: &str) {
+    let v = if value >= 1000.0 || value == value.trunc() {
+        format!("{value:.0}")
+    } else {
+        format!("{value:.2}")
+    };
+    println!("{workload}\t{param}\t{imp}\t{v}\t{unit}");
+}
+
+fn emit3(workload: &str, param: &str, imp: &str, v: Vec<f64>, unit: &str) -> f64 {
+    let (med, min, max) = summary(v);
+    emit(workload, param, imp, med, unit);
+    emit(workload, param, &format!("{imp}-min"), min, unit);
+    emit(workload, param, &format!("{imp}-max"), max, unit);
+    med
+}
+
+fn main() {
+    let mut quick = false;
+    let mut filters = Vec::new();
+    for a in std::env::args().skip(1) {
+        match a.as_str() {
+            "--quick" => quick = true,
+            s if s.starts_with('-') => {} // --bench, from cargo
+            s => filters.push(s.to_string()),
+        }
+    }
+    let wants = |id: &str| filters.is_empty() || filters.iter().any(|f| f.eq_ignore_ascii_case(id));
+    let n = if quick { 100_000 } else { 10_000_000 };
+    let bytes = random_bytes();
+    let t = Instant::now();
+    println!("workload\tparam\timpl\tvalue\tunit");
+    let mut r1_ns = None;
+    if wants("R1") {
+        for stamp in [false, true] {
+            eprintln!("R1{} ...", if stamp { " stamped" } else { "" });
+            let (mut ns, mut cpu, mut lost) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..REPS {
+                let (a, c, b) = r1(n, &bytes, stamp);
+                ns.push(a);
+                cpu.push(c);
+                lost.push(b as f64);
+            }
+            let imp = if stamp { "shmzone-stamped" } else { "shmzone" };
+            let med = emit3("R1", "64", imp, ns, "ns/record");
+            emit3("R1", "64", imp, cpu, "cpu-ns/record");
+            emit3("R1", "64", imp, lost, "lost");
+            if !stamp {
+                r1_ns = Some(med);
+            }
+        }
+    }
+    if wants("R2") {
+        eprintln!("R2 ...");
+        let (mut rate, mut lost) = (Vec::new(), Vec::new());
+        for _ in 0..REPS {
+            let (a, b) = r2(n, &bytes);
+            rate.push(a / 1e6);
+            lost.push(b as f64);
+        }
+        emit3("R2", "4", "shmzone", rate, "Mrecords/s");
+        emit3("R2", "4", "shmzone", lost, "lost");
+    }
+    if wants("R3") {
+        let n3 = n / 10;
+        for (imp, f) in [
+            ("write-append-file", r3_file as fn(usize, &[u8]) -> f64),
+            ("write-pipe", r3_pipe),
+        ] {
+            eprintln!("R3 {imp} ...");
+            let v: Vec<f64> = (0..REPS).map(|_| f(n3, &bytes)).collect();
+            let med = emit3("R3", "64", imp, v, "ns/record");
+            if let Some(r1) = r1_ns {
+                emit("R3", "64", imp, med / r1, "x R1");
+            }
+        }
+    }
+    eprintln!(
+        "done in {:.1} s ({REPS} reps: median, min, max{})",
+        t.elapsed().as_secs_f64(),
+        if quick { ", --quick: N = 10^5" } else { "" }
+    );
+}

@@ -1,0 +1,106 @@
+//! A log ring whose header, slot headers and records are overwritten with
+//! fuzzer bytes, then opened, read, written and read again: errors and
+//! skipped records, never a panic, a hang or a read outside the zone. A
+//! reader made before the damage keeps reading too.
+#![no_main]
+
+use arbitrary::Arbitrary;
+use libfuzzer_sys::fuzz_target;
+use shmzone::ring::{Ring, RingConfig, Start};
+use shmzone::Zones;
+
+#[derive(Arbitrary, Debug)]
+struct Input {
+    /// 1..=4 slots.
+    slots: u8,
+    /// 4 KiB or 8 KiB slots.
+    big: bool,
+    /// Record lengths written before the damage (taken modulo 200).
+    before: Vec<u8>,
+    /// (where, offset, value): where % 4 picks the ring header, the slot
+    /// headers, the data, or the zone's root word; the offset is taken
+    /// modulo that area's length.
+    patches: Vec<(u8, u16, u64)>,
+    /// Record lengths written after the damage (by a new producer).
+    after: Vec<u8>,
+}
+
+/// Reads at most `n` records (every call must return: a hang is a
+/// fuzzer timeout).
+fn drain(r: &mut shmzone::ring::Reader<'_>, n: usize) {
+    for _ in 0..n {
+        match r.next_record() {
+            Ok(Some(rec)) => {
+                assert!(rec.data.len() <= r.ring().max_record());
+            }
+            Ok(None) => break,
+            Err(_) => {}
+        }
+    }
+    let _ = r.stats();
+}
+
+fuzz_target!(|input: Input| {
+    let cfg = RingConfig {
+        slots: 1 + (input.slots % 4) as usize,
+        slot_bytes: if input.big { 8192 } else { 4096 },
+        max_record: 200,
+        timestamps: false,
+    };
+    let zones = Zones::builder()
+        .zone("log", cfg.zone_size())
+        .build()
+        .expect("zones");
+    let zone = zones.get("log").unwrap();
+    let ring = Ring::create(&zone, &cfg).expect("ring");
+    let mut early = ring.reader(Start::Oldest);
+    {
+        let mut p = ring.producer().expect("a slot");
+        for (i, &len) in input.before.iter().take(2000).enumerate() {
+            let rec = vec![i as u8; (len % 200) as usize];
+            p.write(&rec).expect("fits");
+        }
+        // Dropped without giving the slot back cleanly half the time: a
+        // "dead" owner is this process, so it stays owned.
+        if input.before.len() % 2 == 1 {
+            std::mem::forget(p);
+        }
+    }
+    let root = zone.root();
+    let meta = cfg.ring_bytes() - cfg.slots * cfg.slot_bytes;
+    let areas = [
+        (root, 64),
+        (root + 64, cfg.slots * 128),
+        (root + meta, cfg.slots * cfg.slot_bytes),
+    ];
+    for &(what, off, value) in input.patches.iter().take(64) {
+        match what % 4 {
+            3 => zone.set_root(value as usize),
+            k => {
+                let (start, len) = areas[k as usize];
+                let at = start + (off as usize % (len - 7));
+                let p = zone.ptr_at(at).expect("inside the zone");
+                // SAFETY: 8 bytes at `at` lie inside the ring's allocation
+                // in the zone; this process is the only one using it.
+                unsafe { p.as_ptr().cast::<u64>().write_unaligned(value) };
+            }
+        }
+    }
+    drain(&mut early, 5000);
+    let Ok(ring) = Ring::open(&zone) else {
+        return;
+    };
+    let _ = ring.stats();
+    let mut oldest = ring.reader(Start::Oldest);
+    let mut newest = ring.reader(Start::Newest);
+    drain(&mut oldest, 5000);
+    if let Ok(mut p) = ring.producer() {
+        for (i, &len) in input.after.iter().take(2000).enumerate() {
+            let _ = p.write(&vec![i as u8; (len % 201) as usize]);
+        }
+    }
+    drain(&mut newest, 5000);
+    drain(&mut oldest, 5000);
+    drain(&mut early, 5000);
+    let _ = ring.stats();
+});

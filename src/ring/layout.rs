@@ -1,0 +1,226 @@
+//! What a ring keeps in shared memory: the ring header, one header per
+//! slot, each slot's data words, and the record format.
+//!
+//! Everything is addressed by offsets from the zone's start; positions in a
+//! slot are byte counts since the slot was made (`u64`, never wrapping in
+//! practice), reduced to a word index with the slot's mask.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use static_assertions::const_assert_eq;
+
+/// "shmzRNG1", little-endian: the first word of a ring header.
+pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"shmzRNG1");
+/// The layout version of a ring header, slot headers and records.
+pub(crate) const VERSION: u32 = 1;
+
+/// Bytes of a record's header: length and pid, sequence, time, check.
+pub(crate) const REC_HDR: u64 = 32;
+/// Flag in [`RingHdr::flags`]: producers stamp records with the time.
+pub(crate) const F_STAMP: u32 = 1;
+
+/// Salt of the record check, so zeroed memory never passes.
+const REC_SALT: u64 = 0x5bd1_e995_a5a5_3c3c;
+/// Salt of the ring-header check.
+const HDR_SALT: u64 = 0x6a09_e667_f3bc_c908;
+
+/// The ring header, at the offset the zone's root holds.
+///
+/// Written once by [`Ring::create`](super::Ring::create) before the magic
+/// is stored (last, with release); never changed after.
+#[repr(C, align(64))]
+pub(crate) struct RingHdr {
+    /// [`MAGIC`] once the ring is complete.
+    pub magic: AtomicU64,
+    pub version: u32,
+    pub nslots: u32,
+    /// Data bytes per slot, a power of two.
+    pub slot_bytes: u64,
+    pub max_record: u32,
+    pub flags: u32,
+    /// Offset (from the zone's start) of the slot headers.
+    pub slots_off: u64,
+    /// Offset (from the zone's start) of slot 0's data; slot `i`'s data is
+    /// `slot_bytes` after slot `i - 1`'s.
+    pub data_off: u64,
+    /// Offset of the zone allocation that holds all of it.
+    pub block_off: u64,
+    /// [`hdr_check`] of the fields above.
+    pub check: u64,
+}
+const_assert_eq!(std::mem::size_of::<RingHdr>(), 64);
+const_assert_eq!(std::mem::align_of::<RingHdr>(), 64);
+
+/// The plain fields of a [`RingHdr`], copied out of shared memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Geometry {
+    pub nslots: u32,
+    pub slot_bytes: u64,
+    pub max_record: u32,
+    pub flags: u32,
+    pub slots_off: u64,
+    pub data_off: u64,
+    pub block_off: u64,
+}
+
+impl Geometry {
+    /// The check word a header with these fields carries.
+    pub fn check(&self, version: u32) -> u64 {
+        let mut h = HDR_SALT ^ version as u64;
+        for w in [
+            self.nslots as u64,
+            self.slot_bytes,
+            self.max_record as u64,
+            self.flags as u64,
+            self.slots_off,
+            self.data_off,
+            self.block_off,
+        ] {
+            h = mix(h ^ w);
+        }
+        h
+    }
+}
+
+/// One producer slot's header: the producer's positions on the first cache
+/// line, its counters on the second.
+///
+/// | word | written by | meaning |
+/// |---|---|---|
+/// | `owner` | claim (CAS) | pid of the producer, 0 = free |
+/// | `head` | producer, release, after a record | end of the last complete record |
+/// | `claim` | producer, before writing | end of the record being written (`>= head`); bytes before `claim - slot_bytes` are overwritten |
+/// | `tail` | producer, before writing | start of the oldest record still intact |
+/// | `next_seq` | producer, before writing | sequence number of the next record |
+#[repr(C, align(64))]
+pub(crate) struct SlotHdr {
+    pub head: AtomicU64,
+    pub claim: AtomicU64,
+    pub tail: AtomicU64,
+    pub next_seq: AtomicU64,
+    pub owner: AtomicU32,
+    /// How many times the slot was claimed.
+    pub claims: AtomicU32,
+    pub _pad0: [u64; 3],
+    /// Records written.
+    pub written: AtomicU64,
+    /// Payload bytes written.
+    pub bytes: AtomicU64,
+    /// Old records overwritten to make room (lost to readers that had not
+    /// read them yet).
+    pub overwritten: AtomicU64,
+    /// Records refused (longer than the maximum).
+    pub dropped: AtomicU64,
+    /// Records left half-written by a producer that died.
+    pub torn: AtomicU64,
+    /// Times a producer found the slot's words inconsistent and reset them.
+    pub repaired: AtomicU64,
+    pub _pad1: [u64; 2],
+}
+const_assert_eq!(std::mem::size_of::<SlotHdr>(), 128);
+const_assert_eq!(std::mem::align_of::<SlotHdr>(), 64);
+
+impl SlotHdr {
+    /// Adds `n` to a counter only this slot's producer writes (a load and
+    /// a store: no read-modify-write needed with one writer).
+    #[inline]
+    pub fn bump(counter: &AtomicU64, n: u64) {
+        counter.store(
+            counter.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// A strong 64-bit mixer (the finaliser of SplitMix64).
+#[inline]
+pub(crate) fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// The check word of a record with header words `w0..w2` at byte position
+/// `pos`: a record read from the wrong place, from an older lap, or from
+/// garbage fails it. One multiply (the reader checks every record), not a
+/// checksum of the payload: torn records are kept out by the publishing
+/// order, this only catches memory that is not a record at all.
+#[inline]
+pub(crate) fn rec_check(w0: u64, w1: u64, w2: u64, pos: u64) -> u64 {
+    let x = w0 ^ w1.rotate_left(21) ^ w2.rotate_left(42) ^ pos.wrapping_mul(REC_SALT) ^ REC_SALT;
+    let x = x.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    x ^ (x >> 29)
+}
+
+/// Bytes a record of `len` payload bytes takes: the header plus the payload
+/// rounded up to 8.
+#[inline]
+pub(crate) fn rec_size(len: u64) -> u64 {
+    REC_HDR + ((len + 7) & !7)
+}
+
+/// A decoded record header.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RecHdr {
+    pub len: u32,
+    pub pid: u32,
+    pub seq: u64,
+    pub time: u64,
+}
+
+impl RecHdr {
+    /// Decodes words `w` (four of them) read at `pos`; `None` if the check
+    /// fails or the length is over `max`.
+    #[inline]
+    pub fn decode(w: [u64; 4], pos: u64, max: u32) -> Option<RecHdr> {
+        if rec_check(w[0], w[1], w[2], pos) != w[3] {
+            return None;
+        }
+        let len = w[0] as u32;
+        (len <= max).then_some(RecHdr {
+            len,
+            pid: (w[0] >> 32) as u32,
+            seq: w[1],
+            time: w[2],
+        })
+    }
+
+    /// The four header words of this record at `pos`.
+    #[inline]
+    pub fn encode(&self, pos: u64) -> [u64; 4] {
+        let w0 = self.len as u64 | (self.pid as u64) << 32;
+        [
+            w0,
+            self.seq,
+            self.time,
+            rec_check(w0, self.seq, self.time, pos),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_header_round_trip_and_check() {
+        let h = RecHdr {
+            len: 61,
+            pid: 4242,
+            seq: 7,
+            time: 99,
+        };
+        let w = h.encode(4096);
+        let d = RecHdr::decode(w, 4096, 100).unwrap();
+        assert_eq!((d.len, d.pid, d.seq, d.time), (61, 4242, 7, 99));
+        assert!(
+            RecHdr::decode(w, 4096 + (1 << 20), 100).is_none(),
+            "other lap"
+        );
+        assert!(RecHdr::decode(w, 4096, 60).is_none(), "over the maximum");
+        assert!(RecHdr::decode([0; 4], 0, 100).is_none(), "zeroed memory");
+        assert_eq!(rec_size(0), 32);
+        assert_eq!(rec_size(1), 40);
+        assert_eq!(rec_size(64), 96);
+    }
+}

@@ -1,0 +1,380 @@
+//! The writing side: one process, one slot, no lock.
+
+use std::fmt;
+use std::sync::atomic::{fence, AtomicU64, Ordering};
+
+use super::layout::{rec_size, RecHdr, SlotHdr, F_STAMP, REC_HDR};
+use super::marks::Marks;
+use super::{Ring, RingError};
+use crate::os::process::{current_pid, pid_alive};
+
+/// A claimed producer slot: the only writer of its slot, in the process
+/// that claimed it ([`Ring::producer`]). Dropping it frees the slot.
+///
+/// A handle inherited through `fork` refuses to write
+/// ([`RingError::NotOwner`]); the child claims its own.
+pub struct Producer<'a> {
+    ring: Ring<'a>,
+    slot: usize,
+    hdr: &'a SlotHdr,
+    data: &'a [AtomicU64],
+    mask: u64,
+    pid: u32,
+    stamp: bool,
+    /// This producer's copies of the slot's positions (it is their only
+    /// writer, so they never need reading back).
+    head: u64,
+    claim: u64,
+    tail: u64,
+    seq: u64,
+    /// Copies of the slot's `written` and `bytes` counters.
+    written: u64,
+    bytes: u64,
+    /// The slot's size in bytes.
+    cap: u64,
+    overwritten: u64,
+    /// Where some of this producer's records start.
+    marks: Marks,
+    /// The sequence number of the record at `tail`, when known.
+    tail_seq: Option<u64>,
+}
+
+impl fmt::Debug for Producer<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Producer")
+            .field("zone", &self.ring.zone().name())
+            .field("slot", &self.slot)
+            .field("pid", &self.pid)
+            .field("head", &self.head)
+            .field("seq", &self.seq)
+            .finish()
+    }
+}
+
+impl<'a> Producer<'a> {
+    /// Claims a free slot, else a dead owner's.
+    pub(super) fn claim(ring: Ring<'a>) -> Result<Producer<'a>, RingError> {
+        let me = current_pid();
+        for i in 0..ring.slots() {
+            let owner = &ring.slot(i).owner;
+            if owner.load(Ordering::Relaxed) == 0
+                && owner
+                    .compare_exchange(0, me, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            {
+                return Ok(Producer::take(ring, i, me));
+            }
+        }
+        for i in 0..ring.slots() {
+            let owner = &ring.slot(i).owner;
+            let was = owner.load(Ordering::Relaxed);
+            if was != 0
+                && was != me
+                && !pid_alive(was)
+                && owner
+                    .compare_exchange(was, me, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            {
+                log::info!(
+                    "log ring in zone \"{}\": slot {i} taken over from dead process {was}",
+                    ring.zone().name()
+                );
+                return Ok(Producer::take(ring, i, me));
+            }
+        }
+        Err(RingError::NoFreeSlot {
+            zone: ring.zone().name().to_string(),
+            slots: ring.slots(),
+        })
+    }
+
+    /// Starts writing in slot `i`, now owned by `me`: picks up the slot's
+    /// positions, repairing them if they are inconsistent, and counts a
+    /// record the previous owner left half-written.
+    fn take(ring: Ring<'a>, i: usize, me: u32) -> Producer<'a> {
+        let hdr = ring.slot(i);
+        let cap = ring.geo().slot_bytes;
+        hdr.claims.fetch_add(1, Ordering::Relaxed);
+        let head = hdr.head.load(Ordering::Acquire);
+        let claim = hdr.claim.load(Ordering::Relaxed);
+        let tail = hdr.tail.load(Ordering::Relaxed);
+        let seq = hdr.next_seq.load(Ordering::Relaxed);
+        let max_rec = rec_size(ring.geo().max_record as u64);
+        let sound = tail <= head
+            && head <= claim
+            && head - tail <= cap
+            && claim - head <= max_rec
+            && (head | claim | tail) % 8 == 0
+            && claim.checked_add(cap << 1).is_some();
+        let mut p = Producer {
+            ring,
+            slot: i,
+            hdr,
+            data: ring.data(i),
+            mask: cap / 8 - 1,
+            pid: me,
+            stamp: ring.geo().flags & F_STAMP != 0,
+            head,
+            claim,
+            tail,
+            seq,
+            written: hdr.written.load(Ordering::Relaxed),
+            bytes: hdr.bytes.load(Ordering::Relaxed),
+            cap,
+            overwritten: hdr.overwritten.load(Ordering::Relaxed),
+            marks: Marks::new(cap / 8, head),
+            tail_seq: None,
+        };
+        if !sound {
+            log::warn!(
+                "log ring in zone \"{}\", slot {i}: positions head {head} claim {claim} \
+                 tail {tail} are inconsistent: slot reset",
+                ring.zone().name()
+            );
+            // Start past everything: old readers' cursors are behind the
+            // new tail and resynchronise; nothing old is handed out.
+            let restart = (head.max(claim).max(tail).saturating_add(7) & !7).min(u64::MAX >> 2);
+            p.head = restart;
+            p.claim = restart;
+            p.tail = restart;
+            hdr.claim.store(restart, Ordering::Relaxed);
+            hdr.tail.store(restart, Ordering::Relaxed);
+            hdr.head.store(restart, Ordering::Release);
+            SlotHdr::bump(&hdr.repaired, 1);
+        } else if claim > head {
+            // The previous owner died between claiming and publishing: its
+            // record is torn and will be written over; its sequence number
+            // was already taken, so readers count it as lost.
+            SlotHdr::bump(&hdr.torn, 1);
+        }
+        p.marks = Marks::new(cap / 8, p.head);
+        p.tail_seq = p.seq_at_tail();
+        p
+    }
+
+    /// The sequence number of the record at `tail`: the next one written
+    /// if the slot holds nothing, else read from its header.
+    fn seq_at_tail(&self) -> Option<u64> {
+        if self.tail == self.head {
+            return Some(self.seq);
+        }
+        let w = self.tail / 8;
+        let words: [u64; 4] = std::array::from_fn(|k| {
+            self.data[((w + k as u64) & self.mask) as usize].load(Ordering::Relaxed)
+        });
+        RecHdr::decode(words, self.tail, self.ring.geo().max_record).map(|h| h.seq)
+    }
+
+    /// The pid that claimed the slot (this process).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The slot this producer writes.
+    pub fn slot(&self) -> usize {
+        self.slot
+    }
+
+    /// The sequence number the next record will carry.
+    pub fn next_seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Stamps records with the time, or not (the ring's setting by
+    /// default). Unstamped records read back with `time_ns == None`.
+    pub fn set_timestamps(&mut self, on: bool) {
+        self.stamp = on;
+    }
+
+    /// Writes one record; returns its sequence number. Never blocks: when
+    /// the slot is full its oldest records are overwritten (and counted).
+    ///
+    /// # Errors
+    /// [`RingError::TooLong`] over [`Ring::max_record`] (counted as
+    /// dropped); [`RingError::NotOwner`] in a process that did not claim
+    /// the slot.
+    #[inline]
+    pub fn write(&mut self, data: &[u8]) -> Result<u64, RingError> {
+        let time = if self.stamp { now_ns() } else { 0 };
+        self.write_at(data, time)
+    }
+
+    /// As [`write`](Self::write) with a time of the caller's choosing (ns
+    /// since the Unix epoch; 0 reads back as no time).
+    ///
+    /// # Errors
+    /// As [`write`](Self::write).
+    #[inline]
+    pub fn write_at(&mut self, data: &[u8], time_ns: u64) -> Result<u64, RingError> {
+        if current_pid() != self.pid {
+            return Err(RingError::NotOwner {
+                owner: self.pid,
+                pid: current_pid(),
+            });
+        }
+        let max = self.ring.geo().max_record;
+        if data.len() > max as usize {
+            SlotHdr::bump(&self.hdr.dropped, 1);
+            return Err(RingError::TooLong {
+                len: data.len(),
+                max: max as usize,
+            });
+        }
+        let pos = self.head;
+        let end = pos + rec_size(data.len() as u64);
+        // Whatever lies before `end - cap` is about to be written over:
+        // drop the oldest records in steps of an eighth of the slot, so
+        // the walk over their headers runs once per step, not per record.
+        if end - self.tail > self.cap {
+            self.advance_tail(end - self.cap + self.cap / 8);
+            // Release: a reader that sees this tail sees a head past it.
+            self.hdr.tail.store(self.tail, Ordering::Release);
+        }
+        let seq = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        self.marks.note(pos, seq);
+        self.hdr.next_seq.store(self.seq, Ordering::Relaxed);
+        if end > self.claim {
+            self.claim = end;
+        }
+        self.hdr.claim.store(self.claim, Ordering::Relaxed);
+        // The claim is visible before any word it covers changes: a reader
+        // that sees a new word (after its acquire fence) sees this claim.
+        fence(Ordering::Release);
+        let h = RecHdr {
+            len: data.len() as u32,
+            pid: self.pid,
+            seq,
+            time: time_ns,
+        }
+        .encode(pos);
+        let first = ((pos / 8) & self.mask) as usize;
+        let words = 4 + data.len().div_ceil(8);
+        match self.data.get(first..first + words) {
+            Some(dst) => store_record(dst, h, data),
+            None => self.store_wrapped(first, h, data),
+        }
+        self.written = self.written.wrapping_add(1);
+        self.bytes = self.bytes.wrapping_add(data.len() as u64);
+        self.hdr.written.store(self.written, Ordering::Relaxed);
+        self.hdr.bytes.store(self.bytes, Ordering::Relaxed);
+        self.head = end;
+        self.hdr.head.store(end, Ordering::Release);
+        Ok(seq)
+    }
+
+    /// A record that runs past the end of the slot's words: word by word.
+    #[cold]
+    fn store_wrapped(&self, first: usize, h: [u64; 4], data: &[u8]) {
+        let n = self.data.len();
+        let payload = data.chunks(8).map(|c| {
+            let mut b = [0u8; 8];
+            b[..c.len()].copy_from_slice(c);
+            u64::from_le_bytes(b)
+        });
+        for (k, w) in h.iter().copied().chain(payload).enumerate() {
+            self.data[(first + k) % n].store(w, Ordering::Relaxed);
+        }
+    }
+
+    /// Moves `tail` to a record at or after `limit` (the ones before are
+    /// about to be overwritten), counting the records it passes: to the
+    /// oldest of this producer's marks past `limit`, or else (after a
+    /// takeover) by walking the headers. A header that does not check
+    /// (memory corrupted by someone else) drops everything up to `head`.
+    /// At most one slot's worth of records is walked.
+    #[cold]
+    fn advance_tail(&mut self, limit: u64) {
+        if let (Some((pos, seq)), Some(ts)) = (self.marks.first_from(limit), self.tail_seq) {
+            if pos <= self.head && seq >= ts {
+                self.tail = pos;
+                self.tail_seq = Some(seq);
+                self.overwritten = self.overwritten.wrapping_add(seq - ts);
+                self.hdr
+                    .overwritten
+                    .store(self.overwritten, Ordering::Relaxed);
+                return;
+            }
+        }
+        let max = self.ring.geo().max_record;
+        let mut n = 0u64;
+        let most = self.cap / REC_HDR + 1;
+        while self.tail < limit {
+            if self.tail >= self.head || n >= most {
+                self.tail = self.head;
+                SlotHdr::bump(&self.hdr.repaired, 1);
+                break;
+            }
+            let w = self.tail / 8;
+            let words: [u64; 4] = std::array::from_fn(|k| {
+                self.data[((w + k as u64) & self.mask) as usize].load(Ordering::Relaxed)
+            });
+            match RecHdr::decode(words, self.tail, max) {
+                Some(h) => {
+                    self.tail += rec_size(h.len as u64);
+                    n += 1;
+                }
+                None => {
+                    log::warn!(
+                        "log ring in zone \"{}\", slot {}: bad record header at {}: \
+                         dropping the slot's old records",
+                        self.ring.zone().name(),
+                        self.slot,
+                        self.tail
+                    );
+                    self.tail = self.head;
+                    SlotHdr::bump(&self.hdr.repaired, 1);
+                    break;
+                }
+            }
+        }
+        self.overwritten = self.overwritten.wrapping_add(n);
+        self.hdr
+            .overwritten
+            .store(self.overwritten, Ordering::Relaxed);
+        self.tail_seq = self.seq_at_tail();
+    }
+}
+
+impl Drop for Producer<'_> {
+    fn drop(&mut self) {
+        // Only the claiming process gives the slot back (a forked copy of
+        // this handle must not free its parent's slot).
+        if current_pid() == self.pid {
+            let _ =
+                self.hdr
+                    .owner
+                    .compare_exchange(self.pid, 0, Ordering::AcqRel, Ordering::Relaxed);
+        }
+    }
+}
+
+/// `CLOCK_REALTIME` in ns since the Unix epoch (0 before it).
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Stores a record's header words and payload into `dst` (exactly the
+/// record's words, not wrapping).
+#[inline]
+fn store_record(dst: &[AtomicU64], h: [u64; 4], data: &[u8]) {
+    let (hdr, payload) = dst.split_at(4);
+    for (d, w) in hdr.iter().zip(h) {
+        d.store(w, Ordering::Relaxed);
+    }
+    let mut chunks = data.chunks_exact(8);
+    for (d, c) in payload.iter().zip(&mut chunks) {
+        d.store(
+            u64::from_le_bytes(c.try_into().expect("8 bytes")),
+            Ordering::Relaxed,
+        );
+    }
+    let rest = chunks.remainder();
+    if let (false, Some(d)) = (rest.is_empty(), payload.last()) {
+        let mut b = [0u8; 8];
+        b[..rest.len()].copy_from_slice(rest);
+        d.store(u64::from_le_bytes(b), Ordering::Relaxed);
+    }
+}

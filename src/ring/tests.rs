@@ -1,0 +1,265 @@
+//! Unit tests of the ring in one process.
+
+use super::*;
+
+fn ring_zones(cfg: &RingConfig) -> Zones {
+    Zones::builder()
+        .zone("log", cfg.zone_size())
+        .build()
+        .unwrap()
+}
+
+fn small() -> RingConfig {
+    RingConfig {
+        slots: 2,
+        slot_bytes: 4096,
+        max_record: 200,
+        timestamps: false,
+    }
+}
+
+#[test]
+fn config_bounds() {
+    assert!(RingConfig::default().validate().is_ok());
+    for bad in [
+        RingConfig {
+            slots: 0,
+            ..small()
+        },
+        RingConfig {
+            slot_bytes: 5000,
+            ..small()
+        },
+        RingConfig {
+            slot_bytes: 2048,
+            ..small()
+        },
+        RingConfig {
+            max_record: 0,
+            ..small()
+        },
+        RingConfig {
+            max_record: 1000,
+            ..small()
+        },
+    ] {
+        assert!(
+            matches!(bad.validate(), Err(RingError::BadConfig { .. })),
+            "{bad:?}"
+        );
+    }
+}
+
+#[test]
+fn open_names_the_zone() {
+    let zones = ring_zones(&small());
+    let zone = zones.get("log").unwrap();
+    let e = Ring::open(&zone).unwrap_err();
+    assert!(matches!(e, RingError::NoRing { .. }));
+    assert!(e.to_string().contains("\"log\""), "{e}");
+    let v = zone.alloc_value([1u64; 8]).unwrap();
+    zone.set_root(zone.offset_of(v.as_ptr().cast()).unwrap());
+    let e = Ring::open(&zone).unwrap_err();
+    assert!(matches!(e, RingError::BadRing { .. }), "{e}");
+    assert!(matches!(
+        Ring::create(&zone, &small()),
+        Err(RingError::RootTaken { .. })
+    ));
+}
+
+#[test]
+fn write_read_wrap_and_lap() {
+    let cfg = small();
+    let zones = ring_zones(&cfg);
+    let ring = Ring::create(&zones.get("log").unwrap(), &cfg).unwrap();
+    let mut oldest = ring.reader(Start::Oldest);
+    let mut keeping_up = ring.reader(Start::Newest);
+    let mut p = ring.producer().unwrap();
+    let mut got = 0u64;
+    for i in 0..1000u64 {
+        let len = (i * 7 % 150) as usize;
+        let rec = vec![i as u8; len];
+        assert_eq!(p.write(&rec).unwrap(), i);
+        let r = keeping_up.next_record().unwrap().expect("a record");
+        assert_eq!(
+            (r.seq, r.data, r.pid, r.time_ns),
+            (i, &rec[..], p.pid(), None)
+        );
+        got += 1;
+        assert!(keeping_up.next_record().unwrap().is_none());
+    }
+    assert_eq!((got, keeping_up.lost()), (1000, 0));
+    // The one that waited was lapped: it reads what is left, in order,
+    // and counts the rest as lost.
+    let mut last = None;
+    while let Some(r) = oldest.next_record().unwrap() {
+        assert_eq!(r.data, &vec![r.seq as u8; (r.seq * 7 % 150) as usize][..]);
+        assert!(last.is_none_or(|l| r.seq == l + 1));
+        last = Some(r.seq);
+    }
+    assert_eq!(last, Some(999));
+    assert_eq!(oldest.read() + oldest.lost(), 1000);
+    assert!(oldest.lost() > 0);
+    let st = ring.stats();
+    assert_eq!(st.written, 1000);
+    assert_eq!(st.slots[p.slot()].overwritten, oldest.lost());
+    assert!(matches!(
+        p.write(&[0; 201]),
+        Err(RingError::TooLong { len: 201, max: 200 })
+    ));
+    assert_eq!(ring.stats().dropped, 1);
+}
+
+#[test]
+fn slots_are_claimed_once_and_given_back() {
+    let cfg = small();
+    let zones = ring_zones(&cfg);
+    let ring = Ring::create(&zones.get("log").unwrap(), &cfg).unwrap();
+    let a = ring.producer().unwrap();
+    let b = ring.producer().unwrap();
+    assert_ne!(a.slot(), b.slot());
+    assert!(matches!(
+        ring.producer(),
+        Err(RingError::NoFreeSlot { slots: 2, .. })
+    ));
+    drop(a);
+    let c = ring.producer().unwrap();
+    assert_eq!(ring.stats().producers, 2);
+    drop((b, c));
+    assert_eq!(ring.stats().producers, 0);
+}
+
+#[test]
+fn get_or_create_makes_one_ring() {
+    let zones = Zones::builder().build().unwrap();
+    let cfg = small();
+    let r1 = Ring::get_or_create(&zones, "access_log", &cfg).unwrap();
+    r1.producer().unwrap().write(b"x").unwrap();
+    let r2 = Ring::get_or_create(&zones, "access_log", &cfg).unwrap();
+    assert_eq!(r2.stats().written, 1);
+    let other = RingConfig { slots: 3, ..cfg };
+    assert!(Ring::get_or_create(&zones, "access_log", &other).is_err());
+}
+
+/// The fuzz target's program with xorshift instead of a fuzzer: random
+/// words written over the ring's header, slot headers and records, then
+/// open, read, write, read. Errors only: no panic (overflow checks are on
+/// in tests), no endless loop.
+#[test]
+fn random_corruption_gives_errors_never_panics() {
+    let mut x = 42u64;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let (mut opened, mut records, mut errors) = (0, 0, 0);
+    for round in 0..1000 {
+        let cfg = RingConfig {
+            slots: 1 + round % 3,
+            slot_bytes: 4096,
+            max_record: 200,
+            timestamps: round % 2 == 0,
+        };
+        let zones = ring_zones(&cfg);
+        let zone = zones.get("log").unwrap();
+        let ring = Ring::create(&zone, &cfg).unwrap();
+        let mut early = ring.reader(Start::Oldest);
+        let mut p = ring.producer().unwrap();
+        for i in 0..rnd() % 200 {
+            p.write(&vec![i as u8; (rnd() % 200) as usize]).unwrap();
+        }
+        let root = zone.root();
+        let meta = cfg.ring_bytes() - cfg.slots * cfg.slot_bytes;
+        let areas = [
+            (root, 64),
+            (root + 64, cfg.slots * 128),
+            (root + meta, cfg.slots * cfg.slot_bytes),
+        ];
+        for _ in 0..1 + rnd() % 4 {
+            let (start, len) = areas[(rnd() % 3) as usize];
+            let at = start + (rnd() as usize % (len - 7)) / 8 * 8;
+            let v = match rnd() % 4 {
+                0 => rnd(),
+                1 => rnd() % 8192,
+                2 => 0,
+                _ => u64::MAX - rnd() % 16,
+            };
+            // SAFETY: 8 aligned bytes inside the ring's allocation, used by
+            // this test alone.
+            unsafe { zone.ptr_at(at).unwrap().as_ptr().cast::<u64>().write(v) };
+        }
+        let mut drain = |r: &mut Reader<'_>| {
+            for _ in 0..2000 {
+                match r.next_record() {
+                    Ok(Some(rec)) => {
+                        assert!(rec.data.len() <= 200);
+                        records += 1;
+                    }
+                    Ok(None) => break,
+                    Err(_) => errors += 1,
+                }
+            }
+            let _ = r.stats();
+        };
+        drain(&mut early);
+        let Ok(ring) = Ring::open(&zone) else {
+            continue;
+        };
+        opened += 1;
+        let _ = ring.stats();
+        let mut oldest = ring.reader(Start::Oldest);
+        drain(&mut oldest);
+        drop(p);
+        if let Ok(mut p) = ring.producer() {
+            for i in 0..rnd() % 300 {
+                let _ = p.write(&vec![i as u8; (rnd() % 201) as usize]);
+            }
+        }
+        drain(&mut oldest);
+        drain(&mut early);
+    }
+    // The damage often hits only records or counters: rings still open.
+    assert!(opened > 300, "opened {opened}");
+    assert!(
+        records > 0 && errors > 0,
+        "records {records}, errors {errors}"
+    );
+}
+
+#[test]
+fn find_by_zone_name() {
+    let cfg = small();
+    let zones = ring_zones(&cfg);
+    assert!(matches!(
+        Ring::find(&zones, "log"),
+        Err(RingError::NoRing { .. })
+    ));
+    Ring::create(&zones.get("log").unwrap(), &cfg).unwrap();
+    assert_eq!(Ring::find(&zones, "log").unwrap().slots(), 2);
+    let e = Ring::find(&zones, "nope").unwrap_err();
+    assert!(e.to_string().contains("\"nope\""), "{e}");
+}
+
+#[test]
+fn zone_size_is_enough() {
+    for (slots, slot_bytes) in [
+        (1, 4096),
+        (1024, 4096),
+        (16, 256 << 10),
+        (3, 4 << 20),
+        (1, 32 << 20),
+    ] {
+        let cfg = RingConfig {
+            slots,
+            slot_bytes,
+            max_record: 100,
+            timestamps: false,
+        };
+        let zones = ring_zones(&cfg);
+        let ring = Ring::create(&zones.get("log").unwrap(), &cfg)
+            .unwrap_or_else(|e| panic!("{cfg:?}: {e}"));
+        assert_eq!((ring.slots(), ring.slot_bytes()), (slots, slot_bytes));
+    }
+}
