@@ -142,6 +142,8 @@ pub enum Error {
     /// A log ring refused (see [`crate::ring`]); lets a zone's init
     /// callback make a ring with `?`.
     Ring(Box<crate::ring::RingError>),
+    /// A dictionary refused (see [`DictError`](crate::dict::DictError)).
+    Dict(crate::dict::DictError),
 }
 
 impl fmt::Display for Error {
@@ -209,6 +211,7 @@ impl fmt::Display for Error {
             Error::LockTimeout { lock, source } => {
                 write!(f, "the lock of zone \"{lock}\": {source}")
             }
+            Error::Dict(e) => write!(f, "{e}"),
             Error::NamedUnsupported { name } => write!(
                 f,
                 "{name}: named regions are not supported on this target"
@@ -225,6 +228,7 @@ impl std::error::Error for Error {
             Error::Pool(e) => Some(e),
             Error::LockTimeout { source, .. } => Some(source),
             Error::Ring(e) => Some(&**e),
+            Error::Dict(e) => Some(e),
             Error::Journal { source, .. } => Some(source),
             _ => None,
         }

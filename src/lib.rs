@@ -52,6 +52,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 #![deny(clippy::missing_safety_doc)]
 
+pub mod dict;
 mod error;
 pub mod journal;
 #[doc(hidden)]

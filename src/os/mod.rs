@@ -20,6 +20,7 @@ mod map_anon;
 mod sysv;
 
 pub(crate) mod child;
+pub(crate) mod clock;
 #[cfg(unix)]
 mod file;
 mod named;

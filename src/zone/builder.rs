@@ -209,6 +209,29 @@ impl ZonesBuilder {
         self
     }
 
+    /// Declares a zone of `size` bytes holding a shared dictionary
+    /// ([`Dict`](crate::dict::Dict)): a fresh zone gets an empty one, a
+    /// zone a reload kept is checked to hold one; a zone a reload resized
+    /// or recreated gets an empty one (the old contents are not copied).
+    /// Workers find it with `Dict::open(&zones.get(name).unwrap())`.
+    ///
+    /// ```
+    /// let zones = shmzone::Zones::builder().dict("cache", 1 << 20).build()?;
+    /// let d = shmzone::dict::Dict::open(&zones.get("cache").unwrap())?;
+    /// d.set(b"k", 1i64, 0, 0)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn dict(self, name: &str, size: usize) -> Self {
+        use crate::dict::Dict;
+        self.zone(name, size).init(name, |zone, how| {
+            match how {
+                ZoneInit::Reused => Dict::open(zone).map(drop),
+                _ => Dict::init(zone).map(drop),
+            }
+            .map_err(Error::from)
+        })
+    }
+
     /// The declarations, checked: the first conflict, a zone never sized,
     /// or a zone below the minimum is an error.
     pub(crate) fn checked(&self) -> Result<&[Decl], Error> {

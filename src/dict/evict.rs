@@ -1,0 +1,443 @@
+//! Making room: list garbage first, then expired entries, then the least
+//! recently used (a CLOCK over buckets); and the batch sweeps
+//! (`flush_expired`, the reboot expiry).
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use super::layout::bump;
+use super::layout::{Entry, MAX_CHAIN};
+use super::section::{Found, Sec, ALLOC_NEED, FINISH_NEED, FREE_NEED};
+use super::{Dict, DictError};
+
+/// The slab's block size for a request of `size` bytes (a power of two
+/// from 8 up to half a page; 0 for page runs: no class to match).
+fn size_class(size: usize) -> usize {
+    if size > crate::SLAB_PAGE / 2 {
+        0
+    } else {
+        size.max(8).next_power_of_two()
+    }
+}
+
+/// A class's bit in a bucket's `classes` hint.
+pub(super) fn class_bit(class: usize) -> u8 {
+    if !(64..=crate::SLAB_PAGE / 2).contains(&class) {
+        0x80
+    } else {
+        1 << (class.trailing_zeros() - 6)
+    }
+}
+
+/// The block size of a checked entry.
+fn block_class(e: *const Entry) -> usize {
+    // SAFETY: a checked entry, under the lock.
+    let (k, v) = unsafe { ((*e).klen as usize, (*e).vlen as usize) };
+    size_class(super::layout::entry_size(k, v))
+}
+
+/// The most entries one store evicts (shdict's 30).
+pub(super) const MAX_EVICT: usize = 30;
+
+/// The block size of a checked entry (for the store that links it).
+pub(super) fn entry_class_bit(klen: usize, vlen: usize) -> u8 {
+    class_bit(size_class(super::layout::entry_size(klen, vlen)))
+}
+/// Non-empty buckets the hand looks at for an expired entry once it has a
+/// least-recently-used candidate.
+const SAMPLE: usize = 3;
+/// Non-empty buckets the hand looks at for an entry of the needed size
+/// class before settling for another one (and then emptying its page).
+const LONG_SCAN: usize = 1024;
+/// Garbage nodes each store frees.
+const TIDY: usize = 4;
+/// Buckets one sweep batch (one lock hold) looks at.
+const SWEEP_BATCH: u32 = 256;
+
+impl<'z> Dict<'z> {
+    /// An allocation of `size` bytes, making room if needed: garbage list
+    /// nodes are freed first, then (when `evict`) up to [`MAX_EVICT`]
+    /// entries other than `protect`, expired ones first. Returns whether a
+    /// live entry was evicted.
+    pub(super) fn room(
+        &self,
+        s: &Sec<'_, '_, 'z>,
+        size: usize,
+        protect: *const Entry,
+        evict: bool,
+    ) -> Result<(*mut u8, bool), DictError> {
+        if let Some(p) = s.try_alloc(size)? {
+            return Ok((p, false));
+        }
+        if self.reclaim(s, usize::MAX)? > 0 {
+            if let Some(p) = s.try_alloc(size)? {
+                return Ok((p, false));
+            }
+        }
+        let mut forcible = false;
+        let mut evicted = 0;
+        if evict {
+            for _ in 0..MAX_EVICT {
+                if s.g.journal_room()
+                    < FREE_NEED + ALLOC_NEED + 2 * FINISH_NEED + self.max_fill(size)
+                    || !s.can_free()
+                {
+                    break;
+                }
+                let class = size_class(size);
+                let Some(f) = self.victim(s, protect, class)? else {
+                    break;
+                };
+
+                let page = (f.e as usize) & !(crate::SLAB_PAGE - 1);
+                let other = block_class(f.e);
+                forcible |= self.evict_one(s, &f)?;
+                evicted += 1;
+                if let Some(p) = s.try_alloc(size)? {
+                    return Ok((p, forcible));
+                }
+                if other != class && other != 0 {
+                    // No block of the needed class was found to evict: empty
+                    // the victim's page instead, so that it can be reused
+                    // for any class.
+                    let (n, f2) = self.evict_page(s, page, other, protect, MAX_EVICT - evicted)?;
+                    evicted += n;
+                    forcible |= f2;
+                    if n > 0 {
+                        if let Some(p) = s.try_alloc(size)? {
+                            return Ok((p, forcible));
+                        }
+                    }
+                }
+                if evicted >= MAX_EVICT {
+                    break;
+                }
+            }
+        }
+        Err(DictError::NoMemory { forcible })
+    }
+
+    /// Unlinks and frees one victim; whether it was live.
+    fn evict_one(&self, s: &Sec<'_, '_, 'z>, f: &Found) -> Result<bool, DictError> {
+        let live = s.live(f.e);
+        if live {
+            bump(&self.h().evictions);
+        } else {
+            bump(&self.h().expirations);
+        }
+        s.unlink(f)?;
+        s.free_entry(f.e)?;
+        Ok(live)
+    }
+
+    /// Evicts the entries in the slab page at `page` whose blocks are of
+    /// `class` bytes, at most `max` (while the journal has room): each
+    /// block start that holds an entry the table links there is one.
+    /// How many, and whether a live one was among them.
+    fn evict_page(
+        &self,
+        s: &Sec<'_, '_, 'z>,
+        page: usize,
+        class: usize,
+        protect: *const Entry,
+        max: usize,
+    ) -> Result<(usize, bool), DictError> {
+        let (mut n, mut forcible) = (0, false);
+        for slot in (0..crate::SLAB_PAGE).step_by(class.max(8)) {
+            if n >= max
+                || !s.can_free()
+                || s.pending_room() < 2
+                || s.g.journal_room() < FREE_NEED + ALLOC_NEED + 2 * FINISH_NEED
+            {
+                break;
+            }
+            let p = page + slot;
+            if p < self.base as usize || p >= self.base as usize + self.len {
+                break;
+            }
+            let Some(e) = self.entry_at(self.off8(p as *const u8)) else {
+                continue;
+            };
+            if std::ptr::eq(e, protect) {
+                continue;
+            }
+            // SAFETY: entry_at checked that the header and key lie inside
+            // the zone; whatever they hold, find() only compares them.
+            let (h, key) = unsafe {
+                (
+                    (*e).hash,
+                    std::slice::from_raw_parts(
+                        e.cast::<u8>().add(super::layout::value_at(0)),
+                        (*e).klen as usize,
+                    ),
+                )
+            };
+            if key.is_empty() {
+                continue;
+            }
+            let key = key.to_vec();
+            match s.find(h, &key)? {
+                Some(f) if std::ptr::eq(f.e, e) => {
+                    forcible |= self.evict_one(s, &f)?;
+                    n += 1;
+                }
+                _ => {}
+            }
+        }
+        Ok((n, forcible))
+    }
+
+    /// Journal room kept for saving what a new block of `size` bytes may
+    /// overlap of the blocks freed to make room for it.
+    fn max_fill(&self, size: usize) -> usize {
+        size + 256
+    }
+
+    /// Frees up to `max` garbage list nodes while the journal has room;
+    /// how many it freed.
+    pub(super) fn reclaim(&self, s: &Sec<'_, '_, 'z>, max: usize) -> Result<usize, DictError> {
+        let h = s.hdr();
+        let mut n = 0;
+        // SAFETY: header words, under the lock.
+        while n < max && unsafe { (*h).garbage } != 0 {
+            if s.g.journal_room() < FREE_NEED + 2 * FINISH_NEED || !s.can_free() {
+                break;
+            }
+            // SAFETY: as above.
+            let off8 = unsafe { (*h).garbage };
+            let Some(node) = self.node_at(off8) else {
+                return Err(self.corrupt("the garbage chain links outside the zone"));
+            };
+            s.save_garbage()?;
+            // SAFETY: header words (saved above) and a checked node.
+            unsafe {
+                (*h).garbage = (*node).next;
+                (*h).ngarbage = (*h).ngarbage.saturating_sub(1);
+            }
+            // SAFETY: a checked node.
+            let len = std::mem::size_of::<super::layout::Node>() + unsafe { (*node).len } as usize;
+            s.free(node.cast(), len)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// The entry to evict next, as the hand finds it: the first expired
+    /// entry among [`SAMPLE`] non-empty buckets (and more while no
+    /// candidate is found), else a live entry of a bucket whose reference
+    /// bit was clear (bits found set are cleared on the way: a second
+    /// chance), preferring one whose block is of `class` (the size class
+    /// the allocation needs: freeing it makes room for certain).
+    fn victim(
+        &self,
+        s: &Sec<'_, '_, 'z>,
+        protect: *const Entry,
+        class: usize,
+    ) -> Result<Option<Found>, DictError> {
+        // SAFETY: a header word, under the lock.
+        if unsafe { (*s.hdr()).entries } == 0 {
+            return Ok(None);
+        }
+        let nb = self.mask as usize + 1;
+        let hand = self.h().hand.load(Ordering::Relaxed);
+        // Candidates: of the needed class in a bucket whose bit was clear,
+        // of the needed class in a recently used bucket, and of another
+        // class (the largest seen: its page has the fewest blocks to empty).
+        let (mut same, mut same_used, mut any): (Option<Found>, Option<Found>, Option<Found>) =
+            (None, None, None);
+        let mut looked = 0;
+        let mut step = 0;
+        let mut expired = None;
+        while step < 2 * nb {
+            let b = hand.wrapping_add(step as u32) & self.mask;
+            step += 1;
+            let bucket = self.bucket(b);
+            if bucket.head.load(Ordering::Relaxed) == 0 {
+                continue;
+            }
+            // Once there is a fallback, a bucket without a block of the
+            // needed class is passed without reading its entries.
+            if (any.is_some() || same_used.is_some())
+                && bucket.classes.load(Ordering::Relaxed) & class_bit(class) == 0
+            {
+                continue;
+            }
+            let referenced = bucket.referenced.load(Ordering::Relaxed) != 0;
+            let mut link: *const AtomicU32 = &bucket.head;
+            let mut nonempty = false;
+            let mut mask = 0u8;
+            for _ in 0..MAX_CHAIN {
+                // SAFETY: a bucket head or a checked entry's `next`.
+                let off8 = unsafe { &*link }.load(Ordering::Relaxed);
+                if off8 == 0 {
+                    break;
+                }
+                let e = self
+                    .entry_at(off8)
+                    .ok_or_else(|| self.corrupt("a chain links outside the zone"))?;
+                mask |= class_bit(block_class(e));
+                if !std::ptr::eq(e, protect) {
+                    nonempty = true;
+                    let f = Found { link, e, bucket: b };
+                    if !s.live(e) {
+                        expired = Some(f);
+                        break;
+                    }
+                    let c = block_class(e);
+                    if c == class {
+                        if !referenced && same.is_none() {
+                            same = Some(f);
+                        } else if same_used.is_none() {
+                            same_used = Some(f);
+                        }
+                    } else if !referenced && any.is_none_or(|a| block_class(a.e) < c) {
+                        any = Some(f);
+                    }
+                }
+                // SAFETY: checked entry.
+                link = unsafe { &(*e).next };
+            }
+            if expired.is_some() {
+                break;
+            }
+            if !nonempty {
+                continue;
+            }
+            bucket.classes.store(mask, Ordering::Relaxed);
+            if referenced {
+                bucket.referenced.store(0, Ordering::Relaxed);
+            }
+            looked += 1;
+            if (same.is_some() && looked >= SAMPLE)
+                || ((same_used.is_some() || any.is_some()) && looked >= LONG_SCAN)
+            {
+                break;
+            }
+        }
+        let result = expired.or(same).or(same_used).or(any);
+        let next = match &result {
+            Some(f) => f.bucket.wrapping_add(1),
+            None => hand.wrapping_add(step as u32),
+        };
+        self.h().hand.store(next, Ordering::Relaxed);
+        Ok(result)
+    }
+
+    /// Frees a few garbage list nodes, if there are any: every store does
+    /// this, so that deleted lists are given back steadily.
+    #[inline]
+    pub(super) fn tidy(&self, s: &Sec<'_, '_, 'z>) -> Result<(), DictError> {
+        // SAFETY: a header word, under the lock.
+        if unsafe { (*s.hdr()).ngarbage } != 0 {
+            self.reclaim(s, TIDY)?;
+        }
+        Ok(())
+    }
+
+    /// Frees expired entries, up to `max` (0: all), a batch of buckets per
+    /// lock hold, and every garbage list node; how many entries it freed.
+    pub(super) fn flush_expired_inner(&self, max: usize) -> Result<usize, DictError> {
+        // The garbage first, a journal's worth per lock hold.
+        loop {
+            let g = self.pool.lock();
+            let s = self.section(&g)?;
+            if self.reclaim(&s, usize::MAX)? == 0 {
+                break;
+            }
+        }
+        let max = if max == 0 { usize::MAX } else { max };
+        let nb = self.mask as u64 + 1;
+        let mut freed = 0;
+        let mut b: u64 = 0;
+        while b < nb && freed < max {
+            let g = self.pool.lock();
+            let s = self.section(&g)?;
+            self.reclaim(&s, usize::MAX)?;
+            let end = (b + SWEEP_BATCH as u64).min(nb);
+            while b < end && freed < max {
+                let (n, done) = self.sweep_bucket(&s, b as u32, max - freed)?;
+                freed += n;
+                if !done {
+                    break; // journal full: commit, go on with this bucket
+                }
+                b += 1;
+            }
+        }
+        Ok(freed)
+    }
+
+    /// Frees the expired entries of bucket `b` (up to `max`); how many, and
+    /// whether the bucket is done.
+    fn sweep_bucket(
+        &self,
+        s: &Sec<'_, '_, 'z>,
+        b: u32,
+        max: usize,
+    ) -> Result<(usize, bool), DictError> {
+        let mut n = 0;
+        let mut link: *const AtomicU32 = &self.bucket(b).head;
+        for _ in 0..MAX_CHAIN {
+            // SAFETY: a bucket head or a checked entry's `next`.
+            let off8 = unsafe { &*link }.load(Ordering::Relaxed);
+            if off8 == 0 {
+                return Ok((n, true));
+            }
+            let e = self
+                .entry_at(off8)
+                .ok_or_else(|| self.corrupt("a chain links outside the zone"))?;
+            if !s.live(e) {
+                if n >= max {
+                    return Ok((n, true));
+                }
+                if s.g.journal_room() < FREE_NEED + 2 * FINISH_NEED
+                    || s.pending_room() < 2
+                    || !s.can_free()
+                {
+                    return Ok((n, false));
+                }
+                s.unlink(&Found { link, e, bucket: b })?;
+                s.free_entry(e)?;
+                bump(&self.h().expirations);
+                n += 1;
+                continue; // `link` now holds the next entry
+            }
+            // SAFETY: checked entry.
+            link = unsafe { &(*e).next };
+        }
+        Err(self.corrupt("a chain longer than any table can hold"))
+    }
+
+    /// After a reboot: every entry with a TTL becomes expired (expiry 1),
+    /// a batch of buckets per lock hold. Idempotent.
+    pub(super) fn expire_all_ttls(&self) -> Result<(), DictError> {
+        let nb = self.mask as u64 + 1;
+        let mut b: u64 = 0;
+        while b < nb {
+            let g = self.pool.lock();
+            let s = self.section(&g)?;
+            let end = (b + 32).min(nb);
+            while b < end {
+                let mut link: *const AtomicU32 = &self.bucket(b as u32).head;
+                for _ in 0..MAX_CHAIN {
+                    // SAFETY: a bucket head or a checked entry's `next`.
+                    let off8 = unsafe { &*link }.load(Ordering::Relaxed);
+                    if off8 == 0 {
+                        break;
+                    }
+                    let e = self
+                        .entry_at(off8)
+                        .ok_or_else(|| self.corrupt("a chain links outside the zone"))?;
+                    // SAFETY: a checked entry's word, under the lock.
+                    unsafe {
+                        if (*e).expires > 1 {
+                            s.touch(b as u32)?;
+                            s.g.write(std::ptr::addr_of_mut!((*e).expires), 1)?;
+                        }
+                        link = &(*e).next;
+                    }
+                }
+                b += 1;
+            }
+        }
+        Ok(())
+    }
+}
