@@ -153,7 +153,11 @@ fn run(config: Config) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 }
             }
             // The access-log slots the dead worker held go back.
-            if let Some(ring) = s.zones.get(app::ACCESS_LOG).and_then(|z| Ring::open(&z).ok()) {
+            if let Some(ring) = s
+                .zones
+                .get(app::ACCESS_LOG)
+                .and_then(|z| Ring::open(&z).ok())
+            {
                 let n = ring.release_slots_of(d.pid);
                 log::debug!("{d}: released {n} access-log slots");
             }

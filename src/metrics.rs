@@ -346,16 +346,66 @@ pub fn write_zones(t: &mut PromText, zones: &[ZoneSample]) {
 pub fn write_dicts(t: &mut PromText, dicts: &[(String, DictStats)]) {
     type Get = fn(&DictStats) -> u64;
     let families: [(&str, Kind, &str, Get); 10] = [
-        ("shmzone_dict_entries", Kind::Gauge, "Entries stored (expired ones not yet reclaimed included).", |s| s.entries),
-        ("shmzone_dict_bytes", Kind::Gauge, "Bytes of keys and values stored.", |s| s.bytes),
-        ("shmzone_dict_capacity_bytes", Kind::Gauge, "The dictionary zone's size.", |s| s.capacity as u64),
-        ("shmzone_dict_free_bytes", Kind::Gauge, "Bytes of whole free pages in the dictionary's zone.", |s| s.free_space as u64),
-        ("shmzone_dict_gets_total", Kind::Counter, "Gets (approximate).", |s| s.gets),
-        ("shmzone_dict_hits_total", Kind::Counter, "Gets that found a live value.", |s| s.hits),
-        ("shmzone_dict_misses_total", Kind::Counter, "Gets that did not.", |s| s.misses),
-        ("shmzone_dict_sets_total", Kind::Counter, "Stores (set, add, replace, incr, cas, push).", |s| s.sets),
-        ("shmzone_dict_evictions_total", Kind::Counter, "Live entries evicted to make room.", |s| s.evictions),
-        ("shmzone_dict_expirations_total", Kind::Counter, "Expired entries reclaimed.", |s| s.expirations),
+        (
+            "shmzone_dict_entries",
+            Kind::Gauge,
+            "Entries stored (expired ones not yet reclaimed included).",
+            |s| s.entries,
+        ),
+        (
+            "shmzone_dict_bytes",
+            Kind::Gauge,
+            "Bytes of keys and values stored.",
+            |s| s.bytes,
+        ),
+        (
+            "shmzone_dict_capacity_bytes",
+            Kind::Gauge,
+            "The dictionary zone's size.",
+            |s| s.capacity as u64,
+        ),
+        (
+            "shmzone_dict_free_bytes",
+            Kind::Gauge,
+            "Bytes of whole free pages in the dictionary's zone.",
+            |s| s.free_space as u64,
+        ),
+        (
+            "shmzone_dict_gets_total",
+            Kind::Counter,
+            "Gets (approximate).",
+            |s| s.gets,
+        ),
+        (
+            "shmzone_dict_hits_total",
+            Kind::Counter,
+            "Gets that found a live value.",
+            |s| s.hits,
+        ),
+        (
+            "shmzone_dict_misses_total",
+            Kind::Counter,
+            "Gets that did not.",
+            |s| s.misses,
+        ),
+        (
+            "shmzone_dict_sets_total",
+            Kind::Counter,
+            "Stores (set, add, replace, incr, cas, push).",
+            |s| s.sets,
+        ),
+        (
+            "shmzone_dict_evictions_total",
+            Kind::Counter,
+            "Live entries evicted to make room.",
+            |s| s.evictions,
+        ),
+        (
+            "shmzone_dict_expirations_total",
+            Kind::Counter,
+            "Expired entries reclaimed.",
+            |s| s.expirations,
+        ),
     ];
     for (name, kind, help, get) in families {
         t.each(name, kind, help, dicts, |(zone, s)| {
@@ -374,12 +424,42 @@ pub fn write_dicts(t: &mut PromText, dicts: &[(String, DictStats)]) {
 pub fn write_rings(t: &mut PromText, rings: &[RingStats]) {
     type Get = fn(&RingStats) -> u64;
     let families: [(&str, Kind, &str, Get); 6] = [
-        ("shmzone_ring_written_total", Kind::Counter, "Records written.", |s| s.written),
-        ("shmzone_ring_bytes_total", Kind::Counter, "Payload bytes written.", |s| s.bytes),
-        ("shmzone_ring_overwritten_total", Kind::Counter, "Old records overwritten by new ones.", |s| s.overwritten),
-        ("shmzone_ring_dropped_total", Kind::Counter, "Records refused as longer than the maximum.", |s| s.dropped),
-        ("shmzone_ring_torn_total", Kind::Counter, "Records left half-written by a producer that died.", |s| s.torn),
-        ("shmzone_ring_producers", Kind::Gauge, "Slots owned by a producer now.", |s| s.producers as u64),
+        (
+            "shmzone_ring_written_total",
+            Kind::Counter,
+            "Records written.",
+            |s| s.written,
+        ),
+        (
+            "shmzone_ring_bytes_total",
+            Kind::Counter,
+            "Payload bytes written.",
+            |s| s.bytes,
+        ),
+        (
+            "shmzone_ring_overwritten_total",
+            Kind::Counter,
+            "Old records overwritten by new ones.",
+            |s| s.overwritten,
+        ),
+        (
+            "shmzone_ring_dropped_total",
+            Kind::Counter,
+            "Records refused as longer than the maximum.",
+            |s| s.dropped,
+        ),
+        (
+            "shmzone_ring_torn_total",
+            Kind::Counter,
+            "Records left half-written by a producer that died.",
+            |s| s.torn,
+        ),
+        (
+            "shmzone_ring_producers",
+            Kind::Gauge,
+            "Slots owned by a producer now.",
+            |s| s.producers as u64,
+        ),
     ];
     for (name, kind, help, get) in families {
         t.each(name, kind, help, rings, |s| {

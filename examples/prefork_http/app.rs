@@ -359,18 +359,11 @@ impl<'a> App<'a> {
         }
     }
 
-    fn dict(&self) -> Result<&Dict<'a>, Reply> {
-        self.dict
-            .as_ref()
-            .ok_or_else(|| text(StatusCode::INTERNAL_SERVER_ERROR, "no kv zone\n"))
-    }
-
     /// `/kv/KEY`: GET (200 or 404), PUT with `?ttl=MS` (201 new, 204
     /// replaced), DELETE (204 or 404); errors carry the dictionary's text.
     fn kv(&self, method: &Method, uri: &hyper::Uri, body: &[u8]) -> Reply {
-        let d = match self.dict() {
-            Ok(d) => d,
-            Err(r) => return r,
+        let Some(d) = self.dict.as_ref() else {
+            return text(StatusCode::INTERNAL_SERVER_ERROR, "no kv zone\n");
         };
         let key = uri.path().strip_prefix("/kv/").unwrap_or("").as_bytes();
         let err = |e: shmzone::dict::DictError| text(kv::error_status(&e), format!("{e}\n"));
@@ -387,9 +380,7 @@ impl<'a> App<'a> {
                 let ttl = match ttl.map(str::parse::<u64>) {
                     None => 0,
                     Some(Ok(ms)) => ms,
-                    Some(Err(_)) => {
-                        return text(StatusCode::BAD_REQUEST, "ttl=MS: milliseconds\n")
-                    }
+                    Some(Err(_)) => return text(StatusCode::BAD_REQUEST, "ttl=MS: milliseconds\n"),
                 };
                 match kv::put(d, key, body, ttl) {
                     Ok(true) => text(StatusCode::CREATED, ""),
@@ -418,9 +409,8 @@ impl<'a> App<'a> {
     /// new total: a total is counted before it is answered, so every 200
     /// is counted.
     fn hit(&self) -> Reply {
-        let d = match self.dict() {
-            Ok(d) => d,
-            Err(r) => return r,
+        let Some(d) = self.dict.as_ref() else {
+            return text(StatusCode::INTERNAL_SERVER_ERROR, "no kv zone\n");
         };
         match kv::hit(d) {
             Ok(hits) => json(
@@ -445,9 +435,8 @@ impl<'a> App<'a> {
                 format!("key=K required, 1..={} bytes\n", kv::MAX_LIMIT_KEY),
             );
         }
-        let d = match self.dict() {
-            Ok(d) => d,
-            Err(r) => return r,
+        let Some(d) = self.dict.as_ref() else {
+            return text(StatusCode::INTERNAL_SERVER_ERROR, "no kv zone\n");
         };
         let c = &self.shared.config;
         let now = self.shared.epoch.elapsed().as_millis() as u64;
@@ -455,7 +444,10 @@ impl<'a> App<'a> {
             Ok(Some(Verdict::Allowed(e))) => (StatusCode::OK, true, e),
             Ok(Some(Verdict::Refused(e))) => (StatusCode::TOO_MANY_REQUESTS, false, e),
             Ok(None) => {
-                return text(StatusCode::SERVICE_UNAVAILABLE, "limiter: too much contention\n")
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "limiter: too much contention\n",
+                )
             }
             Err(e) => return text(StatusCode::SERVICE_UNAVAILABLE, format!("limiter: {e}\n")),
         };

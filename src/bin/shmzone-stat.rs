@@ -121,18 +121,20 @@ fn dict_row(z: &shmzone::Zone<'_>, largest: Option<u32>) -> Option<Result<DictRo
         Err(DictError::NotADict(_)) => return None,
         Err(e) => return Some(Err(e.to_string())),
     };
-    Some((|| {
-        d.check()?;
-        let largest = match largest {
-            Some(n) => d.largest(n as usize)?,
-            None => Vec::new(),
-        };
-        Ok::<_, DictError>(DictRow {
-            stats: d.stats(),
-            largest,
-        })
-    })()
-    .map_err(|e| e.to_string()))
+    Some(
+        (|| {
+            d.check()?;
+            let largest = match largest {
+                Some(n) => d.largest(n as usize)?,
+                None => Vec::new(),
+            };
+            Ok::<_, DictError>(DictRow {
+                stats: d.stats(),
+                largest,
+            })
+        })()
+        .map_err(|e| e.to_string()),
+    )
 }
 
 /// One look at the region.
@@ -187,9 +189,9 @@ fn settled(spec: &NamedSpec, largest: Option<u32>) -> Result<Snapshot, shmzone::
         match snapshot(spec, largest) {
             Ok(s)
                 if tries < 5
-                    && s.rows.iter().any(|r| {
-                        r.stats.is_err() || matches!(r.dict, Some(Err(_)))
-                    }) => {}
+                    && s.rows
+                        .iter()
+                        .any(|r| r.stats.is_err() || matches!(r.dict, Some(Err(_)))) => {}
             other => return other,
         }
     }
@@ -218,8 +220,7 @@ fn main() -> ExitCode {
         return match settled(&spec, cli.largest) {
             Ok(s) => {
                 print!("{}", render(&cli, &spec, &s));
-                if s
-                    .rows
+                if s.rows
                     .iter()
                     .any(|r| r.stats.is_err() || matches!(r.dict, Some(Err(_))))
                 {
