@@ -512,4 +512,35 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn dict_and_ring_families() {
+        let mut t = PromText::new();
+        let d = DictStats {
+            entries: 3,
+            capacity: 1 << 20,
+            evictions: 2,
+            ..DictStats::default()
+        };
+        write_dicts(&mut t, &[("kv".to_string(), d)]);
+        let r = RingStats {
+            zone: "log".to_string(),
+            written: 7,
+            producers: 2,
+            ..RingStats::default()
+        };
+        write_rings(&mut t, &[r]);
+        let text = t.finish();
+        for line in [
+            "shmzone_dict_entries{zone=\"kv\"} 3\n",
+            "shmzone_dict_capacity_bytes{zone=\"kv\"} 1048576\n",
+            "shmzone_dict_evictions_total{zone=\"kv\"} 2\n",
+            "# TYPE shmzone_dict_sets_total counter\n",
+            "shmzone_ring_written_total{zone=\"log\"} 7\n",
+            "shmzone_ring_producers{zone=\"log\"} 2\n",
+            "# TYPE shmzone_ring_producers gauge\n",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+    }
 }
