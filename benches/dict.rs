@@ -125,6 +125,16 @@ fn cpu_ns() -> f64 {
     ts.tv_sec as f64 * 1e9 + ts.tv_nsec as f64
 }
 
+/// CPU time (user + system, ns) of this process's waited-for children.
+fn children_cpu_ns() -> f64 {
+    // SAFETY: an all-zero rusage is valid; getrusage fills it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid out-pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 * 1e9 + tv.tv_usec as f64 * 1e3;
+    t(ru.ru_utime) + t(ru.ru_stime)
+}
+
 /// Wall and CPU time of `f`, per op.
 fn timed(n: u64, f: impl FnOnce()) -> (f64, f64) {
     let (t, c) = (Instant::now(), cpu_ns());
@@ -249,12 +259,13 @@ fn bench_d4(cfg: &Cfg, get_pct: u64, id: &str) {
     let mut base = 0.0;
     for procs in [1u64, 2, 4] {
         eprintln!("{id} P={procs} ...");
-        let mut v = Vec::new();
+        let (mut v, mut cpu) = (Vec::new(), Vec::new());
         for _ in 0..cfg.reps {
             let z = zones(16 << 20);
             let d = Dict::open(&z.get("d").unwrap()).unwrap();
             d2_fill(&d, &mut Rng(42), cfg.n(2_000_000));
             let t = Instant::now();
+            let c0 = children_cpu_ns();
             let mut pids = Vec::new();
             for w in 0..procs {
                 // SAFETY: the child only runs the mix on the shared
@@ -275,6 +286,7 @@ fn bench_d4(cfg: &Cfg, get_pct: u64, id: &str) {
                 assert!(r == pid && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
             }
             v.push(n as f64 / t.elapsed().as_secs_f64() / 1e6);
+            cpu.push((children_cpu_ns() - c0) / n as f64);
             d.check().expect("check after D4");
         }
         v.sort_by(|a, b| a.total_cmp(b));
@@ -284,6 +296,10 @@ fn bench_d4(cfg: &Cfg, get_pct: u64, id: &str) {
         }
         emit3(id, &procs.to_string(), v, "Mops/s");
         emit(id, &format!("{procs} / 1"), med / base, "ratio");
+        // CPU time the workers spent per op: flat as P grows means no
+        // contention between them (throughput then follows the CPUs the
+        // machine gives them).
+        emit3(id, &procs.to_string(), cpu, "cpu ns/op");
     }
 }
 
