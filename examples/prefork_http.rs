@@ -4,6 +4,8 @@
 //! cargo run --release --example prefork_http -- --workers 4 --listen 127.0.0.1:8080
 //! curl -s localhost:8080/hit            # a counter shared by every worker
 //! curl -s 'localhost:8080/limit?key=me' # nginx limit_req: 200, or 429 past the rate
+//! curl -s -X PUT --data-binary v1 'localhost:8080/kv/k1?ttl=60000' # the shared dictionary
+//! curl -s localhost:8080/kv/k1          # v1; DELETE removes it
 //! curl -s localhost:8080/stats          # every zone's pages, classes, lock
 //! curl -s localhost:8080/metrics        # the same and request counters, Prometheus text
 //! ```
@@ -21,8 +23,8 @@ mod app;
 mod args;
 #[path = "prefork_http/counters.rs"]
 mod counters;
-#[path = "prefork_http/limiter.rs"]
-mod limiter;
+#[path = "prefork_http/kv.rs"]
+mod kv;
 #[path = "prefork_http/server.rs"]
 mod server;
 
@@ -33,7 +35,9 @@ use std::sync::LazyLock;
 use std::time::Instant;
 
 use clap::{CommandFactory, Parser};
+use shmzone::dict::Dict;
 use shmzone::prefork::{recover_zones, Master};
+use shmzone::ring::Ring;
 use shmzone::{NamedSpec, Zones};
 
 use app::Shared;
@@ -111,12 +115,13 @@ fn run(config: Config) -> Result<ExitCode, Box<dyn std::error::Error>> {
     }
     writeln!(
         out,
-        "{} workers (hyper, {} connections each, {}); limiter {} burst {}; try: curl -s http://{addr}/hit",
+        "{} workers (hyper, {} connections each, {}); limiter {} burst {}; access log {}; try: curl -s http://{addr}/hit",
         config.workers(),
         config.connections,
         if config.reuseport { "a SO_REUSEPORT socket each" } else { "one shared socket" },
         config.rate.text,
-        config.burst
+        config.burst,
+        if config.access_log() { "in zone access_log (shmzone-tail)" } else { "off" }
     )?;
     out.flush()?;
     drop(out);
@@ -140,13 +145,21 @@ fn run(config: Config) -> Result<ExitCode, Box<dyn std::error::Error>> {
                     r.broken.len()
                 );
             }
-            // Our own structure in the limits zone may be half-updated.
-            if r.unlocked.iter().any(|z| z == app::LIMITS) {
-                if let Some(z) = s.zones.get(app::LIMITS) {
-                    if limiter::repair(&z) {
-                        log::warn!("limiter table inconsistent after {d}: emptied");
-                    }
+            // The dictionary's sections were rolled back by the recovery;
+            // check what is left.
+            if let Some(z) = s.zones.get(kv::KV) {
+                if let Err(e) = Dict::open(&z).and_then(|d| d.check()) {
+                    log::error!("dictionary {:?} after {d}: {e}", kv::KV);
                 }
+            }
+            // The access-log slots the dead worker held go back.
+            if let Some(ring) = s
+                .zones
+                .get(app::ACCESS_LOG)
+                .and_then(|z| Ring::open(&z).ok())
+            {
+                let n = ring.release_slots_of(d.pid);
+                log::debug!("{d}: released {n} access-log slots");
             }
         })
         .on_reload(move |s: &mut Shared| {

@@ -21,7 +21,9 @@
 
 use std::fmt::{Display, Write as _};
 
+use crate::dict::DictStats;
 use crate::journal::JournalStats;
+use crate::ring::RingStats;
 use crate::slab::PoolStats;
 use crate::zone::Zone;
 
@@ -333,6 +335,139 @@ pub fn write_zones(t: &mut PromText, zones: &[ZoneSample]) {
     }
 }
 
+/// Writes the `shmzone_dict_*` families for dictionaries (zone name and
+/// [`DictStats`]), every one labelled `zone`:
+///
+/// | family | type |
+/// |---|---|
+/// | `shmzone_dict_entries`, `shmzone_dict_bytes` | gauge |
+/// | `shmzone_dict_capacity_bytes`, `shmzone_dict_free_bytes` | gauge |
+/// | `shmzone_dict_{gets,hits,misses,sets,evictions,expirations}_total` | counter |
+pub fn write_dicts(t: &mut PromText, dicts: &[(String, DictStats)]) {
+    type Get = fn(&DictStats) -> u64;
+    let families: [(&str, Kind, &str, Get); 10] = [
+        (
+            "shmzone_dict_entries",
+            Kind::Gauge,
+            "Entries stored (expired ones not yet reclaimed included).",
+            |s| s.entries,
+        ),
+        (
+            "shmzone_dict_bytes",
+            Kind::Gauge,
+            "Bytes of keys and values stored.",
+            |s| s.bytes,
+        ),
+        (
+            "shmzone_dict_capacity_bytes",
+            Kind::Gauge,
+            "The dictionary zone's size.",
+            |s| s.capacity as u64,
+        ),
+        (
+            "shmzone_dict_free_bytes",
+            Kind::Gauge,
+            "Bytes of whole free pages in the dictionary's zone.",
+            |s| s.free_space as u64,
+        ),
+        (
+            "shmzone_dict_gets_total",
+            Kind::Counter,
+            "Gets (approximate).",
+            |s| s.gets,
+        ),
+        (
+            "shmzone_dict_hits_total",
+            Kind::Counter,
+            "Gets that found a live value.",
+            |s| s.hits,
+        ),
+        (
+            "shmzone_dict_misses_total",
+            Kind::Counter,
+            "Gets that did not.",
+            |s| s.misses,
+        ),
+        (
+            "shmzone_dict_sets_total",
+            Kind::Counter,
+            "Stores (set, add, replace, incr, cas, push).",
+            |s| s.sets,
+        ),
+        (
+            "shmzone_dict_evictions_total",
+            Kind::Counter,
+            "Live entries evicted to make room.",
+            |s| s.evictions,
+        ),
+        (
+            "shmzone_dict_expirations_total",
+            Kind::Counter,
+            "Expired entries reclaimed.",
+            |s| s.expirations,
+        ),
+    ];
+    for (name, kind, help, get) in families {
+        t.each(name, kind, help, dicts, |(zone, s)| {
+            (vec![("zone", zone.clone())], get(s))
+        });
+    }
+}
+
+/// Writes the `shmzone_ring_*` families for log rings ([`RingStats`]),
+/// every one labelled `zone`:
+///
+/// | family | type |
+/// |---|---|
+/// | `shmzone_ring_{written,bytes,overwritten,dropped,torn}_total` | counter |
+/// | `shmzone_ring_producers` | gauge |
+pub fn write_rings(t: &mut PromText, rings: &[RingStats]) {
+    type Get = fn(&RingStats) -> u64;
+    let families: [(&str, Kind, &str, Get); 6] = [
+        (
+            "shmzone_ring_written_total",
+            Kind::Counter,
+            "Records written.",
+            |s| s.written,
+        ),
+        (
+            "shmzone_ring_bytes_total",
+            Kind::Counter,
+            "Payload bytes written.",
+            |s| s.bytes,
+        ),
+        (
+            "shmzone_ring_overwritten_total",
+            Kind::Counter,
+            "Old records overwritten by new ones.",
+            |s| s.overwritten,
+        ),
+        (
+            "shmzone_ring_dropped_total",
+            Kind::Counter,
+            "Records refused as longer than the maximum.",
+            |s| s.dropped,
+        ),
+        (
+            "shmzone_ring_torn_total",
+            Kind::Counter,
+            "Records left half-written by a producer that died.",
+            |s| s.torn,
+        ),
+        (
+            "shmzone_ring_producers",
+            Kind::Gauge,
+            "Slots owned by a producer now.",
+            |s| s.producers as u64,
+        ),
+    ];
+    for (name, kind, help, get) in families {
+        t.each(name, kind, help, rings, |s| {
+            (vec![("zone", s.zone.clone())], get(s))
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -375,6 +510,37 @@ mod tests {
                 let name = line.split(['{', ' ']).next().unwrap();
                 assert_eq!(name, family);
             }
+        }
+    }
+
+    #[test]
+    fn dict_and_ring_families() {
+        let mut t = PromText::new();
+        let d = DictStats {
+            entries: 3,
+            capacity: 1 << 20,
+            evictions: 2,
+            ..DictStats::default()
+        };
+        write_dicts(&mut t, &[("kv".to_string(), d)]);
+        let r = RingStats {
+            zone: "log".to_string(),
+            written: 7,
+            producers: 2,
+            ..RingStats::default()
+        };
+        write_rings(&mut t, &[r]);
+        let text = t.finish();
+        for line in [
+            "shmzone_dict_entries{zone=\"kv\"} 3\n",
+            "shmzone_dict_capacity_bytes{zone=\"kv\"} 1048576\n",
+            "shmzone_dict_evictions_total{zone=\"kv\"} 2\n",
+            "# TYPE shmzone_dict_sets_total counter\n",
+            "shmzone_ring_written_total{zone=\"log\"} 7\n",
+            "shmzone_ring_producers{zone=\"log\"} 2\n",
+            "# TYPE shmzone_ring_producers gauge\n",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
         }
     }
 }

@@ -1,7 +1,9 @@
 //! The example server, run for real (see `tests/http_server/mod.rs` for the
 //! harness): 10,000 `/hit` over 8 connections counted exactly, a worker
 //! SIGKILLed mid-load, the limiter across workers and under eviction,
-//! SIGHUP, SIGTERM with `/proc` checked, malformed requests.
+//! /kv with TTLs and a worker killed while storing, SIGHUP, SIGTERM with
+//! `/proc` checked, malformed requests, the access log read by
+//! shmzone-tail and the inspector on a named region.
 
 mod http_server;
 
@@ -13,16 +15,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http_server::{binary, json_u64, until, Client, Server};
-
-/// The counters zone's per-class "fails" of the limits zone, summed.
-fn limits_zone_fails(stats: &str) -> u64 {
-    let at = stats.find("\"name\":\"limits\"").unwrap();
-    let zone = &stats[at..];
-    let zone = &zone[..zone.find("]}").unwrap()];
-    zone.match_indices("\"fails\":")
-        .map(|(i, _)| json_u64(&zone[i..], &["fails"]).unwrap())
-        .sum()
-}
 
 /// What one load run saw.
 #[derive(Default)]
@@ -207,7 +199,7 @@ fn limiter_refuses_beyond_the_rate_per_key_across_workers() {
 }
 
 #[test]
-fn limiter_evicts_least_recently_used_keys_when_its_zone_is_full() {
+fn limiter_buckets_are_evicted_when_the_dictionary_is_full() {
     let server = Server::start(&[
         "--workers",
         "2",
@@ -215,29 +207,162 @@ fn limiter_evicts_least_recently_used_keys_when_its_zone_is_full() {
         "1r/m",
         "--burst",
         "0",
-        "--limit-zone",
-        "32k",
+        "--kv-zone",
+        "256k",
     ]);
     let mut c = server.connect();
-    let n = 1000;
+    let n = 6000;
     for i in 0..n {
         let (code, body) = c.get(&format!("/limit?key=key{i}")).unwrap();
         assert_eq!(code, 200, "key{i}: {body}");
     }
     let (_, stats) = c.get("/stats").unwrap();
-    let keys = json_u64(&stats, &["limiter", "keys"]).unwrap();
-    let evicted = json_u64(&stats, &["limiter", "evicted"]).unwrap();
-    assert!(keys < n, "the zone cannot hold {n} keys: {stats}");
-    assert_eq!(keys + evicted, n, "{stats}");
-    assert!(
-        limits_zone_fails(&stats) > 0,
-        "the allocator said no first: {stats}"
-    );
-    assert!(stats.contains("\"consistent\":true"), "{stats}");
-    // The newest key is still limited; the oldest was evicted, so it is new.
+    let entries = json_u64(&stats, &["kv", "entries"]).unwrap();
+    let evictions = json_u64(&stats, &["kv", "evictions"]).unwrap();
+    assert!(entries < n, "the zone cannot hold {n} buckets: {stats}");
+    assert!(evictions > 0, "{stats}");
+    // The newest key is still limited; some of the oldest were evicted,
+    // so they are new again.
     assert_eq!(c.get(&format!("/limit?key=key{}", n - 1)).unwrap().0, 429);
-    assert_eq!(c.get("/limit?key=key0").unwrap().0, 200);
+    let again = (0..50)
+        .filter(|i| c.get(&format!("/limit?key=key{i}")).unwrap().0 == 200)
+        .count();
+    assert!(again > 0, "no old bucket was evicted");
     drop(c);
+    let log = server.log();
+    assert!(!server_log_has_dict_errors(&log), "{log}");
+    server.stop();
+}
+
+/// Whether the master logged a dictionary check failure.
+fn server_log_has_dict_errors(log: &str) -> bool {
+    log.contains("dictionary \"kv\" after")
+}
+
+#[test]
+fn kv_put_get_delete_and_ttl() {
+    let server = Server::start(&["--workers", "2", "--kv-zone", "256k"]);
+    let mut c = server.connect();
+    assert_eq!(c.get("/kv/k1").unwrap().0, 404);
+    assert_eq!(c.request("PUT", "/kv/k1", b"hello").unwrap().0, 201);
+    assert_eq!(c.get("/kv/k1").unwrap(), (200, "hello".to_string()));
+    assert_eq!(c.request("PUT", "/kv/k1", b"world").unwrap().0, 204);
+    // Another connection (maybe another worker) sees the same value.
+    let mut d = server.connect();
+    assert_eq!(d.get("/kv/k1").unwrap(), (200, "world".to_string()));
+    assert_eq!(d.request("DELETE", "/kv/k1", b"").unwrap().0, 204);
+    assert_eq!(c.get("/kv/k1").unwrap().0, 404);
+    assert_eq!(c.request("DELETE", "/kv/k1", b"").unwrap().0, 404);
+    // An empty value is a value.
+    assert_eq!(c.request("PUT", "/kv/empty", b"").unwrap().0, 201);
+    assert_eq!(c.get("/kv/empty").unwrap(), (200, String::new()));
+    // A TTL: there, then gone within a bounded wait.
+    assert_eq!(c.request("PUT", "/kv/t?ttl=300", b"brief").unwrap().0, 201);
+    assert_eq!(c.request("PUT", "/kv/keep", b"long").unwrap().0, 201);
+    assert_eq!(c.get("/kv/t").unwrap(), (200, "brief".to_string()));
+    let start = std::time::Instant::now();
+    // Polled for at most 10 s.
+    let gone = (0..200).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        c.get("/kv/t").unwrap().0 == 404
+    });
+    assert!(gone, "the ttl expired within 10 s");
+    assert!(start.elapsed() >= Duration::from_millis(250));
+    assert_eq!(c.get("/kv/keep").unwrap(), (200, "long".to_string()));
+    // Bad requests.
+    assert_eq!(c.get("/kv/").unwrap().0, 400);
+    assert_eq!(c.request("PUT", "/kv/x?ttl=soon", b"v").unwrap().0, 400);
+    let (code, _) = c.request("POST", "/kv/x", b"v").unwrap();
+    assert_eq!(code, 405);
+    // Larger than the zone can ever hold: 413 or 507, with the dict's text.
+    let big = vec![b'x'; 512 << 10];
+    let (code, body) = c.request("PUT", "/kv/big", &big).unwrap();
+    assert!(code == 413 || code == 507, "{code} {body}");
+    assert!(!body.is_empty());
+    assert_eq!(c.get("/kv/keep").unwrap(), (200, "long".to_string()));
+    // /hit's counter is the key "hits".
+    let (_, hit) = c.get("/hit").unwrap();
+    assert_eq!(json_u64(&hit, &["hits"]), Some(1));
+    assert_eq!(c.get("/kv/hits").unwrap(), (200, "1".to_string()));
+    drop((c, d));
+    server.stop();
+}
+
+/// Stores while a worker is SIGKILLed: every stored value reads back
+/// exactly, /hit stays exact, and the master's dictionary check passes.
+#[test]
+fn killed_worker_leaves_kv_and_hits_consistent() {
+    let server = Server::start(&["--workers", "3"]);
+    server.wait_workers(Some(3), "3 workers");
+    let stored = std::sync::Mutex::new(Vec::<(String, String)>::new());
+    let hits_ok = AtomicU64::new(0);
+    let last_pid = AtomicU64::new(0);
+    let victim = std::thread::scope(|s| {
+        for t in 0..4 {
+            let (stored, hits_ok, last_pid) = (&stored, &hits_ok, &last_pid);
+            let addr = server.addr;
+            s.spawn(move || {
+                let mut client: Option<Client> = None;
+                for i in 0..400 {
+                    if client.is_none() {
+                        client = Client::connect(addr).ok();
+                    }
+                    let Some(c) = client.as_mut() else {
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    };
+                    let (key, value) = (format!("t{t}-{i}"), format!("value {t} {i}"));
+                    match c.request("PUT", &format!("/kv/{key}"), value.as_bytes()) {
+                        Ok((201, _)) => stored.lock().unwrap().push((key, value)),
+                        Ok((code, body)) => panic!("PUT {key}: {code} {body}"),
+                        Err(_) => {
+                            client = None;
+                            continue;
+                        }
+                    }
+                    match c.get("/hit") {
+                        Ok((200, body)) => {
+                            hits_ok.fetch_add(1, Ordering::Relaxed);
+                            last_pid.store(json_u64(&body, &["pid"]).unwrap(), Ordering::Relaxed);
+                        }
+                        Ok((code, body)) => panic!("/hit: {code} {body}"),
+                        Err(_) => client = None,
+                    }
+                }
+            });
+        }
+        until("load under way", || hits_ok.load(Ordering::Relaxed) >= 300);
+        let victim = last_pid.load(Ordering::Relaxed) as u32;
+        // SAFETY: kills one worker of our own server.
+        let killed = unsafe { libc::kill(victim as libc::pid_t, libc::SIGKILL) };
+        assert_eq!(killed, 0);
+        victim
+    });
+    until("respawn", || {
+        let now = server.workers();
+        now.len() == 3 && !now.contains(&victim)
+    });
+    let stored = stored.into_inner().unwrap();
+    assert!(stored.len() > 300);
+    let mut c = server.connect();
+    for (key, value) in &stored {
+        assert_eq!(
+            c.get(&format!("/kv/{key}")).unwrap(),
+            (200, value.clone()),
+            "{key}"
+        );
+    }
+    // Every answered /hit was counted; at most the requests cut by the kill
+    // were counted without an answer.
+    let hits = server.stat(&["hits"]);
+    let answered = hits_ok.load(Ordering::Relaxed);
+    assert!(
+        hits >= answered && hits <= answered + 4,
+        "{hits} vs {answered}"
+    );
+    drop(c);
+    let log = server.log();
+    assert!(!server_log_has_dict_errors(&log), "{log}");
     server.stop();
 }
 
@@ -264,7 +389,7 @@ fn sighup_keeps_the_counter_and_the_limiter() {
     assert_eq!(
         c.get("/limit?key=carol").unwrap().0,
         429,
-        "the limits zone was reused"
+        "the kv zone (and its buckets) was reused"
     );
     drop(c);
     server.stop();
@@ -357,13 +482,21 @@ fn the_inspector_reads_a_named_region_while_the_server_serves() {
         "{table}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for zone in ["counters", "limits"] {
+    for zone in ["counters", "kv", "access_log"] {
         let row = table
             .lines()
             .find(|l| l.starts_with(zone))
             .unwrap_or_else(|| panic!("no row for {zone} in\n{table}"));
         assert!(row.ends_with("ok"), "{row}");
     }
+    // The dictionary (2 entries: "hits" and the bucket "limit:k") and the
+    // ring (a record per request so far).
+    assert!(table.contains("    dict: 2 entries"), "{table}");
+    let ring = table
+        .lines()
+        .find(|l| l.starts_with("    ring: "))
+        .unwrap_or_else(|| panic!("no ring line in\n{table}"));
+    assert!(ring.contains(" 26 records written"), "{ring}");
     let out = Command::new(&inspector)
         .args(["--json", &id])
         .output()
@@ -373,6 +506,39 @@ fn the_inspector_reads_a_named_region_while_the_server_serves() {
         out.status.success() && json.contains("\"counters\""),
         "{json}"
     );
+    assert!(
+        json.contains("\"dict\": {\"check\": \"ok\", \"entries\": 2"),
+        "{json}"
+    );
+    assert!(json.contains("\"written\": 26,"), "{json}");
+    let out = Command::new(&inspector)
+        .args(["--prometheus", &id])
+        .output()
+        .unwrap();
+    let prom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        prom.contains("shmzone_dict_entries{zone=\"kv\"} 2\n"),
+        "{prom}"
+    );
+    assert!(
+        prom.contains("shmzone_ring_written_total{zone=\"access_log\"} "),
+        "{prom}"
+    );
+    // The access log: shmzone-tail prints a record per request.
+    assert_eq!(c.request("PUT", "/kv/logged", b"v").unwrap().0, 201);
+    let out = Command::new(env!("CARGO_BIN_EXE_shmzone-tail"))
+        .args(["--from-start", "--no-follow", &id])
+        .output()
+        .unwrap();
+    let tail = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{tail}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(tail.matches(" GET /hit 200 ").count(), 25, "{tail}");
+    assert_eq!(tail.matches(" GET /limit?key=k 200 ").count(), 1, "{tail}");
+    assert_eq!(tail.matches(" PUT /kv/logged 201 ").count(), 1, "{tail}");
     drop(c);
     server.stop();
     assert!(!shm.exists(), "a graceful stop removes the name");
@@ -388,7 +554,8 @@ fn help_lists_the_options() {
         "--listen",
         "--rate",
         "--burst",
-        "--limit-zone",
+        "--kv-zone",
+        "--access-log",
         "--backend",
     ] {
         assert!(text.contains(opt), "{opt} missing from --help");

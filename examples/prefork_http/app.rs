@@ -1,10 +1,11 @@
-//! The routes: /hit, /limit, /stats, /metrics, and the zones they use.
+//! The routes: /kv, /hit, /limit, /stats, /metrics, and the zones they use.
 //!
 //! [`App::handle`] is the whole request path: find the route, read a body
-//! if one was sent (bounded in size and time), answer, count. Each route is
-//! one method; `/kv/KEY` is reserved in [`Route`] for the shared dictionary
-//! (`shmzone::dict`), and until then answers 404.
+//! if one was sent (bounded in size and time), answer, count, and write
+//! the access-log record. Each route is one method; /kv, /hit and /limit
+//! are on the shared dictionary (`kv.rs`).
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::time::Instant;
@@ -16,15 +17,18 @@ use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode, Version};
 use serde::Serialize;
 
-use shmzone::metrics::{write_zones, Kind, PromText, ZoneSample};
-use shmzone::{Zone, Zones, ZonesBuilder};
+use shmzone::dict::{Dict, DictStats};
+use shmzone::metrics::{write_dicts, write_rings, write_zones, Kind, PromText, ZoneSample};
+use shmzone::ring::{Producer, Ring, RingConfig, RingStats};
+use shmzone::{Zone, ZoneInit, Zones, ZonesBuilder};
 
 use crate::args::Config;
 use crate::counters::{self, Counters, Event, Route};
-use crate::limiter::{self, TableStats, Verdict};
+use crate::kv::{self, Verdict, KV};
 
 pub const COUNTERS: &str = "counters";
-pub const LIMITS: &str = "limits";
+/// The access log's ring zone.
+pub const ACCESS_LOG: &str = "access_log";
 
 /// What the master holds and every worker inherits.
 pub struct Shared {
@@ -40,12 +44,34 @@ pub struct Shared {
 
 /// The zone declarations (used at start and again by each reload).
 pub fn builder(c: &Config) -> ZonesBuilder {
-    Zones::builder()
+    let b = Zones::builder()
         .backend(c.backend())
         .zone(COUNTERS, c.counters_zone)
         .init(COUNTERS, counters::init)
-        .zone(LIMITS, c.limit_zone)
-        .init(LIMITS, limiter::init)
+        .dict(KV, c.kv_zone);
+    if !c.access_log() {
+        return b;
+    }
+    let ring = ring_config(c);
+    b.zone(ACCESS_LOG, ring.zone_size())
+        .init(ACCESS_LOG, move |zone, how| {
+            match how {
+                ZoneInit::Reused => Ring::open(zone).map(drop),
+                _ => Ring::create(zone, &ring).map(drop),
+            }
+            .map_err(shmzone::Error::from)
+        })
+}
+
+/// The access log's ring: a slot per worker (and spares for the old
+/// workers of a reload), `--log-ring-slot` bytes each.
+pub fn ring_config(c: &Config) -> RingConfig {
+    RingConfig {
+        slots: (c.workers() * 2).clamp(4, shmzone::ring::MAX_SLOTS),
+        slot_bytes: c.log_ring_slot,
+        max_record: 1024,
+        ..RingConfig::default()
+    }
 }
 
 /// The answer type of every route.
@@ -95,7 +121,10 @@ impl Route {
 pub struct App<'a> {
     pub shared: &'a Shared,
     counters: Option<Counters<'a>>,
-    limits: Option<Zone<'a>>,
+    dict: Option<Dict<'a>>,
+    ring: Option<Ring<'a>>,
+    /// This worker's access-log producer (taken once).
+    log: Option<RefCell<Producer<'a>>>,
     /// This worker's counter slot.
     slot: usize,
     pid: u32,
@@ -141,24 +170,99 @@ struct ZoneJson {
     classes: Vec<ClassJson>,
 }
 
+/// The dictionary in /stats.
+#[derive(Serialize)]
+struct DictJson {
+    entries: u64,
+    bytes: u64,
+    capacity: usize,
+    free_space: usize,
+    gets: u64,
+    hits: u64,
+    misses: u64,
+    sets: u64,
+    evictions: u64,
+    expirations: u64,
+}
+
+impl From<DictStats> for DictJson {
+    fn from(s: DictStats) -> DictJson {
+        DictJson {
+            entries: s.entries,
+            bytes: s.bytes,
+            capacity: s.capacity,
+            free_space: s.free_space,
+            gets: s.gets,
+            hits: s.hits,
+            misses: s.misses,
+            sets: s.sets,
+            evictions: s.evictions,
+            expirations: s.expirations,
+        }
+    }
+}
+
+/// The access-log ring in /stats.
+#[derive(Serialize)]
+struct RingJson {
+    producers: usize,
+    written: u64,
+    bytes: u64,
+    overwritten: u64,
+    dropped: u64,
+    torn: u64,
+}
+
+impl From<RingStats> for RingJson {
+    fn from(s: RingStats) -> RingJson {
+        RingJson {
+            producers: s.producers,
+            written: s.written,
+            bytes: s.bytes,
+            overwritten: s.overwritten,
+            dropped: s.dropped,
+            torn: s.torn,
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct StatsJson {
     pid: u32,
     backend: String,
     region_bytes: usize,
-    hits: Option<u64>,
+    hits: Option<i64>,
     requests: Option<u64>,
     requests_by_route: BTreeMap<&'static str, u64>,
-    limiter: Option<TableStats>,
+    kv: Option<DictJson>,
+    access_log: Option<RingJson>,
     zones: Vec<ZoneJson>,
 }
 
 impl<'a> App<'a> {
     pub fn new(shared: &'a Shared, worker_index: usize) -> App<'a> {
+        let zones = &shared.zones;
+        let dict = zones.get(KV).and_then(|z| match Dict::open(&z) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                log::error!("zone {KV}: {e}");
+                None
+            }
+        });
+        let ring = zones.get(ACCESS_LOG).and_then(|z| Ring::open(&z).ok());
+        let log = ring.and_then(|r| match r.producer() {
+            Ok(p) => Some(RefCell::new(p)),
+            Err(e) => {
+                log::error!("access log: {e}");
+                None
+            }
+        });
         App {
             shared,
-            counters: shared.zones.get(COUNTERS).and_then(|z| Counters::of(&z)),
-            limits: shared.zones.get(LIMITS),
+            counters: zones.get(COUNTERS).and_then(|z| Counters::of(&z)),
+            dict,
+            ring,
+            log,
             slot: worker_index,
             pid: std::process::id(),
         }
@@ -174,9 +278,27 @@ impl<'a> App<'a> {
     /// Answers one request.
     pub async fn handle(&self, req: Request<Incoming>) -> Reply {
         let route = Route::of(req.uri().path());
+        let start = Instant::now();
+        // The access log's line starts before the request is consumed.
+        let line = self
+            .log
+            .as_ref()
+            .map(|_| format!("{} {}", req.method(), req.uri()));
         let r = self.answer(route, req).await;
         if let Some(c) = self.counters {
             c.request(self.slot, route, r.status().as_u16());
+        }
+        if let (Some(mut line), Some(p)) = (line, self.log.as_ref()) {
+            use std::fmt::Write as _;
+            let _ = write!(
+                line,
+                " {} {}",
+                r.status().as_u16(),
+                start.elapsed().as_micros()
+            );
+            // A record longer than the ring takes is dropped (and
+            // counted); the request is answered anyway.
+            let _ = p.borrow_mut().write(line.as_bytes());
         }
         r
     }
@@ -206,20 +328,29 @@ impl<'a> App<'a> {
                 }
             }
         };
-        // The methods each route takes (/kv/KEY, with the dictionary:
-        // GET, HEAD, PUT, DELETE).
-        let allowed: &'static str = match route {
-            Route::Other | Route::Kv => return text(StatusCode::NOT_FOUND, "not found\n"),
-            _ => "GET, HEAD",
+        // The methods each route takes.
+        let (allowed, ok): (&'static str, bool) = match route {
+            Route::Other => return text(StatusCode::NOT_FOUND, "not found\n"),
+            Route::Kv => (
+                "GET, HEAD, PUT, DELETE",
+                matches!(
+                    parts.method,
+                    Method::GET | Method::HEAD | Method::PUT | Method::DELETE
+                ),
+            ),
+            _ => (
+                "GET, HEAD",
+                matches!(parts.method, Method::GET | Method::HEAD),
+            ),
         };
-        if !matches!(parts.method, Method::GET | Method::HEAD) {
+        if !ok {
             let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
             r.headers_mut()
                 .insert(ALLOW, HeaderValue::from_static(allowed));
             return r;
         }
-        drop(body);
         match route {
+            Route::Kv => self.kv(&parts.method, &parts.uri, &body),
             Route::Hit => self.hit(),
             Route::Limit => self.limit(parts.uri.query().unwrap_or("")),
             Route::Stats => self.stats(),
@@ -228,19 +359,69 @@ impl<'a> App<'a> {
         }
     }
 
-    /// One atomic add in the zone, then the answer carries the new total:
-    /// a total is counted before it is answered, so every 200 is counted.
-    fn hit(&self) -> Reply {
-        let Some(c) = self.counters else {
-            return text(StatusCode::INTERNAL_SERVER_ERROR, "no counters zone\n");
+    /// `/kv/KEY`: GET (200 or 404), PUT with `?ttl=MS` (201 new, 204
+    /// replaced), DELETE (204 or 404); errors carry the dictionary's text.
+    fn kv(&self, method: &Method, uri: &hyper::Uri, body: &[u8]) -> Reply {
+        let Some(d) = self.dict.as_ref() else {
+            return text(StatusCode::INTERNAL_SERVER_ERROR, "no kv zone\n");
         };
-        json(
-            StatusCode::OK,
-            &Hit {
-                hits: c.hit(),
-                pid: self.pid,
+        let key = uri.path().strip_prefix("/kv/").unwrap_or("").as_bytes();
+        let err = |e: shmzone::dict::DictError| text(kv::error_status(&e), format!("{e}\n"));
+        if key.is_empty() {
+            return text(StatusCode::BAD_REQUEST, "/kv/KEY: empty key\n");
+        }
+        match *method {
+            Method::PUT => {
+                let ttl = uri
+                    .query()
+                    .unwrap_or("")
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("ttl="));
+                let ttl = match ttl.map(str::parse::<u64>) {
+                    None => 0,
+                    Some(Ok(ms)) => ms,
+                    Some(Err(_)) => return text(StatusCode::BAD_REQUEST, "ttl=MS: milliseconds\n"),
+                };
+                match kv::put(d, key, body, ttl) {
+                    Ok(true) => text(StatusCode::CREATED, ""),
+                    Ok(false) => text(StatusCode::NO_CONTENT, ""),
+                    Err(e) => err(e),
+                }
+            }
+            Method::DELETE => match d.delete(key) {
+                Ok(true) => text(StatusCode::NO_CONTENT, ""),
+                Ok(false) => text(StatusCode::NOT_FOUND, "not found\n"),
+                Err(e) => err(e),
             },
-        )
+            _ => match d.get(key) {
+                Ok(Some(got)) => reply(
+                    StatusCode::OK,
+                    "application/octet-stream",
+                    kv::body_of(got.value),
+                ),
+                Ok(None) => text(StatusCode::NOT_FOUND, "not found\n"),
+                Err(e) => err(e),
+            },
+        }
+    }
+
+    /// One `incr` of "hits" in the dictionary, then the answer carries the
+    /// new total: a total is counted before it is answered, so every 200
+    /// is counted.
+    fn hit(&self) -> Reply {
+        let Some(d) = self.dict.as_ref() else {
+            return text(StatusCode::INTERNAL_SERVER_ERROR, "no kv zone\n");
+        };
+        match kv::hit(d) {
+            Ok(hits) => json(
+                StatusCode::OK,
+                &Hit {
+                    hits: hits.max(0) as u64,
+                    pid: self.pid,
+                },
+            ),
+            Err(e) => text(kv::error_status(&e), format!("hits: {e}\n")),
+        }
     }
 
     fn limit(&self, query: &str) -> Reply {
@@ -248,25 +429,28 @@ impl<'a> App<'a> {
             .split('&')
             .find_map(|kv| kv.strip_prefix("key="))
             .unwrap_or("");
-        if key.is_empty() || key.len() > limiter::MAX_KEY {
+        if key.is_empty() || key.len() > kv::MAX_LIMIT_KEY {
             return text(
                 StatusCode::BAD_REQUEST,
-                format!("key=K required, 1..={} bytes\n", limiter::MAX_KEY),
+                format!("key=K required, 1..={} bytes\n", kv::MAX_LIMIT_KEY),
             );
         }
-        let Some(zone) = self.limits.as_ref() else {
-            return text(StatusCode::INTERNAL_SERVER_ERROR, "no limits zone\n");
+        let Some(d) = self.dict.as_ref() else {
+            return text(StatusCode::INTERNAL_SERVER_ERROR, "no kv zone\n");
         };
         let c = &self.shared.config;
         let now = self.shared.epoch.elapsed().as_millis() as u64;
-        let (status, allowed, excess) =
-            match limiter::account(zone, key.as_bytes(), now, c.rate.milli, c.burst) {
-                Verdict::Allowed(e) => (StatusCode::OK, true, e),
-                Verdict::Refused(e) => (StatusCode::TOO_MANY_REQUESTS, false, e),
-                Verdict::NoMemory => {
-                    return text(StatusCode::SERVICE_UNAVAILABLE, "limiter zone too small\n")
-                }
-            };
+        let (status, allowed, excess) = match kv::limit(d, key, now, c.rate.milli, c.burst) {
+            Ok(Some(Verdict::Allowed(e))) => (StatusCode::OK, true, e),
+            Ok(Some(Verdict::Refused(e))) => (StatusCode::TOO_MANY_REQUESTS, false, e),
+            Ok(None) => {
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "limiter: too much contention\n",
+                )
+            }
+            Err(e) => return text(StatusCode::SERVICE_UNAVAILABLE, format!("limiter: {e}\n")),
+        };
         json(
             status,
             &Limit {
@@ -285,7 +469,11 @@ impl<'a> App<'a> {
             pid: self.pid,
             backend: zones.region().backend().to_string(),
             region_bytes: zones.len(),
-            hits: totals.as_ref().map(|t| t.hits),
+            hits: self
+                .dict
+                .as_ref()
+                .and_then(|d| d.get(kv::HITS).ok().flatten())
+                .and_then(|g| g.value.as_int()),
             requests: totals.as_ref().map(|t| t.requests()),
             requests_by_route: totals
                 .as_ref()
@@ -293,7 +481,8 @@ impl<'a> App<'a> {
                 .into_iter()
                 .flatten()
                 .collect(),
-            limiter: self.limits.as_ref().and_then(limiter::stats),
+            kv: self.dict.as_ref().map(|d| d.stats().into()),
+            access_log: self.ring.as_ref().map(|r| r.stats().into()),
             zones: zones.iter().map(|z| zone_json(&z)).collect(),
         };
         json(StatusCode::OK, &s)
@@ -308,13 +497,20 @@ impl<'a> App<'a> {
             "Size of the shared region.",
         )
         .sample("shmzone_region_bytes", &[], zones.len());
-        if let Some(tot) = self.counters.map(|c| c.totals()) {
+        let hits = self
+            .dict
+            .as_ref()
+            .and_then(|d| d.get(kv::HITS).ok().flatten())
+            .and_then(|g| g.value.as_int());
+        if let Some(h) = hits {
             t.family(
                 "shmzone_http_hits_total",
                 Kind::Counter,
-                "The /hit counter shared by all workers.",
+                "The /hit counter shared by all workers (key \"hits\" of zone kv).",
             )
-            .sample("shmzone_http_hits_total", &[], tot.hits);
+            .sample("shmzone_http_hits_total", &[], h);
+        }
+        if let Some(tot) = self.counters.map(|c| c.totals()) {
             t.family(
                 "shmzone_http_requests_total",
                 Kind::Counter,
@@ -352,42 +548,11 @@ impl<'a> App<'a> {
                 );
             }
         }
-        if let Some(l) = self.limits.as_ref().and_then(limiter::stats) {
-            let families: [(&str, Kind, &str, u64); 5] = [
-                (
-                    "shmzone_limiter_keys",
-                    Kind::Gauge,
-                    "Keys in the limiter table.",
-                    l.keys,
-                ),
-                (
-                    "shmzone_limiter_evicted_total",
-                    Kind::Counter,
-                    "Keys evicted (LRU) when the zone was full.",
-                    l.evicted,
-                ),
-                (
-                    "shmzone_limiter_expired_total",
-                    Kind::Counter,
-                    "Idle keys expired.",
-                    l.expired,
-                ),
-                (
-                    "shmzone_limiter_rebuilt_total",
-                    Kind::Counter,
-                    "Times the table was emptied after a worker died mid-update.",
-                    l.rebuilt,
-                ),
-                (
-                    "shmzone_limiter_consistent",
-                    Kind::Gauge,
-                    "1 if the table's list and chains agree.",
-                    u64::from(l.consistent),
-                ),
-            ];
-            for (name, kind, help, v) in families {
-                t.family(name, kind, help).sample(name, &[], v);
-            }
+        if let Some(d) = self.dict.as_ref() {
+            write_dicts(&mut t, &[(d.zone_name().to_string(), d.stats())]);
+        }
+        if let Some(r) = self.ring.as_ref() {
+            write_rings(&mut t, &[r.stats()]);
         }
         let samples: Vec<ZoneSample> = zones.iter().map(|z| ZoneSample::of(&z)).collect();
         write_zones(&mut t, &samples);

@@ -10,6 +10,8 @@ const ENDPOINTS: &str = "\
 endpoints:
   GET /hit               add one to a counter shared by all workers
   GET /limit?key=K       leaky-bucket limiter per key: 200 or 429
+  PUT /kv/KEY[?ttl=MS]   store the body in the shared dictionary: 201 or 204
+  GET /kv/KEY            the value (200) or 404; DELETE /kv/KEY: 204 or 404
   GET /stats             JSON: every zone's size, pages, classes, lock
   GET /metrics           the same and the request counters, Prometheus text
   GET /                  this list
@@ -42,9 +44,19 @@ pub struct Config {
     /// Limiter burst (requests above the rate).
     #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     pub burst: u64,
-    /// Size of the limiter zone (k, m, g suffixes).
-    #[arg(long, value_name = "SIZE", default_value = "1m", value_parser = size)]
-    pub limit_zone: usize,
+    /// Size of the shared dictionary's zone "kv" (k, m, g suffixes): /kv,
+    /// /hit's counter (key "hits") and /limit's buckets (keys "limit:K").
+    #[arg(long, value_name = "SIZE", default_value = "4m", value_parser = size)]
+    pub kv_zone: usize,
+    /// The access log: `ring` (a log ring in zone "access_log", one record
+    /// per request, read with `shmzone-tail ID`) or `off` [default: ring
+    /// with --named, else off].
+    #[arg(long, value_name = "ring|off", value_parser = access_log)]
+    access_log: Option<bool>,
+    /// Bytes of access-log records each worker's slot of the ring keeps (a
+    /// power of two, 4k..=1g).
+    #[arg(long, value_name = "SIZE", default_value = "256k", value_parser = size)]
+    pub log_ring_slot: usize,
     /// Size of the counters zone.
     #[arg(long, value_name = "SIZE", default_value = "32k", value_parser = size)]
     pub counters_zone: usize,
@@ -90,6 +102,11 @@ impl Config {
     }
 
     /// The zone backend.
+    /// Whether workers write the access log into a ring.
+    pub fn access_log(&self) -> bool {
+        self.access_log.unwrap_or(self.named.is_some())
+    }
+
     pub fn backend(&self) -> Backend {
         self.backend.unwrap_or_default()
     }
@@ -140,6 +157,14 @@ fn size(v: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("not a size: {v:?}"))
 }
 
+fn access_log(v: &str) -> Result<bool, String> {
+    match v {
+        "ring" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("expected ring or off, got {v:?}")),
+    }
+}
+
 fn level(v: &str) -> Result<log::LevelFilter, String> {
     v.parse()
         .map_err(|_| format!("expected error, warn, info, debug, trace or off, got {v:?}"))
@@ -169,5 +194,11 @@ mod tests {
         assert_eq!((c.workers(), c.rate.milli), (3, 2000));
         assert!(Config::try_parse_from(["x", "--workers=0"]).is_err());
         assert!(Config::try_parse_from(["x", "--replace"]).is_err());
+        assert!(!c.access_log());
+        let c = Config::try_parse_from(["x", "--named", "posix:/x"]).unwrap();
+        assert!(c.access_log());
+        let c = Config::try_parse_from(["x", "--named", "posix:/x", "--access-log=off"]).unwrap();
+        assert!(!c.access_log());
+        assert!(Config::try_parse_from(["x", "--access-log=file"]).is_err());
     }
 }

@@ -1,7 +1,7 @@
-//! The counters zone: `/hit`'s shared counter and the request counters.
+//! The counters zone: the request counters (`/hit`'s counter is in the
+//! dictionary, `kv`).
 //!
-//! `/hit` bumps one word that every worker shares (one atomic add, no
-//! lock). The request counters are per worker slot (a cache line pair per
+//! The request counters are per worker slot (a cache line pair per
 //! slot), so counting a request never contends with another worker; a
 //! scrape sums the slots. All of it is atomics in shared memory: nothing
 //! takes the zone lock after init, so a worker killed at any point leaves
@@ -112,8 +112,9 @@ static_assertions::assert_eq_size!(Slot, [u8; 256]);
 struct Root {
     magic: AtomicU64,
     _pad: [u64; 7],
-    /// `/hit`'s counter, alone on its cache line.
-    hits: AtomicU64,
+    /// Was `/hit`'s counter (now in the dictionary); kept so the layout
+    /// and a reused zone stay as they were.
+    _was_hits: u64,
     _pad2: [u64; 7],
     slots: [Slot; SLOTS],
 }
@@ -128,7 +129,6 @@ pub struct Counters<'a> {
 /// Sums over every slot.
 #[derive(Debug, Default, Clone)]
 pub struct Totals {
-    pub hits: u64,
     pub routes: [u64; Route::ALL.len()],
     /// Index 1..=5: responses with status 1xx..5xx.
     pub status: [u64; 6],
@@ -160,11 +160,6 @@ impl<'a> Counters<'a> {
         Some(Counters { root })
     }
 
-    /// Adds one to `/hit`'s counter; returns the new total.
-    pub fn hit(&self) -> u64 {
-        self.root.hits.fetch_add(1, Ordering::SeqCst) + 1
-    }
-
     /// A request on `route` answered with `status`, in `slot`.
     pub fn request(&self, slot: usize, route: Route, status: u16) {
         let s = &self.root.slots[slot % SLOTS];
@@ -180,10 +175,7 @@ impl<'a> Counters<'a> {
 
     /// Sums every slot.
     pub fn totals(&self) -> Totals {
-        let mut t = Totals {
-            hits: self.root.hits.load(Ordering::SeqCst),
-            ..Totals::default()
-        };
+        let mut t = Totals::default();
         for s in &self.root.slots {
             for (o, v) in t.routes.iter_mut().zip(&s.routes) {
                 *o += v.load(Ordering::Relaxed);
@@ -232,8 +224,6 @@ pub fn init(zone: &Zone<'_>, how: ZoneInit<'_>) -> Result<(), shmzone::Error> {
 }
 
 fn copy(from: &Root, to: &Root) {
-    to.hits
-        .store(from.hits.load(Ordering::SeqCst), Ordering::SeqCst);
     for (f, t) in from.slots.iter().zip(&to.slots) {
         let pairs = f
             .routes

@@ -12,6 +12,11 @@
 //! region taken at attach time: see `Zones::attach` with
 //! `NamedSpec::read_only`. Every zone is `check()`ed before its counters
 //! are read (they are only trusted once the pages and bitmaps are sound).
+//! Zones holding a shared dictionary (`shmzone::dict`) or a log ring
+//! (`shmzone::ring`) also show its entries, capacity and free space (and
+//! with `--largest N` its largest entries), or its written and lost
+//! records: the snapshot copies the data pages too, so both are opened on
+//! it as on the live region.
 //! Exit status: 0; 1 when the region cannot be attached (not there, no
 //! permission, not a valid region); 2 for a usage error; 3 when a zone is
 //! inconsistent in five snapshots running. `--watch` runs until Ctrl-C (or
@@ -25,8 +30,10 @@ use std::time::Duration;
 use clap::{ArgGroup, Parser};
 use serde::Serialize;
 
+use shmzone::dict::{Dict, DictError, DictStats};
 use shmzone::journal::JournalStats;
-use shmzone::metrics::{write_zones, Kind, PromText, ZoneSample};
+use shmzone::metrics::{write_dicts, write_rings, write_zones, Kind, PromText, ZoneSample};
+use shmzone::ring::{Ring, RingStats};
 use shmzone::slab::PoolStats;
 use shmzone::{NamedId, NamedSpec, Zones};
 
@@ -57,6 +64,9 @@ struct Cli {
     /// Also print every size class in use (table output).
     #[arg(long)]
     classes: bool,
+    /// Also list the N largest entries of each dictionary (key and bytes).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    largest: Option<u32>,
     /// Refresh every SECS seconds in place, as `top` does, until Ctrl-C.
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u32).range(1..=86_400))]
     watch: Option<u32>,
@@ -90,6 +100,41 @@ struct Row {
     journal: JournalStats,
     /// The counters, if `check()` passed (else what it found).
     stats: Result<PoolStats, String>,
+    /// The zone's dictionary, if it holds one (else what opening or
+    /// checking it found).
+    dict: Option<Result<DictRow, String>>,
+    /// The zone's log ring, if it holds one.
+    ring: Option<Result<RingStats, String>>,
+}
+
+/// A dictionary's figures.
+struct DictRow {
+    stats: DictStats,
+    /// The largest entries (key, bytes), with `--largest`.
+    largest: Vec<(Vec<u8>, usize)>,
+}
+
+/// The dictionary in `z`, if it holds one.
+fn dict_row(z: &shmzone::Zone<'_>, largest: Option<u32>) -> Option<Result<DictRow, String>> {
+    let d = match Dict::open(z) {
+        Ok(d) => d,
+        Err(DictError::NotADict(_)) => return None,
+        Err(e) => return Some(Err(e.to_string())),
+    };
+    Some(
+        (|| {
+            d.check()?;
+            let largest = match largest {
+                Some(n) => d.largest(n as usize)?,
+                None => Vec::new(),
+            };
+            Ok::<_, DictError>(DictRow {
+                stats: d.stats(),
+                largest,
+            })
+        })()
+        .map_err(|e| e.to_string()),
+    )
 }
 
 /// One look at the region.
@@ -99,11 +144,17 @@ struct Snapshot {
     free: PoolStats,
 }
 
-fn snapshot(spec: &NamedSpec) -> Result<Snapshot, shmzone::Error> {
+fn snapshot(spec: &NamedSpec, largest: Option<u32>) -> Result<Snapshot, shmzone::Error> {
     let zones = Zones::attach(&spec.clone().read_only(true))?;
     let rows = zones
         .iter()
         .map(|z| Row {
+            dict: z.check().ok().and_then(|()| dict_row(&z, largest)),
+            ring: z
+                .check()
+                .ok()
+                .and_then(|()| Ring::open(&z).ok())
+                .map(|r| Ok(r.stats())),
             name: z.name().to_string(),
             size: z.size(),
             tag: z.tag(),
@@ -131,12 +182,16 @@ fn snapshot(spec: &NamedSpec) -> Result<Snapshot, shmzone::Error> {
 
 /// A snapshot copied while a worker was inside a critical section can
 /// look inconsistent: take up to five before believing it.
-fn settled(spec: &NamedSpec) -> Result<Snapshot, shmzone::Error> {
+fn settled(spec: &NamedSpec, largest: Option<u32>) -> Result<Snapshot, shmzone::Error> {
     let mut tries = 0;
     loop {
         tries += 1;
-        match snapshot(spec) {
-            Ok(s) if tries < 5 && s.rows.iter().any(|r| r.stats.is_err()) => {}
+        match snapshot(spec, largest) {
+            Ok(s)
+                if tries < 5
+                    && s.rows
+                        .iter()
+                        .any(|r| r.stats.is_err() || matches!(r.dict, Some(Err(_)))) => {}
             other => return other,
         }
     }
@@ -162,10 +217,13 @@ fn main() -> ExitCode {
     };
     let spec = cli.spec();
     let Some(secs) = cli.watch else {
-        return match settled(&spec) {
+        return match settled(&spec, cli.largest) {
             Ok(s) => {
                 print!("{}", render(&cli, &spec, &s));
-                if s.rows.iter().any(|r| r.stats.is_err()) {
+                if s.rows
+                    .iter()
+                    .any(|r| r.stats.is_err() || matches!(r.dict, Some(Err(_))))
+                {
                     ExitCode::from(3)
                 } else {
                     ExitCode::SUCCESS
@@ -181,7 +239,7 @@ fn main() -> ExitCode {
     // action ends the process) or the region goes away.
     let mut out = std::io::stdout();
     loop {
-        match settled(&spec) {
+        match settled(&spec, cli.largest) {
             Ok(s) => {
                 let page = render(&cli, &spec, &s);
                 let now = std::time::SystemTime::now()
@@ -318,8 +376,58 @@ fn table(cli: &Cli, spec: &NamedSpec, snap: &Snapshot) -> String {
                 );
             }
         }
+        structures(&mut s, r);
     }
     s
+}
+
+/// A zone's dictionary or ring lines in the table.
+fn structures(s: &mut String, r: &Row) {
+    match &r.dict {
+        Some(Ok(d)) => {
+            let st = &d.stats;
+            let _ = writeln!(
+                s,
+                "    dict: {} entries, {} of keys and values, capacity {}, free {}; \
+                 {} gets ({} hits, {} misses), {} sets, {} evictions, {} expirations",
+                st.entries,
+                human(st.bytes as usize),
+                human(st.capacity),
+                human(st.free_space),
+                st.gets,
+                st.hits,
+                st.misses,
+                st.sets,
+                st.evictions,
+                st.expirations
+            );
+            for (k, n) in &d.largest {
+                let _ = writeln!(s, "      {:>9}  {}", human(*n), String::from_utf8_lossy(k));
+            }
+        }
+        Some(Err(e)) => {
+            let _ = writeln!(s, "    dict: BROKEN: {e}");
+        }
+        None => {}
+    }
+    match &r.ring {
+        Some(Ok(st)) => {
+            let _ = writeln!(
+                s,
+                "    ring: {} producers, {} records written ({}), lost: {} overwritten, {} dropped, {} torn",
+                st.producers,
+                st.written,
+                human(st.bytes as usize),
+                st.overwritten,
+                st.dropped,
+                st.torn
+            );
+        }
+        Some(Err(e)) => {
+            let _ = writeln!(s, "    ring: {e}");
+        }
+        None => {}
+    }
 }
 
 fn prometheus(snap: &Snapshot) -> String {
@@ -355,6 +463,25 @@ fn prometheus(snap: &Snapshot) -> String {
         })
         .collect();
     write_zones(&mut t, &samples);
+    let dicts: Vec<(String, DictStats)> = snap
+        .rows
+        .iter()
+        .filter_map(|r| match &r.dict {
+            Some(Ok(d)) => Some((r.name.clone(), d.stats)),
+            _ => None,
+        })
+        .collect();
+    if !dicts.is_empty() {
+        write_dicts(&mut t, &dicts);
+    }
+    let rings: Vec<RingStats> = snap
+        .rows
+        .iter()
+        .filter_map(|r| r.ring.as_ref().and_then(|x| x.as_ref().ok()).cloned())
+        .collect();
+    if !rings.is_empty() {
+        write_rings(&mut t, &rings);
+    }
     t.finish()
 }
 
@@ -419,8 +546,85 @@ struct ZoneJson {
     fenced: bool,
     /// "ok", or what check() found.
     check: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dict: Option<DictJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ring: Option<RingJson>,
     #[serde(flatten)]
     stats: Option<StatsJson>,
+}
+
+/// A dictionary in the JSON output ("check" is "ok" or what it found).
+#[derive(Serialize)]
+struct DictJson {
+    check: String,
+    entries: u64,
+    bytes: u64,
+    capacity: usize,
+    free_space: usize,
+    gets: u64,
+    hits: u64,
+    misses: u64,
+    sets: u64,
+    evictions: u64,
+    expirations: u64,
+    /// With --largest: [key (lossy UTF-8), bytes].
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    largest: Vec<(String, usize)>,
+}
+
+impl DictJson {
+    fn of(r: &Result<DictRow, String>) -> DictJson {
+        let (check, st, largest) = match r {
+            Ok(d) => (
+                "ok".to_string(),
+                d.stats,
+                d.largest
+                    .iter()
+                    .map(|(k, n)| (String::from_utf8_lossy(k).into_owned(), *n))
+                    .collect(),
+            ),
+            Err(e) => (e.clone(), DictStats::default(), Vec::new()),
+        };
+        DictJson {
+            check,
+            entries: st.entries,
+            bytes: st.bytes,
+            capacity: st.capacity,
+            free_space: st.free_space,
+            gets: st.gets,
+            hits: st.hits,
+            misses: st.misses,
+            sets: st.sets,
+            evictions: st.evictions,
+            expirations: st.expirations,
+            largest,
+        }
+    }
+}
+
+/// A log ring in the JSON output.
+#[derive(Serialize)]
+struct RingJson {
+    producers: usize,
+    written: u64,
+    bytes: u64,
+    overwritten: u64,
+    dropped: u64,
+    torn: u64,
+}
+
+impl From<&RingStats> for RingJson {
+    fn from(s: &RingStats) -> RingJson {
+        RingJson {
+            producers: s.producers,
+            written: s.written,
+            bytes: s.bytes,
+            overwritten: s.overwritten,
+            dropped: s.dropped,
+            torn: s.torn,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -451,6 +655,12 @@ fn json(spec: &NamedSpec, snap: &Snapshot) -> String {
                     Ok(_) => "ok".to_string(),
                     Err(e) => e.clone(),
                 },
+                dict: r.dict.as_ref().map(DictJson::of),
+                ring: r
+                    .ring
+                    .as_ref()
+                    .and_then(|x| x.as_ref().ok())
+                    .map(RingJson::from),
                 stats: r.stats.as_ref().ok().map(StatsJson::from),
             })
             .collect(),
