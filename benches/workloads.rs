@@ -7,8 +7,11 @@
 //! cargo bench --bench workloads -- W2 lock    # only these
 //! ```
 //!
-//! stdout: a header row, then `workload<TAB>param<TAB>impl<TAB>value<TAB>unit`
-//! lines; progress goes to stderr.
+//! stdout: a header row, then `workload<TAB>param<TAB>impl<TAB>value<TAB>unit
+//! <TAB>min<TAB>max` lines: `value` is the median over the repetitions, `min`
+//! and `max` the extremes of the same figure (the first five columns are as
+//! they always were, so scripts that read those still parse). Progress goes
+//! to stderr.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
@@ -28,8 +31,9 @@ const K: usize = 10_000;
 struct Rng(u64);
 
 impl Rng {
-    fn new() -> Rng {
-        Rng(42)
+    /// Seeded with `seed` (42 for everything but W4's child w: 42 + w).
+    fn new(seed: u64) -> Rng {
+        Rng(seed)
     }
     #[inline]
     fn next(&mut self) -> u64 {
@@ -115,12 +119,18 @@ fn w1<A: Alloc>(a: &A, size: usize, n: usize) -> Duration {
     t.elapsed()
 }
 
-/// W2 on `S` slots and `n` ops; returns the time of the churn phase. `S`
-/// is a constant, as `K` is in the workload's definition, so `x % S` is a
-/// multiplication rather than a division.
-fn w2<A: Alloc, const S: usize>(a: &A, slots: &mut [(*mut u8, usize)], n: usize) -> Duration {
+/// W2 on `S` slots and `n` ops with the generator seeded by `seed`; returns
+/// the time of the churn phase. `S` is a constant, as `K` is in the
+/// workload's definition, so `x % S` is a multiplication rather than a
+/// division.
+fn w2<A: Alloc, const S: usize>(
+    a: &A,
+    slots: &mut [(*mut u8, usize)],
+    n: usize,
+    seed: u64,
+) -> Duration {
     let slots = &mut slots[..S];
-    let mut rng = Rng::new();
+    let mut rng = Rng::new(seed);
     for s in slots.iter_mut() {
         let size = rng.size();
         *s = (a.alloc(size), size);
@@ -143,20 +153,53 @@ fn w2<A: Alloc, const S: usize>(a: &A, slots: &mut [(*mut u8, usize)], n: usize)
     el
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+/// The median, minimum and maximum of one figure over the repetitions.
+#[derive(Clone, Copy)]
+struct Spread {
+    median: f64,
+    min: f64,
+    max: f64,
 }
 
-fn emit(workload: &str, param: &str, imp: &str, value: f64, unit: &str) {
-    let v = if value >= 1000.0 || value == value.trunc() {
+impl Spread {
+    fn of(mut v: Vec<f64>) -> Spread {
+        assert!(!v.is_empty());
+        v.sort_by(|a, b| a.total_cmp(b));
+        Spread {
+            median: v[v.len() / 2],
+            min: v[0],
+            max: v[v.len() - 1],
+        }
+    }
+    /// `f` of each figure; `f` must be monotonic (a decreasing `f`, such as
+    /// a rate from a time, swaps the extremes back into order).
+    fn map(self, f: impl Fn(f64) -> f64) -> Spread {
+        let (a, b) = (f(self.min), f(self.max));
+        Spread {
+            median: f(self.median),
+            min: a.min(b),
+            max: a.max(b),
+        }
+    }
+}
+
+fn fmt(value: f64) -> String {
+    if value >= 1000.0 || value == value.trunc() {
         format!("{value:.0}")
     } else if value < 1.0 {
         format!("{value:.4}")
     } else {
         format!("{value:.1}")
-    };
-    println!("{workload}\t{param}\t{imp}\t{v}\t{unit}");
+    }
+}
+
+fn emit(workload: &str, param: &str, imp: &str, s: Spread, unit: &str) {
+    println!(
+        "{workload}\t{param}\t{imp}\t{}\t{unit}\t{}\t{}",
+        fmt(s.median),
+        fmt(s.min),
+        fmt(s.max)
+    );
 }
 
 fn ns_per(d: Duration, n: usize) -> f64 {
@@ -193,7 +236,7 @@ fn bench_lock(cfg: &Cfg) {
         }
         v.push(ns_per(t.elapsed(), n));
     }
-    emit("lock", "-", "shmzone", median(v), "ns/pair");
+    emit("lock", "-", "shmzone", Spread::of(v), "ns/pair");
 }
 
 fn bench_w1(cfg: &Cfg) {
@@ -205,9 +248,21 @@ fn bench_w1(cfg: &Cfg) {
             let zone = Zone::new();
             v.push(ns_per(w1(&zone.pool, size, n), n));
         }
-        emit("W1", &size.to_string(), Pool::NAME, median(v), "ns/pair");
+        emit(
+            "W1",
+            &size.to_string(),
+            Pool::NAME,
+            Spread::of(v),
+            "ns/pair",
+        );
         let v: Vec<_> = (0..REPS).map(|_| ns_per(w1(&System, size, n), n)).collect();
-        emit("W1", &size.to_string(), System::NAME, median(v), "ns/pair");
+        emit(
+            "W1",
+            &size.to_string(),
+            System::NAME,
+            Spread::of(v),
+            "ns/pair",
+        );
     }
 }
 
@@ -218,13 +273,13 @@ fn bench_w2(cfg: &Cfg) {
     let mut v = Vec::new();
     for _ in 0..REPS {
         let zone = Zone::new();
-        v.push(ns_per(w2::<_, K>(&zone.pool, &mut slots, n), n));
+        v.push(ns_per(w2::<_, K>(&zone.pool, &mut slots, n, 42), n));
     }
-    emit("W2", "-", Pool::NAME, median(v), "ns/op");
+    emit("W2", "-", Pool::NAME, Spread::of(v), "ns/op");
     let v: Vec<_> = (0..REPS)
-        .map(|_| ns_per(w2::<_, K>(&System, &mut slots, n), n))
+        .map(|_| ns_per(w2::<_, K>(&System, &mut slots, n, 42), n))
         .collect();
-    emit("W2", "-", System::NAME, median(v), "ns/op");
+    emit("W2", "-", System::NAME, Spread::of(v), "ns/op");
 }
 
 fn bench_w3() {
@@ -239,15 +294,70 @@ fn bench_w3() {
             }
             counts.push(n as f64);
         }
-        let n = median(counts);
+        let n = Spread::of(counts);
         emit("W3", &size.to_string(), Pool::NAME, n, "count");
         emit(
             "W3",
             &size.to_string(),
             Pool::NAME,
-            n * size as f64 / ZONE as f64,
+            n.map(|c| c * size as f64 / ZONE as f64),
             "fraction",
         );
+    }
+}
+
+/// After W4: every child exited, so the pool must be empty, consistent and
+/// its lock free with nobody waiting and nothing recovered. Checked, not
+/// assumed; a failure ends the bench with the reason (the figures of a run
+/// that corrupted the pool mean nothing).
+fn w4_check_after(pool: &Pool, procs: usize) {
+    let m = pool.mutex();
+    let fail = |what: String| -> ! {
+        panic!("W4 P={procs}: after every child exited, {what}");
+    };
+    if let Some(pid) = m.holder() {
+        fail(format!("the pool's lock is still held (by pid {pid})"));
+    }
+    if m.waiters() != 0 {
+        fail(format!(
+            "{} process(es) still counted as waiting on the lock",
+            m.waiters()
+        ));
+    }
+    if m.recoveries() != 0 {
+        fail(format!(
+            "the lock was recovered {} time(s) from a dead holder",
+            m.recoveries()
+        ));
+    }
+    // The stats and the check take the lock: bounded, so a lock that is
+    // somehow held ends the bench rather than hanging it.
+    match m.lock_for(Duration::from_secs(5)) {
+        Ok(g) => drop(g),
+        Err(_) => fail("the pool's lock could not be taken within 5 s".to_string()),
+    }
+    if let Err(e) = pool.check() {
+        fail(format!("the pool's check failed: {e}"));
+    }
+    let st = pool.stats();
+    // Empty: no chunk and no page run in use. (A class may keep its last
+    // empty page, as nginx's does, so free pages need not be all pages.)
+    let live: u64 = st.classes.iter().map(|c| c.used).sum();
+    if live != 0 || st.pages_in_runs != 0 || st.bytes_in_use() != 0 {
+        fail(format!(
+            "the pool is not empty: {live} chunk(s) and {} page(s) in runs still allocated",
+            st.pages_in_runs
+        ));
+    }
+    let js = pool.journal_stats();
+    if js.overflows != 0 {
+        fail(format!("{} journal section(s) overflowed", js.overflows));
+    }
+    if st.rollbacks != 0 || st.fenced {
+        fail(format!(
+            "{} rollback(s), fenced: {}",
+            st.rollbacks, st.fenced
+        ));
     }
 }
 
@@ -262,16 +372,17 @@ fn bench_w4(cfg: &Cfg) {
             let mut slots = vec![(std::ptr::null_mut(), 0); K / procs];
             let t = Instant::now();
             let mut pids = Vec::new();
-            for _ in 0..procs {
+            for w in 0..procs {
                 // SAFETY: the child only runs W2 on the shared pool and its
                 // own copy of `slots`, then `_exit`s.
                 let pid = unsafe { libc::fork() };
                 assert!(pid >= 0, "fork failed");
                 if pid == 0 {
+                    let seed = 42 + w as u64;
                     match procs {
-                        1 => w2::<_, K>(&zone.pool, &mut slots, n),
-                        2 => w2::<_, { K / 2 }>(&zone.pool, &mut slots, n / 2),
-                        _ => w2::<_, { K / 4 }>(&zone.pool, &mut slots, n / 4),
+                        1 => w2::<_, K>(&zone.pool, &mut slots, n, seed),
+                        2 => w2::<_, { K / 2 }>(&zone.pool, &mut slots, n / 2, seed),
+                        _ => w2::<_, { K / 4 }>(&zone.pool, &mut slots, n / 4, seed),
                     };
                     // SAFETY: ends the child without running destructors.
                     unsafe { libc::_exit(0) };
@@ -282,12 +393,22 @@ fn bench_w4(cfg: &Cfg) {
                 let mut status = 0;
                 // SAFETY: waits for our own child.
                 let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-                assert!(r == pid && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+                assert!(
+                    r == pid && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+                    "W4 P={procs}: child {pid} failed (waitpid {r}, status {status:#x})"
+                );
             }
             v.push(ns_per(t.elapsed(), n));
+            w4_check_after(&zone.pool, procs);
         }
-        let ns = median(v);
-        emit("W4", &procs.to_string(), Pool::NAME, 1e3 / ns, "Mops/s");
+        let ns = Spread::of(v);
+        emit(
+            "W4",
+            &procs.to_string(),
+            Pool::NAME,
+            ns.map(|x| 1e3 / x),
+            "Mops/s",
+        );
         emit("W4", &procs.to_string(), Pool::NAME, ns, "ns/op");
     }
 }
