@@ -15,20 +15,16 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use common::board::Board;
 use common::{fork_child, wait_within, Exit};
 use shmzone::prefork::{recover_zones, Master, Worker};
-use shmzone::{Region, Zone, Zones, SLAB_PAGE};
+use shmzone::{Zone, Zones, SLAB_PAGE};
 
 const WORKERS: usize = 4;
 const ZONE: usize = 64 << 20;
-
-/// Shared counters, in a region made before the forks.
-struct Board {
-    region: Region,
-}
 
 const PIDS: usize = 0; // + slot
 const OPS: usize = 8;
@@ -42,26 +38,6 @@ const ROLLBACKS: usize = 15;
 const FENCED: usize = 16;
 const PANICS: usize = 17;
 const STARTS: usize = 18;
-
-impl Board {
-    fn new() -> Board {
-        Board {
-            region: Region::new(4096).unwrap(),
-        }
-    }
-    fn at(&self, i: usize) -> &AtomicU64 {
-        assert!(i < 512);
-        // SAFETY: the region is 4096 zero-filled, page-aligned bytes; slot
-        // i < 512 is in bounds and 8-aligned; all access is atomic.
-        unsafe { &*(self.region.as_ptr() as *const AtomicU64).add(i) }
-    }
-    fn get(&self, i: usize) -> u64 {
-        self.at(i).load(Ordering::SeqCst)
-    }
-    fn add(&self, i: usize, n: u64) {
-        self.at(i).fetch_add(n, Ordering::SeqCst);
-    }
-}
 
 struct Rng(u64);
 impl Rng {
@@ -129,7 +105,7 @@ fn intact(b: &Block) -> bool {
 fn churn(zones: &Zones, board: &Board, w: &Worker) -> i32 {
     let me = std::process::id() as u64;
     board.at(PIDS + w.index()).store(me, Ordering::SeqCst);
-    board.add(STARTS, 1);
+    board.add(STARTS);
     let zone = zones.get("churn").expect("zone");
     let lo = zone.pool().base().as_ptr() as usize;
     let hi = lo + zone.size();
@@ -150,7 +126,7 @@ fn churn(zones: &Zones, board: &Board, w: &Worker) -> i32 {
                 if let Some(p) = zone.alloc(size) {
                     let p = p.as_ptr();
                     if (p as usize) < lo || p as usize + size > hi {
-                        board.add(OUTSIDE, 1);
+                        board.add(OUTSIDE);
                         continue;
                     }
                     serial += 1;
@@ -170,11 +146,11 @@ fn churn(zones: &Zones, board: &Board, w: &Worker) -> i32 {
                 let i = (r >> 8) as usize % live.len();
                 let b = live.swap_remove(i);
                 if !intact(&b) {
-                    board.add(CORRUPT, 1);
+                    board.add(CORRUPT);
                 }
                 // SAFETY: a live block of this zone, not used after.
                 if unsafe { zone.free(b.p) }.is_err() {
-                    board.add(BAD_FREE, 1);
+                    board.add(BAD_FREE);
                 }
             }
             _ => {
@@ -184,7 +160,7 @@ fn churn(zones: &Zones, board: &Board, w: &Worker) -> i32 {
                 unsafe {
                     let v = *rec;
                     if *rec.add(1) != v || *rec.add(2) != v {
-                        board.add(TORN, 1);
+                        board.add(TORN);
                     }
                     g.write(rec, v + 1).expect("journal room");
                     // A block taken and given back inside the section.
@@ -192,7 +168,7 @@ fn churn(zones: &Zones, board: &Board, w: &Worker) -> i32 {
                     g.write(rec.add(1), v + 1).expect("journal room");
                     if let Some(t) = tmp {
                         if g.free_locked(t.as_ptr()).is_err() {
-                            board.add(BAD_FREE, 1);
+                            board.add(BAD_FREE);
                         }
                     }
                     g.write(rec.add(2), v + 1).expect("journal room");
@@ -201,16 +177,16 @@ fn churn(zones: &Zones, board: &Board, w: &Worker) -> i32 {
         }
         ops += 1;
         if ops % 64 == 0 {
-            board.add(OPS, 64);
+            board.add_n(OPS, 64);
         }
     }
     for b in live.drain(..) {
         if !intact(&b) {
-            board.add(CORRUPT, 1);
+            board.add(CORRUPT);
         }
         // SAFETY: a live block of this zone.
         if unsafe { zone.free(b.p) }.is_err() {
-            board.add(BAD_FREE, 1);
+            board.add(BAD_FREE);
         }
     }
     0
@@ -246,19 +222,19 @@ fn kill_storm_under_the_master() {
             .stop_timeout(Duration::from_secs(20))
             .on_death(|&(zones, board): &(&Zones, &Board), d| {
                 let r = recover_zones(zones, d.pid);
-                board.add(DEATHS, 1);
-                board.add(BROKEN, r.broken.len() as u64);
-                board.add(ROLLBACKS, r.rolled_back.len() as u64);
+                board.add(DEATHS);
+                board.add_n(BROKEN, r.broken.len() as u64);
+                board.add_n(ROLLBACKS, r.rolled_back.len() as u64);
                 let z = zones.get("churn").expect("zone");
                 if z.is_fenced() {
-                    board.add(FENCED, 1);
+                    board.add(FENCED);
                 }
                 let rec = record(&z);
                 let _g = z.lock();
                 // SAFETY: the record is three live u64s; we hold the lock.
                 unsafe {
                     if *rec.add(1) != *rec || *rec.add(2) != *rec {
-                        board.add(TORN, 1);
+                        board.add(TORN);
                     }
                 }
             });
@@ -269,7 +245,7 @@ fn kill_storm_under_the_master() {
                     churn(zones, board, w)
                 }));
                 code.unwrap_or_else(|_| {
-                    board.add(PANICS, 1);
+                    board.add(PANICS);
                     101
                 })
             })

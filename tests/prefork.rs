@@ -7,17 +7,12 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use common::board::Board;
 use common::{fork_child, wait_within, Exit};
 use shmzone::prefork::{Master, Worker, EXIT_FATAL};
-use shmzone::Region;
-
-/// Shared counters, in a region made before the fork.
-struct Board {
-    region: Region,
-}
 
 // Board slots.
 const STARTS: usize = 0; // + slot index: starts of that slot
@@ -37,37 +32,6 @@ const R_RELOADS: usize = 28;
 const R_FAILED_RELOADS: usize = 29;
 const R_KILLED: usize = 30;
 const R_GAVE_UP: usize = 31;
-
-impl Board {
-    fn new() -> Board {
-        Board {
-            region: Region::new(4096).unwrap(),
-        }
-    }
-    fn at(&self, i: usize) -> &AtomicU64 {
-        assert!(i < 512);
-        // SAFETY: the region is 4096 bytes, page-aligned and zero-filled;
-        // slot i < 512 is in bounds and 8-aligned; all access is atomic.
-        unsafe { &*(self.region.as_ptr() as *const AtomicU64).add(i) }
-    }
-    fn get(&self, i: usize) -> u64 {
-        self.at(i).load(Ordering::SeqCst)
-    }
-    fn add(&self, i: usize) {
-        self.at(i).fetch_add(1, Ordering::SeqCst);
-    }
-    /// Waits (at most 10 s) until `f` holds.
-    fn until(&self, what: &str, f: impl Fn(&Board) -> bool) {
-        let start = Instant::now();
-        while !f(self) {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "timed out waiting for {what}"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
 
 fn alive(pid: u64) -> bool {
     // SAFETY: signal 0 only checks existence.

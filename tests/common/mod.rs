@@ -6,6 +6,7 @@
 //! returning or unwinding into the test harness.
 #![allow(dead_code)]
 
+pub mod board;
 pub mod named;
 
 use std::time::{Duration, Instant};
