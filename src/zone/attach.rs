@@ -359,14 +359,18 @@ impl Zones {
         loop {
             tries += 1;
             let before = generation(live);
+            let held_before = region_lock_held(live);
             let snap = fresh()?;
             copy_metadata(live, &snap);
             let steady = generation(live) == before;
-            // While the region lock stays held, a writer may be in the
-            // middle of the directory: wait for it as a read-write attach
+            // A copy is conclusive only if no writer could have been in the
+            // directory or the region pool while it was taken: the region
+            // lock free before and after, the generation unchanged (every
+            // region-pool section changes the directory). Otherwise a
+            // failed check may be a torn copy: wait as a read-write attach
             // would (at most ATTACH_LOCK_WAIT), not just TRIES times.
-            let last =
-                tries >= TRIES && (start.elapsed() >= ATTACH_LOCK_WAIT || !region_lock_held(live));
+            let quiet = steady && !held_before && !region_lock_held(live);
+            let last = tries >= TRIES && (start.elapsed() >= ATTACH_LOCK_WAIT || quiet);
             match Zones::check_snapshot(snap) {
                 Ok((zones, Snap::Clean)) if steady => return Ok(zones),
                 // A zone that fails its check in a copy taken with no lock
