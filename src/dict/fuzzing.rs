@@ -89,6 +89,11 @@ fn program(d: &Dict<'_>, mut ops: &[u8]) {
                 (Ok(_), Some(_)) if evicted => {
                     model.insert(key.clone(), M::V(v));
                 }
+                // The model's key was evicted earlier: `add` found it
+                // absent and had no room.
+                (Err(DictError::NoMemory { .. }), Some(_)) if evicted => {
+                    model.remove(&key);
+                }
                 (r, m) => panic!("add: {r:?} with {m:?}"),
             },
             4 => match (d.replace(&key, v.as_value(), 0, 0), &mine) {

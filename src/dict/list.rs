@@ -51,11 +51,11 @@ impl<'z> Dict<'z> {
         }
         bump(&self.h().sets);
         self.tidy(&s)?;
-        let sp = s.g.savepoint();
+        let sp = s.savepoint();
         let r = self.push_locked(&s, h, key, bytes, v.kind, left, found, live.map(|f| f.e));
         if r.is_err() {
             // SAFETY: `sp` came from this section.
-            unsafe { s.g.rollback_to(sp) };
+            unsafe { s.rollback_to(sp) };
         }
         r
     }
@@ -162,11 +162,11 @@ impl<'z> Dict<'z> {
                 found: kind_name(kind),
             });
         }
-        let sp = s.g.savepoint();
+        let sp = s.savepoint();
         let r = self.pop_locked(&s, &f, left);
         if r.is_err() {
             // SAFETY: `sp` came from this section.
-            unsafe { s.g.rollback_to(sp) };
+            unsafe { s.rollback_to(sp) };
         }
         r
     }

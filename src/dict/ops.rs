@@ -96,7 +96,7 @@ impl<'z> Dict<'z> {
                 return Ok(Stored::default());
             }
         }
-        let sp = s.g.savepoint();
+        let sp = s.savepoint();
         let r = (|| {
             let size = entry_size(key.len(), bytes.len());
             // Allocate before freeing the old entry when there is room: the
@@ -121,7 +121,7 @@ impl<'z> Dict<'z> {
         if r.is_err() {
             // SAFETY: `sp` came from this section; nothing allocated since
             // is used after.
-            unsafe { s.g.rollback_to(sp) };
+            unsafe { s.rollback_to(sp) };
         }
         r
     }
@@ -173,14 +173,14 @@ impl<'z> Dict<'z> {
             return Ok(false);
         };
         let live = s.live(f.e);
-        let sp = s.g.savepoint();
+        let sp = s.savepoint();
         let r = s
             .unlink(&f)
             .and_then(|()| s.free_entry(f.e))
             .and_then(|()| self.tidy(&s));
         if let Err(e) = r {
             // SAFETY: `sp` came from this section.
-            unsafe { s.g.rollback_to(sp) };
+            unsafe { s.rollback_to(sp) };
             return Err(e);
         }
         Ok(live)

@@ -251,6 +251,33 @@ impl<'g, 'd, 'z> Sec<'g, 'd, 'z> {
         Ok(())
     }
 
+    /// A savepoint of this section (see [`Sec::rollback_to`]). The words
+    /// this section saves once (totals, the garbage chain, the next-page
+    /// word) are saved again after it, so that a rollback to it restores
+    /// them too.
+    pub fn savepoint(&self) -> (u32, usize) {
+        self.np_saved.set(false);
+        self.totals_saved.set(false);
+        self.garbage_saved.set(false);
+        (self.g.savepoint(), self.nfreed.get())
+    }
+
+    /// Undoes everything since `sp`: the journal's records, and this
+    /// section's own memory of the blocks it freed since (a rollback
+    /// revives them) and of the words it saved since.
+    ///
+    /// # Safety
+    /// `sp` came from [`Sec::savepoint`] of this section; nothing allocated
+    /// since is used after.
+    pub unsafe fn rollback_to(&self, sp: (u32, usize)) {
+        // SAFETY: the caller's promise.
+        unsafe { self.g.rollback_to(sp.0) };
+        self.nfreed.set(sp.1);
+        self.np_saved.set(false);
+        self.totals_saved.set(false);
+        self.garbage_saved.set(false);
+    }
+
     /// Saves the garbage list's head and count (once per section).
     pub fn save_garbage(&self) -> Result<(), DictError> {
         if !self.garbage_saved.get() {
