@@ -41,57 +41,140 @@ fn page_of(pool: &Pool, p: NonNull<u8>) -> usize {
     pool.offset_of(p.as_ptr()).unwrap() / SLAB_PAGE
 }
 
-/// One page of class `size`: its chunk count, the first chunk's offset,
-/// alignment, and stats.total growing by one page's worth.
-fn one_page_kind(size: usize, per_page: usize, first_off: usize) {
-    let buf = Buf::new(16 * SLAB_PAGE);
+/// The class serving `size`: the first whose chunk holds it.
+fn class_index(pool: &Pool, size: usize) -> usize {
+    let s = pool.stats();
+    s.classes.iter().position(|c| c.size >= size).unwrap()
+}
+
+/// One slab of class `size` (`pages` pages): its chunk count, the first
+/// chunk's offset, alignment (the largest power of two dividing the size),
+/// and stats.total growing by one slab's worth.
+fn one_slab_kind(size: usize, per_slab: usize, pages: usize, first_off: usize) {
+    let buf = Buf::new(40 * SLAB_PAGE);
     let pool = buf.pool("kind");
-    let c = size.trailing_zeros() as usize - 3;
+    let c = class_index(&pool, size);
+    assert_eq!(pool.stats().classes[c].size, size);
+    let align = 1 << size.trailing_zeros();
     let mut ptrs = Vec::new();
-    for _ in 0..per_page {
+    for _ in 0..per_slab {
         let p = pool.alloc(size).unwrap();
-        assert_eq!(p.as_ptr() as usize % size, 0);
+        assert_eq!(p.as_ptr() as usize % align, 0);
         ptrs.push(p);
         pool.check().unwrap();
     }
     let page = page_of(&pool, ptrs[0]);
-    assert!(ptrs.iter().all(|&p| page_of(&pool, p) == page), "one page");
+    let in_slab = |p: NonNull<u8>| (page..page + pages).contains(&page_of(&pool, p));
+    assert!(ptrs.iter().all(|&p| in_slab(p)), "one slab");
     assert_eq!(
         pool.offset_of(ptrs[0].as_ptr()).unwrap() % SLAB_PAGE,
         first_off
     );
     let s = pool.stats();
-    assert_eq!(s.classes[c].total, per_page as u64);
-    assert_eq!(s.classes[c].used, per_page as u64);
-    assert_eq!(s.pages_free, s.pages_total - 1);
-    // The next one opens a second page.
+    assert_eq!(s.classes[c].total, per_slab as u64);
+    assert_eq!(s.classes[c].used, per_slab as u64);
+    assert_eq!(s.pages_free, s.pages_total - pages);
+    // The next one opens a second slab.
     let q = pool.alloc(size).unwrap();
-    assert_ne!(page_of(&pool, q), page);
-    assert_eq!(pool.stats().classes[c].total, 2 * per_page as u64);
+    assert!(!in_slab(q));
+    assert_eq!(pool.stats().classes[c].total, 2 * per_slab as u64);
+    assert_eq!(pool.stats().pages_free, s.pages_total - 2 * pages);
+    // A pointer into the middle of a chunk (in any page of the slab) is
+    // refused.
+    for p in &ptrs {
+        // SAFETY: the pool must refuse it; nothing changes.
+        let r = unsafe { pool.free(p.as_ptr().add(align.min(8) / 2 + 1)) };
+        assert_eq!(r, Err(FreeError::WrongChunk));
+    }
     for p in ptrs.into_iter().chain([q]) {
         // SAFETY: live chunks of this pool.
         unsafe { pool.free(p.as_ptr()) }.unwrap();
         pool.check().unwrap();
     }
     assert_eq!(pool.stats().classes[c].used, 0);
+    pool.trim();
+    assert_eq!(pool.stats().pages_free, s.pages_total);
 }
 
 #[test]
 fn small_pages_keep_their_bitmap_in_the_first_chunks() {
-    one_page_kind(8, 504, 64);
-    one_page_kind(16, 254, 32);
-    one_page_kind(32, 127, 32);
+    one_slab_kind(8, 504, 1, 64);
+    one_slab_kind(16, 254, 1, 32);
+    one_slab_kind(24, 169, 1, 24);
+    one_slab_kind(32, 127, 1, 32);
+    one_slab_kind(40, 101, 1, 40);
+    one_slab_kind(56, 72, 1, 56);
 }
 
 #[test]
 fn exact_page_uses_the_whole_page() {
-    one_page_kind(64, 64, 0);
+    one_slab_kind(64, 64, 1, 0);
 }
 
 #[test]
 fn big_pages() {
-    for (size, n) in [(128, 32), (256, 16), (512, 8), (1024, 4), (2048, 2)] {
-        one_page_kind(size, n, 0);
+    for (size, n) in [
+        (72, 56),
+        (104, 39),
+        (128, 32),
+        (192, 21),
+        (256, 16),
+        (512, 8),
+        (1024, 4),
+        (2048, 2),
+        (4096, 1),
+    ] {
+        one_slab_kind(size, n, 1, 0);
+    }
+}
+
+#[test]
+fn multi_page_slabs() {
+    for (size, n, pages) in [
+        (160, 51, 2),
+        (320, 38, 3),
+        (896, 9, 2),
+        (1280, 16, 5),
+        (1792, 9, 4),
+        (2560, 8, 5),
+        (3072, 4, 3),
+        (3584, 8, 7),
+        (6144, 2, 3),
+        (7168, 4, 7),
+    ] {
+        one_slab_kind(size, n, pages, 0);
+    }
+}
+
+/// A free into an inner page of a multi-page slab finds the chunk through
+/// the slab's first page; every offset that is not a chunk start, in
+/// every page of the slab, is refused.
+#[test]
+fn inner_pages_of_a_multi_page_slab() {
+    let buf = Buf::new(24 * SLAB_PAGE);
+    let pool = buf.pool("inner");
+    let p: Vec<NonNull<u8>> = (0..8).map(|_| pool.alloc(2500).unwrap()).collect();
+    let first = p[0].as_ptr();
+    for (k, q) in p.iter().enumerate() {
+        assert_eq!(q.as_ptr() as usize - first as usize, k * 2560);
+    }
+    let before = pool.stats();
+    for off in (0..5 * SLAB_PAGE).step_by(64) {
+        if off % 2560 != 0 {
+            // SAFETY: refused: not a chunk start.
+            let r = unsafe { pool.free(first.add(off)) };
+            assert_eq!(r, Err(FreeError::WrongChunk), "offset {off}");
+        }
+    }
+    assert_eq!(pool.stats(), before);
+    // Chunk 2 starts in the slab's second page, chunk 7 in its fifth.
+    for k in [2, 7, 0, 1, 3, 4, 5, 6] {
+        // SAFETY: a live chunk.
+        unsafe { pool.free(p[k].as_ptr()) }.unwrap();
+        // SAFETY: freed just now.
+        let again = unsafe { pool.free(p[k].as_ptr()) };
+        assert_eq!(again, Err(FreeError::ChunkAlreadyFree));
+        pool.check().unwrap();
     }
 }
 
@@ -99,24 +182,34 @@ fn big_pages() {
 fn sizes_round_to_classes() {
     let buf = Buf::new(32 * SLAB_PAGE);
     let pool = buf.pool("classes");
-    for (size, c) in [
-        (0, 0),
-        (1, 0),
-        (8, 0),
-        (9, 1),
-        (24, 2),
-        (100, 4),
-        (1000, 7),
-        (2048, 8),
+    for (size, chunk) in [
+        (0, 8),
+        (1, 8),
+        (8, 8),
+        (9, 16),
+        (24, 24),
+        (100, 104),
+        (129, 160),
+        (1000, 1024),
+        (2048, 2048),
+        (3000, 3072),
     ] {
+        let c = class_index(&pool, chunk);
+        assert_eq!(pool.stats().classes[c].size, chunk);
         let p = pool.alloc(size).unwrap();
         assert_eq!(pool.stats().classes[c].used, 1, "size {size}");
         // SAFETY: live chunk.
         unsafe { pool.free(p.as_ptr()) }.unwrap();
     }
     let s = pool.stats();
-    assert_eq!(s.bytes_requested, 1 + 8 + 9 + 24 + 100 + 1000 + 2048);
-    assert_eq!(s.bytes_handed_out, 8 + 8 + 8 + 16 + 32 + 128 + 1024 + 2048);
+    assert_eq!(
+        s.bytes_requested,
+        1 + 8 + 9 + 24 + 100 + 129 + 1000 + 2048 + 3000
+    );
+    assert_eq!(
+        s.bytes_handed_out,
+        8 + 8 + 8 + 16 + 24 + 104 + 160 + 1024 + 2048 + 3072
+    );
 }
 
 #[test]
@@ -124,20 +217,20 @@ fn page_runs_are_aligned_and_coalesce() {
     let buf = Buf::new(40 * SLAB_PAGE);
     let pool = buf.pool("runs");
     let total = pool.stats().pages_total;
-    let a = pool.alloc(3000).unwrap();
+    let a = pool.alloc(shmzone::slab::MAX_CHUNK + 1).unwrap();
     let b = pool.alloc(2 * SLAB_PAGE + 1).unwrap();
     let c = pool.alloc(8192).unwrap();
     for p in [a, b, c] {
         assert_eq!(p.as_ptr() as usize % SLAB_PAGE, 0);
     }
     let s = pool.stats();
-    assert_eq!(s.pages_in_runs, 1 + 3 + 2);
-    assert_eq!(s.pages_free, total - 6);
+    assert_eq!(s.pages_in_runs, 2 + 3 + 2);
+    assert_eq!(s.pages_free, total - 7);
     // Free the middle one: a hole that cannot merge.
     // SAFETY: live runs of this pool.
     unsafe { pool.free(b.as_ptr()) }.unwrap();
     pool.check().unwrap();
-    assert_eq!(pool.stats().largest_free_run, total - 6);
+    assert_eq!(pool.stats().largest_free_run, total - 7);
     // SAFETY: as above.
     unsafe { pool.free(a.as_ptr()) }.unwrap();
     pool.check().unwrap();
@@ -321,7 +414,7 @@ fn exhaustion_counts_fails_and_recovers() {
     let buf = Buf::new(64 * SLAB_PAGE);
     let pool = buf.pool("full");
     pool.set_log_nomem(false);
-    for size in [8, 24, 64, 200, 2048, 3000, 3 * SLAB_PAGE] {
+    for size in [8, 24, 64, 200, 2048, 3000, 7000, 7169, 3 * SLAB_PAGE] {
         let mut ptrs = Vec::new();
         while let Some(p) = pool.alloc(size) {
             ptrs.push(p);
@@ -330,21 +423,21 @@ fn exhaustion_counts_fails_and_recovers() {
         let n = ptrs.len();
         assert!(n > 0);
         let s = pool.stats();
-        if size <= 2048 {
-            let c = &s.classes[size.max(8).next_power_of_two().trailing_zeros() as usize - 3];
+        if size <= shmzone::slab::MAX_CHUNK {
+            let c = &s.classes[class_index(&pool, size)];
             assert!(c.fails >= 1, "size {size}: {c:?}");
             assert_eq!(c.used, c.total);
         } else {
             assert!(s.page_fails >= 1);
         }
-        assert_eq!(
-            s.pages_free,
-            if size > 2048 {
-                s.pages_total % size.div_ceil(SLAB_PAGE)
-            } else {
-                0
-            }
-        );
+        // What is left is less than one more slab or run.
+        let unit = match size {
+            3000 => 3,
+            7000 => 7,
+            s if s > shmzone::slab::MAX_CHUNK => s.div_ceil(SLAB_PAGE),
+            _ => 1,
+        };
+        assert_eq!(s.pages_free, s.pages_total % unit, "size {size}");
         // Free half, take them back, free all, take all back.
         for p in ptrs.drain(n / 2..) {
             // SAFETY: live allocations.
@@ -500,8 +593,9 @@ fn init_and_attach_validate() {
     // SAFETY: the moved pool's copy of the live chunk.
     unsafe { moved.free(q.as_ptr()) }.unwrap();
     moved.check().unwrap();
-    assert_eq!(moved.stats().classes[4].used, 0);
-    assert_eq!(pool.stats().classes[4].used, 1);
+    let c = class_index(&pool, 100);
+    assert_eq!(moved.stats().classes[c].used, 0);
+    assert_eq!(pool.stats().classes[c].used, 1);
 
     assert_eq!(
         pool.offset_of(base.as_ptr().wrapping_add(16 * SLAB_PAGE)),
@@ -520,9 +614,10 @@ fn locked_variants_share_one_critical_section() {
     assert_eq!(g.recovered_from(), None);
     assert_eq!(pool.mutex().try_lock().map(|_| ()), None);
     let a = g.alloc_locked(40).unwrap();
-    let b = g.calloc_locked(5000).unwrap();
+    let b = g.calloc_locked(8000).unwrap();
     g.check_locked().unwrap();
-    assert_eq!(g.stats_locked().classes[3].used, 1);
+    assert_eq!(g.stats_locked().classes[4].used, 1);
+    assert_eq!(g.stats_locked().classes[4].size, 40);
     // SAFETY: live allocations.
     unsafe {
         g.free_locked(a.as_ptr()).unwrap();
@@ -553,7 +648,8 @@ fn kept_empty_page_and_its_stale_hint() {
     free(a);
     // The page stays with the class (one page out of the free pages).
     assert_eq!(pool.stats().pages_free, total - 1);
-    assert_eq!(pool.stats().classes[8].total, 2);
+    assert_eq!(pool.stats().classes[31].total, 2);
+    assert_eq!(pool.stats().classes[31].size, 2048);
     let a = pool.alloc(2048).unwrap();
     let b = pool.alloc(2048).unwrap();
     let c = pool.alloc(2048).unwrap();
@@ -569,7 +665,7 @@ fn kept_empty_page_and_its_stale_hint() {
     let e = pool.alloc(2048).unwrap();
     pool.trim();
     pool.check().unwrap();
-    assert_eq!(pool.stats().classes[8].used, 3);
+    assert_eq!(pool.stats().classes[31].used, 3);
     for p in [c, d, e] {
         free(p);
     }

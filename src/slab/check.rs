@@ -119,23 +119,51 @@ pub(crate) fn check(st: &State, d: &[Desc], pages: *const u8) -> Result<(), Chec
             }
             _ => {
                 let Some(c) = p.prev.class() else {
-                    return fail("unknown page tag", i, p.prev.tag() as u64, 0);
+                    let what = if p.prev.tag() == Link::INNER {
+                        "inner slab page outside a slab"
+                    } else {
+                        "unknown page tag"
+                    };
+                    return fail(what, i, p.prev.tag() as u64, 0);
                 };
                 let info = &CLASS[c];
+                if info.pages > npages - i {
+                    return fail("slab past the pool's end", i, info.pages as u64, 0);
+                }
+                for k in i + 1..i + info.pages {
+                    let q = d[k as usize];
+                    let want = Desc {
+                        slab: 0,
+                        next: NIL,
+                        prev: Link::new(Link::INNER, i),
+                    };
+                    if q != want {
+                        return fail(
+                            "inner slab page malformed",
+                            k,
+                            q.prev.0 as u64,
+                            want.prev.0 as u64,
+                        );
+                    }
+                }
                 let n = if c < FIRST_DESC_BITMAP_CLASS {
                     let bm = pages.wrapping_add(i as usize * SLAB_PAGE).cast::<u64>();
                     let mut set = 0u64;
-                    for w in 0..(info.chunks / 64) as usize {
+                    let words = info.words as usize;
+                    for w in 0..words {
                         // SAFETY: page i is a small page inside the pool; its
                         // first words are its bitmap, 8-aligned.
                         let word = unsafe { *bm.add(w) };
                         let lo = (w * 64) as u32;
                         let reserved = info.reserved.saturating_sub(lo).min(64);
-                        let rmask = if reserved == 64 {
+                        let mut rmask = if reserved == 64 {
                             u64::MAX
                         } else {
                             (1u64 << reserved) - 1
                         };
+                        if w + 1 == words {
+                            rmask |= info.full;
+                        }
                         if word & rmask != rmask {
                             return fail("small page bitmap area marked free", i, word, rmask);
                         }
@@ -152,7 +180,7 @@ pub(crate) fn check(st: &State, d: &[Desc], pages: *const u8) -> Result<(), Chec
                     set
                 } else {
                     if p.slab & !info.full != 0 {
-                        return fail("bitmap bits beyond the page's chunks", i, p.slab, info.full);
+                        return fail("bitmap bits beyond the slab's chunks", i, p.slab, info.full);
                     }
                     p.slab.count_ones() as u64
                 };
@@ -161,14 +189,14 @@ pub(crate) fn check(st: &State, d: &[Desc], pages: *const u8) -> Result<(), Chec
                 if n < info.cap as u64 {
                     open[c] += 1;
                 } else if p.next != NIL || p.prev.idx() != NIL || st.classes[c].head == i {
-                    return fail("full page still on its class list", i, n, info.cap as u64);
+                    return fail("full slab still on its class list", i, n, info.cap as u64);
                 }
                 if n == 0 {
                     empty[c] += 1;
                     empty_page[c] = i;
                 }
                 prev_free = false;
-                i += 1;
+                i += info.pages;
             }
         }
     }
@@ -306,8 +334,9 @@ impl Pool {
     /// base of the descriptor array and of the first data page, and the
     /// page count. Page `i`'s descriptor is the 16 bytes at `desc + 16 * i`:
     /// `slab: u64`, `next: u32`, `prev: u32` with the page's tag in the top
-    /// 4 bits of `prev` (0 free, 1 page run, 2 + c a page of class c) and a
-    /// page index in the low 28. The allocator state (list heads, counters)
+    /// 8 bits of `prev` (0 free, 1 page run, 2 inner page of a multi-page
+    /// slab, 3 + c the first page of a slab of class c) and a page index in
+    /// the low 24. The allocator state (list heads, counters)
     /// and the journal lie before `desc`.
     #[doc(hidden)]
     pub fn metadata_layout(&self) -> (usize, usize, usize) {
@@ -342,10 +371,7 @@ impl Pool {
             let p = unsafe { d.add(i).read_volatile() };
             if let Some(c) = p.prev.class() {
                 if c < FIRST_DESC_BITMAP_CLASS {
-                    f(
-                        self.start_off + i * SLAB_PAGE,
-                        (CLASS[c].chunks / 8) as usize,
-                    );
+                    f(self.start_off + i * SLAB_PAGE, CLASS[c].words as usize * 8);
                 }
             }
         }

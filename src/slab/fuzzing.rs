@@ -13,7 +13,7 @@
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::ptr::NonNull;
 
-use super::layout::{class_of, class_size};
+use super::layout::{class_of, class_size, CLASS};
 use super::{FreeError, Pool, MAX_CHUNK, NCLASSES, SLAB_PAGE};
 
 struct Buffer {
@@ -114,8 +114,14 @@ pub fn run(data: &[u8]) {
                 } else {
                     let s = pool.stats();
                     if size <= MAX_CHUNK {
-                        let c = &s.classes[class_of(size)];
-                        assert_eq!(s.pages_free, 0, "alloc({size}) failed with free pages");
+                        let k = class_of(size);
+                        let c = &s.classes[k];
+                        let slab = CLASS[k].pages as usize;
+                        assert!(
+                            s.largest_free_run < slab,
+                            "alloc({size}) failed with a free run of {} pages",
+                            s.largest_free_run
+                        );
                         assert_eq!(c.used, c.total, "alloc({size}) failed with free chunks");
                     } else {
                         assert!(
@@ -228,7 +234,10 @@ fn section_rolled_back(pool: &Pool, live: &[Live], a: u8, b: u8) {
 }
 
 /// The fresh classes with this run's request counters.
-fn fresh_classes(now: &super::PoolStats, fresh: &super::PoolStats) -> [super::ClassStats; 9] {
+fn fresh_classes(
+    now: &super::PoolStats,
+    fresh: &super::PoolStats,
+) -> [super::ClassStats; NCLASSES] {
     let mut c = fresh.classes;
     for (x, n) in c.iter_mut().zip(now.classes.iter()) {
         x.reqs = n.reqs;
@@ -244,7 +253,8 @@ fn check_new(pool: &Pool, live: &[Live], addr: usize, size: usize) {
         "outside pool"
     );
     let align = if size <= MAX_CHUNK {
-        class_size(class_of(size))
+        // The largest power of two dividing the chunk size.
+        1 << class_size(class_of(size)).trailing_zeros()
     } else {
         SLAB_PAGE
     };
@@ -278,7 +288,7 @@ fn bad_free(pool: &Pool, live: &[Live], addr: usize, expect: Option<FreeError>) 
 
 fn model_stats(pool: &Pool, live: &[Live]) {
     let s = pool.stats();
-    let mut used = [0u64; 9];
+    let mut used = [0u64; NCLASSES];
     let mut run_pages = 0;
     for l in live {
         if l.size <= MAX_CHUNK {
@@ -326,7 +336,7 @@ pub fn layout_snapshot(pool: &Pool) -> Vec<u8> {
 /// byte, give equal snapshots (the kill-point tests compare them). Takes
 /// the lock (so a dead holder's section is rolled back first).
 pub fn full_snapshot(pool: &Pool) -> Vec<u8> {
-    use super::layout::{CLASS, FIRST_DESC_BITMAP_CLASS};
+    use super::layout::FIRST_DESC_BITMAP_CLASS;
     let g = pool.lock();
     let (st, d, pages) = g.view();
     let mut v = Vec::new();
@@ -361,7 +371,7 @@ pub fn full_snapshot(pool: &Pool) -> Vec<u8> {
         v.extend_from_slice(&q.prev.0.to_le_bytes());
         if let Some(c) = q.prev.class() {
             if c < FIRST_DESC_BITMAP_CLASS {
-                for w in 0..(CLASS[c].chunks / 64) as usize {
+                for w in 0..CLASS[c].words as usize {
                     // SAFETY: page i is a small page of the pool; its first
                     // words are its bitmap.
                     let word = unsafe { *pages.add(i * SLAB_PAGE).cast::<u64>().add(w) };

@@ -2,7 +2,7 @@
 //! descriptors, and the size-class tables.
 //!
 //! ```text
-//! base ─► Header (896 B: identity, name, the lock, the journal header and
+//! base ─► Header (2816 B: identity, name, the lock, the journal header and
 //!                 each class on lines of their own)
 //!         journal records (journal_words(len) × 8 B: the undo log of the
 //!                 section open under the lock, see crate::journal)
@@ -26,59 +26,142 @@ use crate::shmtx::ShmMutex;
 pub const SLAB_PAGE: usize = 4096;
 /// log2 of [`SLAB_PAGE`].
 pub(crate) const PAGE_SHIFT: u32 = 12;
-/// log2 of the smallest chunk (8 bytes).
-pub(crate) const MIN_SHIFT: u32 = 3;
-/// The number of size classes: 8, 16, ... 2048 bytes.
-pub const NCLASSES: usize = 9;
-/// The largest chunk size: half a page. Larger requests take whole pages.
-pub const MAX_CHUNK: usize = SLAB_PAGE / 2;
-/// Classes below this keep their bitmap in the page's first chunks
-/// (nginx's SMALL pages); the others keep it in the descriptor's `slab` word
-/// (nginx's EXACT and BIG pages).
-pub(crate) const FIRST_DESC_BITMAP_CLASS: usize = 3;
+/// The number of size classes: 8, 16, ... 128 bytes (8-byte steps), then
+/// four classes per power of two up to 2048 (160, 192, 224, 256, 320, ...),
+/// then the multi-page classes 2560, 3072, 3584, 4096, 5120, 6144, 7168.
+pub const NCLASSES: usize = 39;
+/// The largest chunk size served by a class. Larger requests take page runs.
+pub const MAX_CHUNK: usize = 7168;
+/// Classes below this (chunks under 64 bytes: more than 64 chunks in a page)
+/// keep their bitmap in the page's first chunks (nginx's SMALL pages); the
+/// others keep it in the descriptor's `slab` word (at most 64 chunks a slab).
+pub(crate) const FIRST_DESC_BITMAP_CLASS: usize = 7;
+/// The most pages one slab of a class spans.
+pub(crate) const MAX_SLAB_PAGES: u32 = 8;
 
 /// "SHMZSLAB" read as a little-endian u64.
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"SHMZSLAB");
 /// Bumped whenever the layout below changes.
-pub(crate) const VERSION: u32 = 2;
+pub(crate) const VERSION: u32 = 3;
 /// The longest zone name kept in the header, in bytes.
 pub const NAME_MAX: usize = 63;
 
 /// "No page": the end of a list, or no cached page.
 pub(crate) const NIL: u32 = Link::IDX_MASK;
-/// The most pages one pool can hold (the index must fit in 28 bits).
+/// The most pages one pool can hold (the index must fit in
+/// [`Link::IDX_BITS`] = 24 bits: 16,777,214 pages, 64 GiB less 8 KiB);
+/// `geometry` leaves the pages of a larger range unused.
 pub(crate) const MAX_PAGES: usize = (Link::IDX_MASK - 1) as usize;
 
+/// The chunk sizes, by class.
+const SIZES: [u32; NCLASSES] = [
+    8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120, 128, //
+    160, 192, 224, 256, 320, 384, 448, 512, 640, 768, 896, 1024, //
+    1280, 1536, 1792, 2048, 2560, 3072, 3584, 4096, 5120, 6144, 7168,
+];
+
 /// Per-class constants, indexed by class.
+///
+/// A class's memory comes in *slabs*: runs of `pages` pages (one for most
+/// classes) cut into `chunks` chunks of `size` bytes from the slab's first
+/// byte; the slab's first page's descriptor is its head (class tag, list
+/// links, bitmap or used count), the others point to it. A chunk is thus
+/// aligned to the largest power of two dividing its size (`1 << shift`).
 pub(crate) struct ClassInfo {
-    /// Chunks in one page (including the bitmap's own, for small classes).
+    /// The chunk size.
+    pub size: u32,
+    /// log2 of the largest power of two dividing `size`.
+    pub shift: u32,
+    /// `ceil(2^32 / (size >> shift))`: the chunk holding slab offset `o` is
+    /// `((o >> shift) * mul) >> 32`, exact for every offset in a slab
+    /// (checked by a unit test), with no division.
+    pub mul: u64,
+    /// Pages in one slab.
+    pub pages: u32,
+    /// Chunks in one slab (including the bitmap's own, for small classes).
     pub chunks: u32,
     /// Chunks that hold the in-page bitmap (small classes only).
     pub reserved: u32,
-    /// Usable chunks per page: `chunks - reserved`.
+    /// Usable chunks per slab: `chunks - reserved`.
     pub cap: u32,
-    /// For descriptor bitmaps: the value of `slab` when every chunk is used.
+    /// Small classes: the in-page bitmap's length in u64 words; 0 for the
+    /// others.
+    pub words: u32,
+    /// Descriptor bitmaps: the value of `slab` when every chunk is used.
+    /// Small classes: the bits of the bitmap's last word past the last
+    /// chunk, always set.
     pub full: u64,
 }
 
+/// Pages per slab for chunks of `size` bytes: the fewest pages (at most
+/// [`MAX_SLAB_PAGES`], at most 64 chunks) whose tail past the last chunk
+/// is at most 1/64 of the slab, or if none is, the least wasteful.
+const fn slab_pages(size: u32) -> u32 {
+    let page = SLAB_PAGE as u32;
+    if (size as usize) < SLAB_PAGE / 64 {
+        return 1;
+    }
+    let (mut k, mut best, mut best_waste) = (1, 1, u32::MAX);
+    while k <= MAX_SLAB_PAGES {
+        let mut n = k * page / size;
+        if n > 64 {
+            n = 64;
+        }
+        if n > 0 {
+            let waste = k * page - n * size;
+            if waste * 64 <= k * page {
+                return k;
+            }
+            // Compare waste fractions: waste / (k * page).
+            let frac = waste * 1024 / k;
+            if frac < best_waste {
+                best_waste = frac;
+                best = k;
+            }
+        }
+        k += 1;
+    }
+    best
+}
+
 const fn class_info(c: usize) -> ClassInfo {
-    let shift = MIN_SHIFT + c as u32;
-    let size = 1u32 << shift;
-    let chunks = (SLAB_PAGE as u32) >> shift;
+    let size = SIZES[c];
+    let shift = size.trailing_zeros();
+    let mul = (1u64 << 32).div_ceil((size >> shift) as u64);
+    let pages = slab_pages(size);
+    let mut chunks = pages * SLAB_PAGE as u32 / size;
     if c < FIRST_DESC_BITMAP_CLASS {
-        let bitmap_bytes = chunks / 8;
-        let reserved = bitmap_bytes.div_ceil(size);
+        let words = chunks.div_ceil(64);
+        let reserved = (words * 8).div_ceil(size);
+        let full = if chunks % 64 == 0 {
+            0
+        } else {
+            !((1u64 << (chunks % 64)) - 1)
+        };
         ClassInfo {
+            size,
+            shift,
+            mul,
+            pages,
             chunks,
             reserved,
             cap: chunks - reserved,
-            full: 0,
+            words,
+            full,
         }
     } else {
+        if chunks > 64 {
+            chunks = 64;
+        }
         ClassInfo {
+            size,
+            shift,
+            mul,
+            pages,
             chunks,
             reserved: 0,
             cap: chunks,
+            words: 0,
             full: if chunks == 64 {
                 u64::MAX
             } else {
@@ -88,39 +171,72 @@ const fn class_info(c: usize) -> ClassInfo {
     }
 }
 
+const fn class_table() -> [ClassInfo; NCLASSES] {
+    // A const array built in a loop needs an initial value of the type.
+    let mut t = [const {
+        ClassInfo {
+            size: 0,
+            shift: 0,
+            mul: 0,
+            pages: 0,
+            chunks: 0,
+            reserved: 0,
+            cap: 0,
+            words: 0,
+            full: 0,
+        }
+    }; NCLASSES];
+    let mut c = 0;
+    while c < NCLASSES {
+        t[c] = class_info(c);
+        c += 1;
+    }
+    t
+}
+
 /// The class table.
-pub(crate) const CLASS: [ClassInfo; NCLASSES] = [
-    class_info(0),
-    class_info(1),
-    class_info(2),
-    class_info(3),
-    class_info(4),
-    class_info(5),
-    class_info(6),
-    class_info(7),
-    class_info(8),
-];
+pub(crate) const CLASS: [ClassInfo; NCLASSES] = class_table();
 
 const_assert_eq!(CLASS[0].cap, 504);
 const_assert_eq!(CLASS[1].cap, 254);
-const_assert_eq!(CLASS[2].cap, 127);
-const_assert_eq!(CLASS[3].full, u64::MAX);
-const_assert_eq!(CLASS[8].full, 3);
+const_assert_eq!(CLASS[2].cap, 169);
+const_assert_eq!(CLASS[3].cap, 127);
+const_assert_eq!(CLASS[FIRST_DESC_BITMAP_CLASS].size, 64);
+const_assert_eq!(CLASS[FIRST_DESC_BITMAP_CLASS].full, u64::MAX);
+const_assert_eq!(CLASS[FIRST_DESC_BITMAP_CLASS - 1].chunks, 73);
+const_assert_eq!(CLASS[NCLASSES - 1].size as usize, MAX_CHUNK);
+const_assert_eq!(CLASS[33].size, 3072);
+const_assert_eq!(CLASS[33].pages, 3);
+const_assert_eq!(CLASS[33].full, 0b1111);
 
 /// The chunk size of class `c`.
 #[inline]
 pub(crate) const fn class_size(c: usize) -> usize {
-    1 << (MIN_SHIFT as usize + c)
+    CLASS[c].size as usize
 }
 
 /// The class serving `size` (`size <= MAX_CHUNK`; 0 is served by class 0).
+///
+/// Up to 128 bytes the classes step by 8; above, each power-of-two range
+/// `(2^k, 2^(k+1)]` has four classes stepping by `2^(k-2)`.
 #[inline]
 pub(crate) const fn class_of(size: usize) -> usize {
-    if size <= 8 {
-        0
+    let s = size.saturating_sub(1);
+    if s < 128 {
+        s >> 3
     } else {
-        (usize::BITS - (size - 1).leading_zeros() - MIN_SHIFT) as usize
+        // k = floor(log2(s)) >= 7; the two bits below the top one pick
+        // the class within the range.
+        let k = (usize::BITS - 1 - s.leading_zeros()) as usize;
+        16 + (k - 7) * 4 + ((s >> (k - 2)) & 3)
     }
+}
+
+/// The chunk of a class-`info` slab holding byte `off` of the slab
+/// (`off < pages * SLAB_PAGE`): a shift and a multiply, no division.
+#[inline(always)]
+pub(crate) const fn chunk_index(info: &ClassInfo, off: usize) -> usize {
+    (((off >> info.shift) as u64 * info.mul) >> 32) as usize
 }
 
 /// Whole pages needed for `size` bytes, without overflow.
@@ -129,32 +245,36 @@ pub(crate) const fn pages_for(size: usize) -> usize {
     (size >> PAGE_SHIFT) + (size & (SLAB_PAGE - 1) != 0) as usize
 }
 
-/// A descriptor's `prev` word: the page's tag in the top 4 bits, a page
-/// index (or [`NIL`]) in the low 28.
+/// A descriptor's `prev` word: the page's tag in the top 8 bits, a page
+/// index (or [`NIL`]) in the low 24.
 ///
 /// | tag | page is |
 /// |---|---|
 /// | 0 (`FREE`) | free; `slab` = run length on a run's first page, 0 elsewhere |
 /// | 1 (`RUN`) | in an allocated page run; `slab` = its length on the first page, 0 elsewhere |
-/// | 2 + c | a slab page of class c |
+/// | 2 (`INNER`) | a page after the first of a multi-page slab; `slab` = 0 |
+/// | 3 + c | the first (or only) page of a slab of class c |
 ///
 /// The index is the previous element of the page's list (free runs, a
-/// class's pages with free chunks), or on a free run's last page the run's
-/// first page (the back-tag used to coalesce), or on an allocated run's
-/// inner pages the run's first page.
+/// class's slabs with free chunks), or on a free run's last page the run's
+/// first page (the back-tag used to coalesce), or on an allocated run's or
+/// a multi-page slab's inner pages the first page.
 #[derive(Clone, Copy, PartialEq, Eq)]
 #[repr(transparent)]
 pub(crate) struct Link(pub u32);
 
 impl Link {
-    pub const IDX_MASK: u32 = (1 << 28) - 1;
+    /// Bits of the page index.
+    pub const IDX_BITS: u32 = 24;
+    pub const IDX_MASK: u32 = (1 << Self::IDX_BITS) - 1;
     pub const FREE: u32 = 0;
     pub const RUN: u32 = 1;
-    pub const SLAB0: u32 = 2;
+    pub const INNER: u32 = 2;
+    pub const SLAB0: u32 = 3;
 
     #[inline]
     pub const fn new(tag: u32, idx: u32) -> Link {
-        Link((tag << 28) | idx)
+        Link((tag << Self::IDX_BITS) | idx)
     }
     #[inline]
     pub const fn slab(class: usize, idx: u32) -> Link {
@@ -162,13 +282,14 @@ impl Link {
     }
     #[inline]
     pub const fn tag(self) -> u32 {
-        self.0 >> 28
+        self.0 >> Self::IDX_BITS
     }
     #[inline]
     pub const fn idx(self) -> u32 {
         self.0 & Self::IDX_MASK
     }
-    /// The class of a slab page, if this is one.
+    /// The class of a slab's first page, if this is one (an inner page of
+    /// a multi-page slab is `None`: its index names the first page).
     #[inline]
     pub const fn class(self) -> Option<usize> {
         let c = self.tag().wrapping_sub(Link::SLAB0);
@@ -190,6 +311,7 @@ impl fmt::Debug for Link {
         let kind = match (self.tag(), self.class()) {
             (Link::FREE, _) => "free".to_string(),
             (Link::RUN, _) => "run".to_string(),
+            (Link::INNER, _) => "inner".to_string(),
             (_, Some(c)) => format!("slab{}", class_size(c)),
             (t, None) => format!("bad-tag{t}"),
         };
@@ -304,7 +426,7 @@ pub(crate) struct State {
     pub run_bytes: u64,
 }
 
-assert_eq_size!(State, [u8; 640]);
+assert_eq_size!(State, [u8; 64 * (NCLASSES + 1)]);
 
 /// The pool header at `base`.
 #[repr(C, align(64))]
@@ -332,7 +454,7 @@ pub(crate) struct Header {
     pub state: State,
 }
 
-assert_eq_size!(Header, [u8; 896]);
+assert_eq_size!(Header, [u8; 256 + 64 * (NCLASSES + 1)]);
 const_assert_eq!(std::mem::align_of::<Header>(), 64);
 const_assert_eq!(std::mem::offset_of!(Header, lock), 128);
 const_assert_eq!(std::mem::offset_of!(Header, journal), 192);
@@ -402,15 +524,87 @@ mod tests {
         assert_eq!(class_of(0), 0);
         assert_eq!(class_of(8), 0);
         assert_eq!(class_of(9), 1);
-        assert_eq!(class_of(64), 3);
-        assert_eq!(class_of(65), 4);
-        assert_eq!(class_of(2048), 8);
+        assert_eq!(class_size(class_of(24)), 24);
+        assert_eq!(class_size(class_of(100)), 104);
+        assert_eq!(class_size(class_of(129)), 160);
+        assert_eq!(class_size(class_of(1000)), 1024);
+        assert_eq!(class_size(class_of(2049)), 2560);
+        assert_eq!(class_size(class_of(3000)), 3072);
+        assert_eq!(class_size(class_of(MAX_CHUNK)), MAX_CHUNK);
         for c in 0..NCLASSES {
             assert_eq!(class_of(class_size(c)), c);
+            if c > 0 {
+                assert!(class_size(c) > class_size(c - 1));
+                assert_eq!(class_of(class_size(c - 1) + 1), c);
+            }
+        }
+        // Every size goes to the smallest class that holds it; the
+        // rounding loses at most 7 bytes up to 128, then at most a fifth
+        // of the chunk (at 2^k + 1 bytes, into 1.25 * 2^k).
+        for size in 1..=MAX_CHUNK {
+            let c = class_of(size);
+            assert!(class_size(c) >= size && (c == 0 || class_size(c - 1) < size));
+            let waste = class_size(c) - size;
+            if size > 128 {
+                assert!(waste * 5 < class_size(c), "{size}");
+            } else {
+                assert!(waste < 8, "{size}");
+            }
         }
         assert_eq!(pages_for(usize::MAX), (usize::MAX >> 12) + 1);
         assert_eq!(pages_for(4096), 1);
         assert_eq!(pages_for(4097), 2);
+    }
+
+    #[test]
+    fn slabs() {
+        for (c, info) in CLASS.iter().enumerate() {
+            let bytes = info.pages as usize * SLAB_PAGE;
+            assert!(info.pages >= 1 && info.pages <= MAX_SLAB_PAGES);
+            assert!(info.chunks as usize * info.size as usize <= bytes);
+            // The tail past the last chunk and the in-page bitmap lose at
+            // most 1/64 of a slab (1.6 %); the 8-byte class's bitmap 1/64.
+            let lost = bytes - info.cap as usize * info.size as usize;
+            assert!(lost * 64 <= bytes, "class {c}: {lost} of {bytes}");
+            if c < FIRST_DESC_BITMAP_CLASS {
+                assert_eq!(info.pages, 1);
+                assert!(info.chunks > 64);
+                assert!(info.reserved as usize * info.size as usize >= info.words as usize * 8);
+                assert_eq!(info.words as usize, (info.chunks as usize).div_ceil(64));
+            } else {
+                assert!(info.chunks <= 64 && info.chunks >= 1);
+                assert_eq!(info.full.count_ones(), info.chunks);
+            }
+            assert_eq!(info.size >> info.shift << info.shift, info.size);
+            assert_eq!((info.size >> info.shift) % 2, 1);
+        }
+    }
+
+    #[test]
+    fn chunk_index_by_reciprocal_is_exact() {
+        // Every offset of every class's slab: the multiply gives the
+        // quotient, so `index * size == offset` tells chunk starts.
+        for info in CLASS.iter() {
+            for o in 0..info.pages as usize * SLAB_PAGE {
+                assert_eq!(
+                    chunk_index(info, o),
+                    o / info.size as usize,
+                    "size {} offset {o}",
+                    info.size
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn max_pages_fits_the_link() {
+        assert_eq!(MAX_PAGES, (1 << 24) - 2);
+        let l = Link::new(Link::INNER, MAX_PAGES as u32);
+        assert_eq!((l.tag(), l.idx()), (Link::INNER, MAX_PAGES as u32));
+        let l = Link::slab(NCLASSES - 1, 5);
+        assert_eq!(l.class(), Some(NCLASSES - 1));
+        assert_eq!(Link::new(Link::INNER, 5).class(), None);
+        assert_eq!(Link::new(Link::SLAB0 + NCLASSES as u32, 5).class(), None);
     }
 
     #[test]
@@ -426,8 +620,8 @@ mod tests {
 
     #[test]
     fn link_packing() {
-        let l = Link::slab(4, 77);
-        assert_eq!(l.class(), Some(4));
+        let l = Link::slab(15, 77);
+        assert_eq!(l.class(), Some(15));
         assert_eq!(l.idx(), 77);
         assert_eq!(l.with_idx(NIL).idx(), NIL);
         assert_eq!(Link::new(Link::FREE, 3).class(), None);

@@ -10,8 +10,8 @@
 
 use super::error::FreeError;
 use super::layout::{
-    ClassState, Desc, Header, Link, State, CLASS, FIRST_DESC_BITMAP_CLASS, JOURNAL_OFF, MIN_SHIFT,
-    NCLASSES, NIL, PAGE_SHIFT, SLAB_PAGE,
+    chunk_index, class_size, ClassState, Desc, Header, Link, State, CLASS, FIRST_DESC_BITMAP_CLASS,
+    JOURNAL_OFF, NCLASSES, NIL, PAGE_SHIFT, SLAB_PAGE,
 };
 use crate::journal::{record_words, Journal, JournalHeader};
 use crate::killpoint;
@@ -20,8 +20,9 @@ use crate::killpoint;
 pub(crate) const ALLOC_BUDGET: u32 = 160;
 /// Journal words one free may need.
 pub(crate) const FREE_BUDGET: u32 = 128;
-/// Journal words giving back every class's kept page may need.
-pub(crate) const TRIM_BUDGET: u32 = NCLASSES as u32 * 80;
+/// Journal words giving back one class's kept slab may need (`trim` gives
+/// back as many classes' slabs as the journal has room for).
+pub(crate) const TRIM_BUDGET: u32 = 80;
 
 /// The pool's state and descriptors, borrowed exclusively: only built by a
 /// holder of the pool lock.
@@ -226,8 +227,8 @@ impl Core<'_> {
     /// checked that [`ALLOC_BUDGET`] journal words fit.
     #[inline]
     pub fn alloc_chunk(&mut self, c: usize, size: usize) -> Option<usize> {
-        let shift = MIN_SHIFT as usize + c;
         let pages = self.pages;
+        let info = &CLASS[c];
         // Counters are not recorded: the structural ones (used, total,
         // free and run pages, small pages' used counts) are recomputed
         // from the pages after a rollback, and the statistics (requests,
@@ -239,10 +240,9 @@ impl Core<'_> {
         let (idx, bit) = match self.d.get(head as usize) {
             Some(d) => {
                 let slab = d.slab;
-                let info = &CLASS[c];
                 let (bit, full) = if c < FIRST_DESC_BITMAP_CLASS {
                     let bm = pages.wrapping_add(head as usize * SLAB_PAGE).cast::<u64>();
-                    let words = (info.chunks / 64) as usize;
+                    let words = info.words as usize;
                     let mut w = 0;
                     // SAFETY: page `head` is a small page of class c (it is
                     // on c's list, and we hold the lock); its first `words`
@@ -271,8 +271,9 @@ impl Core<'_> {
                     (w as u32 * 64 + b, full)
                 } else {
                     let b = (!slab).trailing_zeros();
-                    if b >= info.chunks {
-                        // A full page on the list: only a corrupt pool.
+                    if b >= info.chunks || head as usize + info.pages as usize > self.d.len() {
+                        // A full slab on the list, or one past the pool's
+                        // end: only a corrupt pool.
                         return self.alloc_chunk_slow(c, size);
                     }
                     let full = slab | 1 << b == info.full;
@@ -290,41 +291,44 @@ impl Core<'_> {
                 }
                 (head, bit)
             }
-            None => self.new_slab_page(c)?,
+            None => self.new_slab(c)?,
         };
         let cs = &mut self.st.classes[c];
         cs.used += 1;
         cs.bytes_requested += size as u64;
-        Some(((idx as usize) << PAGE_SHIFT) + ((bit as usize) << shift))
+        Some(((idx as usize) << PAGE_SHIFT) + bit as usize * info.size as usize)
     }
 
-    /// `alloc_chunk` when the head page of the class list turned out full
-    /// (which `check()` reports): take it off the list and use a new page.
+    /// `alloc_chunk` when the head slab of the class list turned out full
+    /// (which `check()` reports): take it off the list and use a new slab.
     #[cold]
     #[inline(never)]
     fn alloc_chunk_slow(&mut self, c: usize, size: usize) -> Option<usize> {
         let head = self.st.classes[c].head;
         self.unlink(Some(c), head);
-        let (idx, bit) = self.new_slab_page(c)?;
+        let (idx, bit) = self.new_slab(c)?;
         let cs = &mut self.st.classes[c];
         cs.used += 1;
         cs.bytes_requested += size as u64;
-        Some(((idx as usize) << PAGE_SHIFT) + ((bit as usize) << (MIN_SHIFT as usize + c)))
+        Some(((idx as usize) << PAGE_SHIFT) + bit as usize * class_size(c))
     }
 
-    /// Takes a free page for class `c`, sets it up with its first chunk
-    /// used, and puts it on the class list.
+    /// Takes free pages for a slab of class `c` (one page, or
+    /// `CLASS[c].pages` for a multi-page slab), sets it up with its first
+    /// chunk used, and puts it on the class list unless that chunk filled
+    /// it. Returns the slab's first page and the chunk's index.
     #[cold]
     #[inline(never)]
-    fn new_slab_page(&mut self, c: usize) -> Option<(u32, u32)> {
-        let Some(idx) = self.alloc_pages_or_trim(1) else {
+    fn new_slab(&mut self, c: usize) -> Option<(u32, u32)> {
+        let info = &CLASS[c];
+        let n = info.pages;
+        let Some(idx) = self.alloc_pages_or_trim(n as usize) else {
             self.st.classes[c].fails += 1;
             return None;
         };
-        let info = &CLASS[c];
-        let (slab, bit) = if c < FIRST_DESC_BITMAP_CLASS {
+        let slab = if c < FIRST_DESC_BITMAP_CLASS {
             let bm = self.small_bitmap(idx);
-            let words = (info.chunks / 64) as usize;
+            let words = info.words as usize;
             // A free page's bytes usually mean nothing, but this page may
             // have held live chunks freed earlier in this very section: a
             // rollback revives them, so their bytes are saved too.
@@ -337,28 +341,41 @@ impl Core<'_> {
             for w in 0..words {
                 let bits = used.min(64);
                 used -= bits;
-                let word = if bits == 64 {
+                let mut word = if bits == 64 {
                     u64::MAX
                 } else {
                     (1u64 << bits) - 1
                 };
+                if w + 1 == words {
+                    // The bits past the last chunk: always "used".
+                    word |= info.full;
+                }
                 // SAFETY: page `idx` was just taken from the free runs, so it
                 // is ours under the lock; `words` u64s fit in a page.
                 unsafe { *bm.add(w) = word };
             }
-            (1, info.reserved)
+            1
         } else {
-            (1, 0)
+            1
         };
-        // alloc_pages saved this descriptor already.
+        // alloc_pages saved these descriptors already.
         self.d[idx as usize] = Desc {
             slab,
             next: NIL,
             prev: Link::slab(c, NIL),
         };
-        self.push(Some(c), idx);
+        for k in idx + 1..idx + n {
+            self.d[k as usize] = Desc {
+                slab: 0,
+                next: NIL,
+                prev: Link::new(Link::INNER, idx),
+            };
+        }
+        if info.cap > 1 {
+            self.push(Some(c), idx);
+        }
         self.st.classes[c].total += info.cap as u64;
-        Some((idx, bit))
+        Some((idx, info.reserved))
     }
 
     /// A run of `n` pages (counted as a request, and as a failure if the
@@ -417,7 +434,7 @@ impl Core<'_> {
     fn alloc_pages_after_trim(&mut self, n: usize) -> Option<u32> {
         // Trimming needs journal room of its own; without it the request
         // fails as if there were no room (the caller logs no memory).
-        if self.fits(TRIM_BUDGET + ALLOC_BUDGET / 2) && self.trim() {
+        if self.fits(TRIM_BUDGET + ALLOC_BUDGET / 2) && self.trim_keeping(ALLOC_BUDGET / 2) {
             self.alloc_pages(n)
         } else {
             None
@@ -543,37 +560,59 @@ impl Core<'_> {
         }
     }
 
-    /// Gives a slab page back to the free runs (out of line: the hot free
-    /// path stays small). Its descriptor was saved by the caller.
+    /// Gives slab `first` of class `c` back to the free runs (out of line:
+    /// the hot free path stays small). Its first descriptor was saved by
+    /// the caller; a multi-page slab's inner ones are saved here.
     #[inline(never)]
-    fn release_page(&mut self, idx: u32) {
-        self.free_pages(idx, 1);
+    fn release_slab(&mut self, c: usize, first: u32) {
+        let n = CLASS[c].pages;
+        if n > 1 {
+            let inner = Desc {
+                slab: 0,
+                next: NIL,
+                prev: Link::new(Link::INNER, first),
+            };
+            self.save_fill(first + 1, (n - 1) as usize, inner);
+        }
+        self.free_pages(first, n);
     }
 
-    /// Gives back every class's kept empty page; true if there was one.
-    /// The caller checked that [`TRIM_BUDGET`] journal words fit.
-    ///
-    /// `cached` is a hint: it names the class's empty page if the class
-    /// has one (`free_at` sets it when it keeps a page), but allocations do
-    /// not clear it, so it may name a page that is no longer empty.
+    /// Gives back every class's kept empty slab; true if there was one.
+    /// The caller checked that [`TRIM_BUDGET`] journal words fit (enough
+    /// for one class); the classes after the journal runs short keep
+    /// their slabs.
     pub fn trim(&mut self) -> bool {
+        self.trim_keeping(0)
+    }
+
+    /// As [`Core::trim`], stopping while `reserve` journal words are left
+    /// beyond what one more class needs.
+    ///
+    /// `cached` is a hint: it names the class's empty slab if the class
+    /// has one (`free_at` sets it when it keeps a slab), but allocations
+    /// do not clear it, so it may name a slab that is no longer empty.
+    fn trim_keeping(&mut self, reserve: u32) -> bool {
         let mut any = false;
         for (c, info) in CLASS.iter().enumerate() {
             let idx = self.st.classes[c].cached;
             if idx == NIL {
                 continue;
             }
+            if !self.fits(TRIM_BUDGET + reserve) {
+                break;
+            }
             self.save_head(Some(c));
             self.st.classes[c].cached = NIL;
-            let kept = self
-                .d
-                .get(idx as usize)
-                .is_some_and(|q| q.prev.class() == Some(c) && q.slab == 0);
+            let kept = self.d.get(idx as usize).is_some_and(|q| {
+                q.prev.class() == Some(c)
+                    && q.slab == 0
+                    && idx as usize + info.pages as usize <= self.d.len()
+            });
             if kept {
                 self.save_slab(idx);
                 self.unlink(Some(c), idx);
                 self.st.classes[c].total -= info.cap as u64;
-                self.release_page(idx);
+                self.release_slab(c, idx);
                 any = true;
             }
         }
@@ -587,21 +626,38 @@ impl Core<'_> {
     pub fn free_at(&mut self, idx: u32, off: usize) -> Result<(), FreeError> {
         let desc = self.d[idx as usize];
         let Some(c) = desc.prev.class() else {
-            return self.free_run(idx, off, desc);
+            return self.free_other(idx, off, desc);
         };
+        self.free_chunk(c, idx, off, desc)
+    }
+
+    /// Frees the chunk at byte `off` of slab `first` of class `c`, whose
+    /// first descriptor is `desc`.
+    #[inline(always)]
+    fn free_chunk(
+        &mut self,
+        c: usize,
+        first: u32,
+        off: usize,
+        desc: Desc,
+    ) -> Result<(), FreeError> {
         let info = &CLASS[c];
-        let shift = MIN_SHIFT as usize + c;
-        if off & ((1 << shift) - 1) != 0 {
+        let bit = chunk_index(info, off);
+        if bit * info.size as usize != off || bit >= info.chunks as usize {
             return Err(FreeError::WrongChunk);
         }
-        let bit = (off >> shift) as u32;
+        if first as usize + info.pages as usize > self.d.len() {
+            // A slab past the pool's end: only a corrupt pool.
+            return Err(FreeError::WrongPage);
+        }
+        let bit = bit as u32;
         let (was_full, empty) = if c < FIRST_DESC_BITMAP_CLASS {
             if bit < info.reserved {
                 return Err(FreeError::BitmapArea);
             }
-            // SAFETY: page `idx` is a small page of class c, so its first
+            // SAFETY: page `first` is a small page of class c, so its first
             // words are its bitmap; bit < chunks, so word bit/64 is one of them.
-            let w = unsafe { self.small_bitmap(idx).add((bit / 64) as usize) };
+            let w = unsafe { self.small_bitmap(first).add((bit / 64) as usize) };
             let mask = 1u64 << (bit % 64);
             // SAFETY: as above; we hold the lock.
             let word = unsafe { *w };
@@ -622,7 +678,7 @@ impl Core<'_> {
             // SAFETY: as above.
             unsafe { *w = word & !mask };
             killpoint::point();
-            self.d[idx as usize].slab = desc.slab - 1;
+            self.d[first as usize].slab = desc.slab - 1;
             (was_full, empty)
         } else {
             let mask = 1u64 << bit;
@@ -631,34 +687,57 @@ impl Core<'_> {
             }
             let (was_full, empty) = (desc.slab == info.full, desc.slab & !mask == 0);
             if !self.lite || was_full || empty {
-                self.save_slab(idx);
+                self.save_slab(first);
             } else {
                 killpoint::point();
             }
-            self.d[idx as usize].slab = desc.slab & !mask;
+            self.d[first as usize].slab = desc.slab & !mask;
             killpoint::point();
             (was_full, empty)
         };
         self.st.classes[c].used = self.st.classes[c].used.wrapping_sub(1);
         if was_full {
-            self.push(Some(c), idx);
+            self.push(Some(c), first);
         }
         if empty {
-            if self.st.classes[c].head == idx && self.d[idx as usize].next == NIL {
-                // The class's only page: keep it, so that an alloc+free
-                // pair does not take and give back a page every time.
-                if self.st.classes[c].cached != idx {
+            if self.st.classes[c].head == first && self.d[first as usize].next == NIL {
+                // The class's only slab: keep it, so that an alloc+free
+                // pair does not take and give back pages every time.
+                if self.st.classes[c].cached != first {
                     self.save_head(Some(c));
-                    self.st.classes[c].cached = idx;
+                    self.st.classes[c].cached = first;
                 }
             } else {
-                self.save_slab(idx);
-                self.unlink(Some(c), idx);
+                self.save_slab(first);
+                self.unlink(Some(c), first);
                 self.st.classes[c].total -= info.cap as u64;
-                self.release_page(idx);
+                self.release_slab(c, first);
             }
         }
         Ok(())
+    }
+
+    /// `free_at` on a page that is not a slab's first: an inner page of a
+    /// multi-page slab (the chunk is found from the slab's first page), or
+    /// a page run, or a free page.
+    #[inline(never)]
+    fn free_other(&mut self, idx: u32, off: usize, desc: Desc) -> Result<(), FreeError> {
+        if desc.prev.tag() != Link::INNER {
+            return self.free_run(idx, off, desc);
+        }
+        let first = desc.prev.idx();
+        let Some(&head) = self.d.get(first as usize) else {
+            return Err(FreeError::WrongPage);
+        };
+        let Some(c) = head.prev.class() else {
+            return Err(FreeError::WrongPage);
+        };
+        let k = idx.wrapping_sub(first);
+        if first >= idx || k >= CLASS[c].pages {
+            // An inner page not inside its slab: only a corrupt pool.
+            return Err(FreeError::WrongPage);
+        }
+        self.free_chunk(c, first, k as usize * SLAB_PAGE + off, head)
     }
 
     #[inline(never)]
@@ -718,14 +797,16 @@ impl Core<'_> {
                 (_, Some(c)) => {
                     used[c] += if c < FIRST_DESC_BITMAP_CLASS {
                         // A small page's count, from its bitmap (the
-                        // reserved chunks' bits are always set).
+                        // reserved chunks' bits and those past the last
+                        // chunk are always set).
                         let bm = self.small_bitmap(i as u32);
-                        let set: u32 = (0..(CLASS[c].chunks / 64) as usize)
+                        let set: u32 = (0..CLASS[c].words as usize)
                             // SAFETY: page i is a small page of the pool;
                             // its first words are its bitmap.
                             .map(|w| unsafe { *bm.add(w) }.count_ones())
                             .sum();
-                        let n = set.saturating_sub(CLASS[c].reserved) as u64;
+                        let fixed_bits = CLASS[c].reserved + CLASS[c].full.count_ones();
+                        let n = set.saturating_sub(fixed_bits) as u64;
                         if self.d[i].slab != n {
                             self.save_slab(i as u32);
                             self.d[i].slab = n;
@@ -736,7 +817,7 @@ impl Core<'_> {
                         q.slab.count_ones() as u64
                     };
                     total[c] += CLASS[c].cap as u64;
-                    1
+                    (CLASS[c].pages as usize).min(npages - i)
                 }
                 _ => 1,
             };
