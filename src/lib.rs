@@ -27,7 +27,7 @@
 //! | os | `os` (private) | every system call: mappings, futex, pids, signals |
 //! | lock | [`shmtx`] | one word in shared memory holding the holder's pid |
 //! | journal | [`journal`] | crash-atomic sections: what a holder wrote, how to undo it |
-//! | slab | [`slab`] | 4 KiB pages, power-of-two classes 8..2048 B, bitmaps, page runs |
+//! | slab | [`slab`] | 4 KiB pages, 39 size classes 8..7168 B (multi-page slabs above 2 KiB), bitmaps, page runs |
 //! | zone | [`zone`] | the region header, the zone directory, init and reload |
 //! | structures | [`ring`] | a log ring: one single-producer ring per worker slot, any number of readers |
 //! | prefork | [`prefork`] | fork, waitid, signals, respawn |
@@ -40,8 +40,10 @@
 //! and `u32` page indices, so a region mapped at another address (a named
 //! backend, another process) works the same.
 //!
-//! The slab follows nginx's `ngx_slab.c`: requests up to half a page round
-//! up to a power-of-two class and share pages of that class, tracked by
+//! The slab follows nginx's `ngx_slab.c`, with finer classes: requests up
+//! to 7 KiB round up to one of 39 size classes (8-byte steps up to 128 B,
+//! then four per power of two) and share slabs of that class (one page, or
+//! a few for the classes above 2 KiB and some between), tracked by
 //! bitmaps; larger ones take runs of whole pages, and free runs coalesce
 //! with both neighbours. Frees are validated: a pointer outside the pool,
 //! into the middle of a chunk, or to a chunk or page already free is an

@@ -229,7 +229,7 @@ pub fn write_zones(t: &mut PromText, zones: &[ZoneSample]) {
     t.each(
         "shmzone_zone_page_requests_total",
         Kind::Counter,
-        "Allocations larger than half a page.",
+        "Page-run allocations (larger than the largest size class).",
         &with,
         |p| (zs(p), p.1.page_reqs),
     );
@@ -497,8 +497,8 @@ mod tests {
         let mut t = PromText::new();
         write_zones(&mut t, &s);
         let text = t.finish();
-        assert!(text.contains("shmzone_zone_class_chunks_used{zone=\"a\",size=\"128\"} 1\n"));
-        assert!(text.contains("shmzone_zone_class_requests_total{zone=\"a\",size=\"128\"} 1\n"));
+        assert!(text.contains("shmzone_zone_class_chunks_used{zone=\"a\",size=\"104\"} 1\n"));
+        assert!(text.contains("shmzone_zone_class_requests_total{zone=\"a\",size=\"104\"} 1\n"));
         assert!(text.contains("shmzone_zone_lock_holder_pid{zone=\"b\"} 0\n"));
         let mut family = String::new();
         let mut seen = std::collections::HashSet::new();

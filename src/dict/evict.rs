@@ -9,22 +9,24 @@ use super::layout::{Entry, MAX_CHAIN};
 use super::section::{Found, Sec, ALLOC_NEED, FINISH_NEED, FREE_NEED};
 use super::{Dict, DictError};
 
-/// The slab's block size for a request of `size` bytes (a power of two
-/// from 8 up to half a page; 0 for page runs: no class to match).
+/// The slab's block size for a request of `size` bytes (its size class's
+/// chunk size; 0 for page runs: no class to match).
 fn size_class(size: usize) -> usize {
-    if size > crate::SLAB_PAGE / 2 {
+    if size > crate::slab::MAX_CHUNK {
         0
     } else {
-        size.max(8).next_power_of_two()
+        crate::slab::class_size(crate::slab::class_of(size))
     }
 }
 
-/// A class's bit in a bucket's `classes` hint.
+/// A block size's bit in a bucket's `classes` hint: the power-of-two
+/// range it lies in, bit i for `(32 << i, 64 << i]` bytes (64 B up to
+/// 4 KiB), bit 7 for everything else.
 pub(super) fn class_bit(class: usize) -> u8 {
-    if !(64..=crate::SLAB_PAGE / 2).contains(&class) {
+    if !(33..=crate::SLAB_PAGE).contains(&class) {
         0x80
     } else {
-        1 << (class.trailing_zeros() - 6)
+        1 << (class.next_power_of_two().trailing_zeros() - 6)
     }
 }
 
@@ -44,7 +46,7 @@ pub(super) fn entry_class_bit(klen: usize, vlen: usize) -> u8 {
 }
 /// Non-empty buckets the hand looks at for an expired entry once it has a
 /// least-recently-used candidate.
-const SAMPLE: usize = 3;
+const SAMPLE: usize = 8;
 /// Non-empty buckets the hand looks at for an entry of the needed size
 /// class before settling for another one (and then emptying its page).
 const LONG_SCAN: usize = 1024;
@@ -88,18 +90,23 @@ impl<'z> Dict<'z> {
                     break;
                 };
 
-                let page = (f.e as usize) & !(crate::SLAB_PAGE - 1);
                 let other = block_class(f.e);
+                // The victim's slab, before freeing it may give the slab back.
+                let slab = if other != class && other != 0 {
+                    s.g.slab_chunks_locked(f.e.cast())
+                } else {
+                    None
+                };
                 forcible |= self.evict_one(s, &f)?;
                 evicted += 1;
                 if let Some(p) = s.try_alloc(size)? {
                     return Ok((p, forcible));
                 }
-                if other != class && other != 0 {
+                if let Some(slab) = slab {
                     // No block of the needed class was found to evict: empty
-                    // the victim's page instead, so that it can be reused
-                    // for any class.
-                    let (n, f2) = self.evict_page(s, page, other, protect, MAX_EVICT - evicted)?;
+                    // the victim's slab instead, so that its pages can be
+                    // reused for any class.
+                    let (n, f2) = self.evict_slab(s, slab, protect, MAX_EVICT - evicted)?;
                     evicted += n;
                     forcible |= f2;
                     if n > 0 {
@@ -129,20 +136,20 @@ impl<'z> Dict<'z> {
         Ok(live)
     }
 
-    /// Evicts the entries in the slab page at `page` whose blocks are of
-    /// `class` bytes, at most `max` (while the journal has room): each
-    /// block start that holds an entry the table links there is one.
-    /// How many, and whether a live one was among them.
-    fn evict_page(
+    /// Evicts the entries in a slab (its first chunk's address, chunk
+    /// size, chunk count, as `PoolGuard::slab_chunks_locked` gives), at
+    /// most `max` (while the journal has room): each chunk start that
+    /// holds an entry the table links there is one. How many, and whether
+    /// a live one was among them.
+    fn evict_slab(
         &self,
         s: &Sec<'_, '_, 'z>,
-        page: usize,
-        class: usize,
+        (page, class, chunks): (usize, usize, usize),
         protect: *const Entry,
         max: usize,
     ) -> Result<(usize, bool), DictError> {
         let (mut n, mut forcible) = (0, false);
-        for slot in (0..crate::SLAB_PAGE).step_by(class.max(8)) {
+        for slot in (0..chunks).map(|k| k * class) {
             if n >= max
                 || !s.can_free()
                 || s.pending_room() < 2

@@ -275,7 +275,11 @@ fn expired_entries_are_evicted_before_live_ones() {
     std::thread::sleep(std::time::Duration::from_millis(20));
     for i in 0..n / 2 {
         let s = d.set(format!("l{i}").as_bytes(), &val, 0, 0).unwrap();
-        assert!(!s.forcible, "a live entry was evicted at {i} of {n}");
+        assert!(
+            !s.forcible,
+            "a live entry was evicted at {i} of {n}: {:?}",
+            d.stats()
+        );
     }
     assert_eq!(d.stats().evictions, 0);
     d.check().unwrap();

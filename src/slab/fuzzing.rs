@@ -116,7 +116,9 @@ pub fn run(data: &[u8]) {
                     if size <= MAX_CHUNK {
                         let k = class_of(size);
                         let c = &s.classes[k];
-                        let slab = CLASS[k].pages as usize;
+                        // No slab, nor (for a multi-page class) the
+                        // smaller run the request falls back to.
+                        let slab = (CLASS[k].pages as usize).min(size.div_ceil(SLAB_PAGE).max(1));
                         assert!(
                             s.largest_free_run < slab,
                             "alloc({size}) failed with a free run of {} pages",
@@ -291,16 +293,31 @@ fn model_stats(pool: &Pool, live: &[Live]) {
     let mut used = [0u64; NCLASSES];
     let mut run_pages = 0;
     for l in live {
-        if l.size <= MAX_CHUNK {
+        if l.size <= MAX_CHUNK && !is_run(pool, l.addr) {
             used[class_of(l.size)] += 1;
         } else {
-            run_pages += l.size.div_ceil(SLAB_PAGE);
+            // A page run (a multi-page class's request falls back to one
+            // when no slab can be had).
+            run_pages += l.size.div_ceil(SLAB_PAGE).max(1);
         }
     }
     for (c, u) in used.iter().enumerate() {
         assert_eq!(s.classes[c].used, *u, "class {c} used");
     }
     assert_eq!(s.pages_in_runs, run_pages, "pages in runs");
+}
+
+/// Whether `addr` is the start of an allocated page run.
+fn is_run(pool: &Pool, addr: usize) -> bool {
+    let off = addr - pool.base().as_ptr() as usize;
+    let (_, start, _) = pool.metadata_layout();
+    if off < start || (off - start) % SLAB_PAGE != 0 {
+        return false;
+    }
+    let g = pool.lock();
+    let (_, d, _) = g.view();
+    d.get((off - start) / SLAB_PAGE)
+        .is_some_and(|q| q.prev.tag() == super::layout::Link::RUN)
 }
 
 /// The pool's allocation state without its request counters: every page

@@ -7,7 +7,7 @@ use std::ptr::NonNull;
 use super::check::{self, CheckError};
 use super::error::FreeError;
 use super::layout::{
-    class_of, class_size, pages_for, Desc, State, MAX_CHUNK, NCLASSES, NIL, SLAB_PAGE,
+    class_of, class_size, pages_for, Desc, Link, State, CLASS, MAX_CHUNK, NCLASSES, NIL, SLAB_PAGE,
 };
 use super::page::{Core, ALLOC_BUDGET, FREE_BUDGET, TRIM_BUDGET};
 use super::stats::PoolStats;
@@ -299,6 +299,29 @@ impl<'a> PoolGuard<'a> {
             .rev()
             .find(|&c| core.st.classes[c].head != NIL)
             .map_or(0, class_size)
+    }
+
+    /// The chunks of the slab holding chunk `p` (a live chunk of a size
+    /// class, lock held): the address of its first chunk, the chunk size
+    /// and the chunk count (in-page bitmap chunks included). `None` if `p`
+    /// is not in a slab page. For the dictionary's eviction, which empties
+    /// the victim's slab when no block of the needed class was found.
+    pub(crate) fn slab_chunks_locked(&self, p: *const u8) -> Option<(usize, usize, usize)> {
+        let (idx, _) = self.pool.locate(p).ok()?;
+        let (_, d, pages) = self.view();
+        let q = d.get(idx as usize)?;
+        let first = if q.prev.tag() == Link::INNER {
+            q.prev.idx()
+        } else {
+            idx
+        };
+        let c = d.get(first as usize)?.prev.class()?;
+        let info = &CLASS[c];
+        if first > idx || idx - first >= info.pages {
+            return None;
+        }
+        let start = pages as usize + first as usize * SLAB_PAGE;
+        Some((start, info.size as usize, info.chunks as usize))
     }
 
     /// [`Pool::check`] with the lock already held.

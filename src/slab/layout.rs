@@ -557,6 +557,20 @@ mod tests {
     }
 
     #[test]
+    fn class_sizes_keep_the_request_alignment() {
+        // Zone::alloc_value relies on this: a request that is a multiple of
+        // a power of two (up to a page) gets a class size that is one too,
+        // and chunks are aligned to the largest power of two dividing the
+        // class size.
+        for a in 3..=12 {
+            let align = 1usize << a;
+            for size in (align..=MAX_CHUNK).step_by(align) {
+                assert_eq!(class_size(class_of(size)) % align, 0, "{size}");
+            }
+        }
+    }
+
+    #[test]
     fn slabs() {
         for (c, info) in CLASS.iter().enumerate() {
             let bytes = info.pages as usize * SLAB_PAGE;

@@ -6,8 +6,9 @@
 //! let region = Region::new(1 << 20)?;
 //! // SAFETY: the region is ours, page-aligned and unused.
 //! let pool = unsafe { Pool::init(region.base(), region.len(), "demo") }.unwrap();
-//! let p = pool.alloc(100).unwrap();           // a 128-byte chunk
-//! assert_eq!(pool.stats().classes[4].used, 1);
+//! let p = pool.alloc(100).unwrap();           // a 104-byte chunk
+//! assert_eq!(pool.stats().classes[12].size, 104);
+//! assert_eq!(pool.stats().classes[12].used, 1);
 //! // SAFETY: p came from this pool and is not used again.
 //! unsafe { pool.free(p.as_ptr()) }.unwrap();
 //! pool.check().unwrap();
@@ -19,18 +20,32 @@
 //! The pool header (magic, version, geometry, name, root offset, the lock on
 //! its own cache line, then the allocator state) sits at `base`, followed by
 //! one 16-byte descriptor per data page (u32 links, see `layout.rs`), then
-//! the pages, [`SLAB_PAGE`]-aligned. Requests up to half a page use
-//! power-of-two classes 8..=2048; a page serves one class; 8/16/32-byte
-//! pages keep their bitmap in their first chunks, larger classes in the
-//! descriptor. Pages with a free chunk are on their class's list. Larger
-//! requests take runs of whole pages, first fit, from the end of a free run;
-//! freed runs coalesce with both neighbours (a back-tag on each run's last
-//! page finds the run before).
+//! the pages, [`SLAB_PAGE`]-aligned. Requests up to [`MAX_CHUNK`] (7168
+//! bytes) use [`NCLASSES`] = 39 size classes: 8-byte steps up to 128, then
+//! four classes per power of two (160, 192, 224, 256, 320, ... 2048, 2560,
+//! 3072, 3584, 4096, 5120, 6144, 7168), so rounding loses at most 7 bytes
+//! up to 128 B and less than a fifth of the chunk above (a tenth on
+//! average). A class's memory comes in slabs: one page, or for sizes that
+//! do not divide a page well a few pages (at most 7: 3072-byte chunks come
+//! four to a 3-page slab), chosen so that a slab's tail past its last chunk
+//! is at most 1/64 of it. A slab's first descriptor holds its class and its
+//! bitmap (in the descriptor word when the slab has at most 64 chunks; the
+//! classes under 64 bytes keep it in the page's first chunks), the inner
+//! pages' descriptors point to the first. A chunk starts at a multiple of
+//! its size from the slab's page-aligned start, so it is aligned to the
+//! largest power of two dividing its size (a 24-byte chunk to 8, a 3072-byte
+//! one to 1024); the chunk of a freed pointer is found with a shift and a
+//! multiply by the class's reciprocal, no division. Slabs with a free chunk
+//! are on their class's list. Larger requests take runs of whole pages,
+//! first fit, from the end of a free run; freed runs coalesce with both
+//! neighbours (a back-tag on each run's last page finds the run before). A
+//! new multi-page slab takes at most a quarter of the free pages; when it
+//! cannot be had, the request takes a page run of its own size instead.
 //!
-//! One measured deviation from nginx: when a class's only page becomes
-//! empty, the class keeps it (at most one such page per class) instead of
+//! One measured deviation from nginx: when a class's only slab becomes
+//! empty, the class keeps it (at most one such slab per class) instead of
 //! giving it back at once, so an alloc+free pair does not set up and tear
-//! down a page each time. Those pages are given back as soon as a page run
+//! down a slab each time. Those slabs are given back as soon as a page run
 //! cannot be found, and by [`Pool::largest_alloc`] and [`Pool::trim`].
 
 mod check;
@@ -53,7 +68,8 @@ pub use guard::PoolGuard;
 pub use layout::{MAX_CHUNK, NAME_MAX, NCLASSES, SLAB_PAGE};
 pub use stats::{ClassStats, PoolStats};
 
-use layout::{class_of, pages_for, Desc, Header, State};
+pub(crate) use layout::{class_of, class_size};
+use layout::{pages_for, Desc, Header, State};
 
 use crate::journal::{Journal, JournalStats, Rollback};
 use crate::shmtx::{ShmGuard, ShmMutex};
@@ -356,8 +372,11 @@ impl Pool {
         }
     }
 
-    /// Allocates `size` bytes, aligned to their class size (up to a page),
-    /// taking the lock. `alloc(0)` gives an 8-byte chunk, as nginx.
+    /// Allocates `size` bytes, taking the lock: a chunk of the size class
+    /// holding `size` (aligned to the largest power of two dividing the
+    /// class size, which is a multiple of every power of two dividing
+    /// `size`), or above [`MAX_CHUNK`] a run of whole pages (page-aligned).
+    /// `alloc(0)` gives an 8-byte chunk, as nginx.
     ///
     /// Returns `None` when there is no memory (sizes larger than the pool
     /// included): the class's `fails` is counted and "no memory" logged
@@ -369,7 +388,9 @@ impl Pool {
     /// # // SAFETY: the region is ours, page-aligned and unused.
     /// # let pool = unsafe { Pool::init(region.base(), region.len(), "doc") }.unwrap();
     /// let p = pool.alloc(100).unwrap();
-    /// assert_eq!(p.as_ptr() as usize % 128, 0); // a 128-byte chunk
+    /// assert_eq!(p.as_ptr() as usize % 8, 0); // a 104-byte chunk: 8-aligned
+    /// let q = pool.alloc(3000).unwrap();
+    /// assert_eq!(q.as_ptr() as usize % 1024, 0); // a 3072-byte chunk
     /// let run = pool.alloc(10_000).unwrap(); // three whole pages
     /// assert_eq!(run.as_ptr() as usize % shmzone::SLAB_PAGE, 0);
     /// assert!(pool.alloc(usize::MAX).is_none());
@@ -500,7 +521,8 @@ impl Pool {
     /// # let pool = unsafe { Pool::init(region.base(), region.len(), "doc") }.unwrap();
     /// let _p = pool.alloc(24).unwrap();
     /// let s = pool.stats();
-    /// assert_eq!((s.classes[2].size, s.classes[2].used, s.classes[2].total), (32, 1, 127));
+    /// // 169 chunks of 24 bytes in a page, one more holds their bitmap.
+    /// assert_eq!((s.classes[2].size, s.classes[2].used, s.classes[2].total), (24, 1, 169));
     /// assert_eq!(s.bytes_requested, 24);
     /// assert_eq!(s.pages_free, s.pages_total - 1);
     /// # Ok::<(), shmzone::Error>(())

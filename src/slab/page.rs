@@ -10,14 +10,16 @@
 
 use super::error::FreeError;
 use super::layout::{
-    chunk_index, class_size, ClassState, Desc, Header, Link, State, CLASS, FIRST_DESC_BITMAP_CLASS,
-    JOURNAL_OFF, NCLASSES, NIL, PAGE_SHIFT, SLAB_PAGE,
+    chunk_index, class_size, pages_for, ClassState, Desc, Header, Link, State, CLASS,
+    FIRST_DESC_BITMAP_CLASS, JOURNAL_OFF, NCLASSES, NIL, PAGE_SHIFT, SLAB_PAGE,
 };
 use crate::journal::{record_words, Journal, JournalHeader};
 use crate::killpoint;
 
 /// Journal words one chunk or run allocation may need, trimming aside.
 pub(crate) const ALLOC_BUDGET: u32 = 160;
+/// A new multi-page slab needs this many times its pages free.
+pub(crate) const SLAB_SHARE: usize = 4;
 /// Journal words one free may need.
 pub(crate) const FREE_BUDGET: u32 = 128;
 /// Journal words giving back one class's kept slab may need (`trim` gives
@@ -291,12 +293,31 @@ impl Core<'_> {
                 }
                 (head, bit)
             }
-            None => self.new_slab(c)?,
+            None => match self.new_slab(c) {
+                Some(x) => x,
+                None => return self.no_slab(c, size),
+            },
         };
         let cs = &mut self.st.classes[c];
         cs.used += 1;
         cs.bytes_requested += size as u64;
         Some(((idx as usize) << PAGE_SHIFT) + bit as usize * info.size as usize)
+    }
+
+    /// No slab of class `c` could be had for a request of `size` bytes. If
+    /// the class's slabs span more pages than the request needs, the
+    /// request becomes a page-run request (a small pool may have room for
+    /// a 2-page run and not for a 5-page slab); otherwise it fails.
+    #[cold]
+    #[inline(never)]
+    fn no_slab(&mut self, c: usize, size: usize) -> Option<usize> {
+        let n = pages_for(size).max(1);
+        if n < CLASS[c].pages as usize {
+            self.st.classes[c].reqs -= 1;
+            return self.alloc_run(n, size);
+        }
+        self.st.classes[c].fails += 1;
+        None
     }
 
     /// `alloc_chunk` when the head slab of the class list turned out full
@@ -306,7 +327,9 @@ impl Core<'_> {
     fn alloc_chunk_slow(&mut self, c: usize, size: usize) -> Option<usize> {
         let head = self.st.classes[c].head;
         self.unlink(Some(c), head);
-        let (idx, bit) = self.new_slab(c)?;
+        let Some((idx, bit)) = self.new_slab(c) else {
+            return self.no_slab(c, size);
+        };
         let cs = &mut self.st.classes[c];
         cs.used += 1;
         cs.bytes_requested += size as u64;
@@ -316,16 +339,20 @@ impl Core<'_> {
     /// Takes free pages for a slab of class `c` (one page, or
     /// `CLASS[c].pages` for a multi-page slab), sets it up with its first
     /// chunk used, and puts it on the class list unless that chunk filled
-    /// it. Returns the slab's first page and the chunk's index.
+    /// it. Returns the slab's first page and the chunk's index; `None`
+    /// (counting nothing) if there are no pages for it.
     #[cold]
     #[inline(never)]
     fn new_slab(&mut self, c: usize) -> Option<(u32, u32)> {
         let info = &CLASS[c];
         let n = info.pages;
-        let Some(idx) = self.alloc_pages_or_trim(n as usize) else {
-            self.st.classes[c].fails += 1;
+        if n > 1 && (self.st.pfree as usize) < SLAB_SHARE * n as usize {
+            // A multi-page slab takes at most a quarter of the free pages
+            // (in a small pool a 5-page slab for one 4.5 KiB request would
+            // leave nothing else): the request takes a page run instead.
             return None;
-        };
+        }
+        let idx = self.alloc_pages_or_trim(n as usize)?;
         let slab = if c < FIRST_DESC_BITMAP_CLASS {
             let bm = self.small_bitmap(idx);
             let words = info.words as usize;

@@ -24,17 +24,22 @@ pub struct ClassStats {
 /// `bytes_requested` shows the rounding to size classes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PoolStats {
-    /// Per size class, from 8 bytes up to half a page.
+    /// Per size class, from 8 bytes up to [`MAX_CHUNK`](super::MAX_CHUNK)
+    /// (7168): 8-byte steps up to 128, then four classes per power of two
+    /// (160, 192, 224, 256, 320, ...). Classes above 2048 bytes (and some
+    /// below, e.g. 1280) cut slabs of several pages.
     pub classes: [ClassStats; NCLASSES],
     /// Data pages in the pool.
     pub pages_total: usize,
     /// Pages on no class and in no allocation.
     pub pages_free: usize,
-    /// Pages in allocations larger than half a page.
+    /// Pages in page-run allocations (requests above
+    /// [`MAX_CHUNK`](super::MAX_CHUNK), and a multi-page class's requests
+    /// when no new slab could be had).
     pub pages_in_runs: usize,
     /// The longest run of free pages (the largest allocation possible).
     pub largest_free_run: usize,
-    /// Requests larger than half a page (they take page runs).
+    /// Page-run requests (see `pages_in_runs`).
     pub page_reqs: u64,
     /// Those that failed.
     pub page_fails: u64,

@@ -924,8 +924,10 @@ impl<'a> Zone<'a> {
         if align > SLAB_PAGE {
             return None;
         }
-        // Chunks are aligned to their power-of-two class, pages to 4 KiB, so
-        // asking for at least `align` bytes gives an aligned block.
+        // A chunk is aligned to the largest power of two dividing its class
+        // size, pages to 4 KiB; a request that is a multiple of `align` (as
+        // every type's size is) gets a class size that is one too (checked
+        // by a slab unit test), so the block is aligned.
         let size = std::mem::size_of::<T>().max(align).max(1);
         let p = self.alloc(size)?.cast::<T>();
         debug_assert_eq!(p.as_ptr() as usize % align, 0);
