@@ -267,6 +267,69 @@ fn slab_operations_are_all_or_nothing() {
             |z, _| zone(z).pool().trim(),
         ),
         (
+            "alloc 24 B, new page (bitmap tail bits)",
+            nothing,
+            |z, _| {
+                alloc(z, 24);
+            },
+        ),
+        ("alloc 3000 B, new 3-page slab", nothing, |z, _| {
+            alloc(z, 3000);
+        }),
+        (
+            "alloc 3000 B, fills the slab (unlink)",
+            |z| (0..3).map(|_| alloc(z, 3000)).collect(),
+            |z, _| {
+                alloc(z, 3000);
+            },
+        ),
+        ("alloc 4096 B, one-chunk slab", nothing, |z, _| {
+            alloc(z, 4096);
+        }),
+        (
+            "free 3000 B in a slab's inner page (push)",
+            |z| (0..4).map(|_| alloc(z, 3000)).collect(),
+            |z, a| free(z, a[2]),
+        ),
+        (
+            "free last chunk of a 7-page slab, released",
+            |z| {
+                // Two slabs of 3584 B; empty the second one entirely.
+                let v: Vec<usize> = (0..16).map(|_| alloc(z, 3500)).collect();
+                for &p in &v[9..] {
+                    free(z, p);
+                }
+                free(z, v[0]);
+                v
+            },
+            |z, a| free(z, a[8]),
+        ),
+        (
+            "alloc 5000 B, no room for a slab: a run",
+            |z| {
+                let zn = zone(z);
+                let mut v = Vec::new();
+                while zn.stats().pages_free >= 20 {
+                    v.push(alloc(z, 4 * SLAB_PAGE));
+                }
+                v
+            },
+            |z, _| {
+                alloc(z, 5000);
+            },
+        ),
+        (
+            "trim: give back kept multi-page slabs",
+            |z| {
+                for s in [24, 160, 3000, 7000] {
+                    let p = alloc(z, s);
+                    free(z, p);
+                }
+                Vec::new()
+            },
+            |z, _| zone(z).pool().trim(),
+        ),
+        (
             "alloc that trims to find a run",
             |z| {
                 let zn = zone(z);

@@ -423,21 +423,28 @@ fn exhaustion_counts_fails_and_recovers() {
         let n = ptrs.len();
         assert!(n > 0);
         let s = pool.stats();
-        if size <= shmzone::slab::MAX_CHUNK {
-            let c = &s.classes[class_index(&pool, size)];
-            assert!(c.fails >= 1, "size {size}: {c:?}");
-            assert_eq!(c.used, c.total);
-        } else {
-            assert!(s.page_fails >= 1);
+        let need = size.div_ceil(SLAB_PAGE);
+        match size {
+            3000 | 7000 => {
+                // Multi-page classes: at the end, when no slab fits, the
+                // requests take page runs of their own size until none
+                // fits either.
+                let c = &s.classes[class_index(&pool, size)];
+                assert_eq!(c.used, c.total);
+                assert!(s.page_fails >= 1);
+                assert!(s.largest_free_run < need, "size {size}: {s:?}");
+            }
+            s if s <= shmzone::slab::MAX_CHUNK => {
+                let c = &pool.stats().classes[class_index(&pool, size)];
+                assert!(c.fails >= 1, "size {size}: {c:?}");
+                assert_eq!(c.used, c.total);
+                assert_eq!(pool.stats().pages_free, 0, "size {size}");
+            }
+            _ => {
+                assert!(s.page_fails >= 1);
+                assert_eq!(s.pages_free, s.pages_total % need, "size {size}");
+            }
         }
-        // What is left is less than one more slab or run.
-        let unit = match size {
-            3000 => 3,
-            7000 => 7,
-            s if s > shmzone::slab::MAX_CHUNK => s.div_ceil(SLAB_PAGE),
-            _ => 1,
-        };
-        assert_eq!(s.pages_free, s.pages_total % unit, "size {size}");
         // Free half, take them back, free all, take all back.
         for p in ptrs.drain(n / 2..) {
             // SAFETY: live allocations.
