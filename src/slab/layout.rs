@@ -72,10 +72,13 @@ pub(crate) struct ClassInfo {
     pub size: u32,
     /// log2 of the largest power of two dividing `size`.
     pub shift: u32,
-    /// `ceil(2^32 / (size >> shift))`: the chunk holding slab offset `o` is
-    /// `((o >> shift) * mul) >> 32`, exact for every offset in a slab
-    /// (checked by a unit test), with no division.
-    pub mul: u64,
+    /// `(1 << shift) - 1`: a chunk start's low bits are clear.
+    pub low: u32,
+    /// The inverse of `size >> shift` (odd) modulo 2^32: for a slab offset
+    /// `o` with `o & low == 0`, `((o >> shift) as u32) * inv` is the chunk
+    /// index `o / size` if `size` divides `o`, and otherwise a number far
+    /// above `chunks` (see [`chunk_at`]). No division on the free path.
+    pub inv: u32,
     /// Pages in one slab.
     pub pages: u32,
     /// Chunks in one slab (including the bitmap's own, for small classes).
@@ -124,10 +127,23 @@ const fn slab_pages(size: u32) -> u32 {
     best
 }
 
+/// The inverse of odd `m` modulo 2^32 (Newton's iteration: each step
+/// doubles the correct low bits; `m` itself is right to 3 bits).
+const fn inverse_mod_2_32(m: u32) -> u32 {
+    let mut x = m;
+    let mut i = 0;
+    while i < 4 {
+        x = x.wrapping_mul(2u32.wrapping_sub(m.wrapping_mul(x)));
+        i += 1;
+    }
+    x
+}
+
 const fn class_info(c: usize) -> ClassInfo {
     let size = SIZES[c];
     let shift = size.trailing_zeros();
-    let mul = (1u64 << 32).div_ceil((size >> shift) as u64);
+    let low = (1 << shift) - 1;
+    let inv = inverse_mod_2_32(size >> shift);
     let pages = slab_pages(size);
     let mut chunks = pages * SLAB_PAGE as u32 / size;
     if c < FIRST_DESC_BITMAP_CLASS {
@@ -141,7 +157,8 @@ const fn class_info(c: usize) -> ClassInfo {
         ClassInfo {
             size,
             shift,
-            mul,
+            low,
+            inv,
             pages,
             chunks,
             reserved,
@@ -156,7 +173,8 @@ const fn class_info(c: usize) -> ClassInfo {
         ClassInfo {
             size,
             shift,
-            mul,
+            low,
+            inv,
             pages,
             chunks,
             reserved: 0,
@@ -177,7 +195,8 @@ const fn class_table() -> [ClassInfo; NCLASSES] {
         ClassInfo {
             size: 0,
             shift: 0,
-            mul: 0,
+            low: 0,
+            inv: 0,
             pages: 0,
             chunks: 0,
             reserved: 0,
@@ -215,12 +234,29 @@ pub(crate) const fn class_size(c: usize) -> usize {
     CLASS[c].size as usize
 }
 
-/// The class serving `size` (`size <= MAX_CHUNK`; 0 is served by class 0).
+/// The class serving `size` (`size <= MAX_CHUNK`; 0 is served by class 0):
+/// one load from a table of a byte per 8 bytes of size.
+#[inline]
+pub(crate) const fn class_of(size: usize) -> usize {
+    CLASS_OF[(size + 7) >> 3] as usize
+}
+
+/// `class_of` by 8-byte steps of size.
+const CLASS_OF: [u8; MAX_CHUNK / 8 + 1] = {
+    let mut t = [0u8; MAX_CHUNK / 8 + 1];
+    let mut i = 0;
+    while i < t.len() {
+        t[i] = class_of_size(i * 8) as u8;
+        i += 1;
+    }
+    t
+};
+
+/// The class serving `size`, computed.
 ///
 /// Up to 128 bytes the classes step by 8; above, each power-of-two range
 /// `(2^k, 2^(k+1)]` has four classes stepping by `2^(k-2)`.
-#[inline]
-pub(crate) const fn class_of(size: usize) -> usize {
+const fn class_of_size(size: usize) -> usize {
     let s = size.saturating_sub(1);
     if s < 128 {
         s >> 3
@@ -232,11 +268,26 @@ pub(crate) const fn class_of(size: usize) -> usize {
     }
 }
 
-/// The chunk of a class-`info` slab holding byte `off` of the slab
-/// (`off < pages * SLAB_PAGE`): a shift and a multiply, no division.
+/// The index of the chunk of a class-`info` slab that starts at byte `off`
+/// of the slab (`off < pages * SLAB_PAGE`), or `None` if no chunk starts
+/// there: a mask, a shift and a multiply, no division.
+///
+/// With `size = m << shift` (m odd) and `x = off >> shift`: if m divides
+/// x, `x * inv = x / m` modulo 2^32; if not, `q = x * inv` is at least
+/// `chunks`, because `q < chunks` would give `m * q = x` (both sides are
+/// below 2^32 and equal modulo 2^32), so m would divide x. The unit test
+/// `chunk_at_is_exact` checks every offset of every class.
 #[inline(always)]
-pub(crate) const fn chunk_index(info: &ClassInfo, off: usize) -> usize {
-    (((off >> info.shift) as u64 * info.mul) >> 32) as usize
+pub(crate) const fn chunk_at(info: &ClassInfo, off: usize) -> Option<u32> {
+    if off as u32 & info.low != 0 {
+        return None;
+    }
+    let q = ((off >> info.shift) as u32).wrapping_mul(info.inv);
+    if q < info.chunks {
+        Some(q)
+    } else {
+        None
+    }
 }
 
 /// Whole pages needed for `size` bytes, without overflow.
@@ -543,6 +594,7 @@ mod tests {
         // of the chunk (at 2^k + 1 bytes, into 1.25 * 2^k).
         for size in 1..=MAX_CHUNK {
             let c = class_of(size);
+            assert_eq!(c, class_of_size(size));
             assert!(class_size(c) >= size && (c == 0 || class_size(c - 1) < size));
             let waste = class_size(c) - size;
             if size > 128 {
@@ -595,17 +647,15 @@ mod tests {
     }
 
     #[test]
-    fn chunk_index_by_reciprocal_is_exact() {
-        // Every offset of every class's slab: the multiply gives the
-        // quotient, so `index * size == offset` tells chunk starts.
+    fn chunk_at_is_exact() {
+        // Every offset of every class's slab, against a division.
         for info in CLASS.iter() {
+            let size = info.size as usize;
+            assert_eq!((info.size >> info.shift).wrapping_mul(info.inv), 1);
             for o in 0..info.pages as usize * SLAB_PAGE {
-                assert_eq!(
-                    chunk_index(info, o),
-                    o / info.size as usize,
-                    "size {} offset {o}",
-                    info.size
-                );
+                let want =
+                    (o % size == 0 && o / size < info.chunks as usize).then_some((o / size) as u32);
+                assert_eq!(chunk_at(info, o), want, "size {size} offset {o}");
             }
         }
     }

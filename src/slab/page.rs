@@ -10,7 +10,7 @@
 
 use super::error::FreeError;
 use super::layout::{
-    chunk_index, class_size, pages_for, ClassState, Desc, Header, Link, State, CLASS,
+    chunk_at, class_size, pages_for, ClassState, Desc, Header, Link, State, CLASS,
     FIRST_DESC_BITMAP_CLASS, JOURNAL_OFF, NCLASSES, NIL, PAGE_SHIFT, SLAB_PAGE,
 };
 use crate::journal::{record_words, Journal, JournalHeader};
@@ -192,7 +192,7 @@ impl Core<'_> {
     }
 
     /// Pushes page `i` at the front of the list (as `unlink`).
-    #[inline]
+    #[inline(always)]
     fn push(&mut self, c: Option<usize>, i: u32) {
         let old = *self.head_mut(c);
         if old != NIL {
@@ -238,10 +238,13 @@ impl Core<'_> {
         let cs = &mut self.st.classes[c];
         cs.reqs += 1;
         let head = cs.head;
-        // NIL (like any index out of range) is past the descriptors' end.
-        let (idx, bit) = match self.d.get(head as usize) {
-            Some(d) => {
-                let slab = d.slab;
+        // NIL (like any index out of range) is past the descriptors' end,
+        // and so is any slab that would not fit (one compare for both).
+        let fits = head as usize + info.pages as usize <= self.d.len();
+        let (idx, bit) = match fits {
+            true => {
+                // SAFETY: head < head + pages <= the descriptors' count.
+                let slab = unsafe { self.d.get_unchecked(head as usize) }.slab;
                 let (bit, full) = if c < FIRST_DESC_BITMAP_CLASS {
                     let bm = pages.wrapping_add(head as usize * SLAB_PAGE).cast::<u64>();
                     let words = info.words as usize;
@@ -273,9 +276,8 @@ impl Core<'_> {
                     (w as u32 * 64 + b, full)
                 } else {
                     let b = (!slab).trailing_zeros();
-                    if b >= info.chunks || head as usize + info.pages as usize > self.d.len() {
-                        // A full slab on the list, or one past the pool's
-                        // end: only a corrupt pool.
+                    if b >= info.chunks {
+                        // A full slab on the list: only a corrupt pool.
                         return self.alloc_chunk_slow(c, size);
                     }
                     let full = slab | 1 << b == info.full;
@@ -293,7 +295,7 @@ impl Core<'_> {
                 }
                 (head, bit)
             }
-            None => match self.new_slab(c) {
+            false => match self.new_slab(c) {
                 Some(x) => x,
                 None => return self.no_slab(c, size),
             },
@@ -669,15 +671,13 @@ impl Core<'_> {
         desc: Desc,
     ) -> Result<(), FreeError> {
         let info = &CLASS[c];
-        let bit = chunk_index(info, off);
-        if bit * info.size as usize != off || bit >= info.chunks as usize {
+        let Some(bit) = chunk_at(info, off) else {
             return Err(FreeError::WrongChunk);
-        }
+        };
         if first as usize + info.pages as usize > self.d.len() {
             // A slab past the pool's end: only a corrupt pool.
             return Err(FreeError::WrongPage);
         }
-        let bit = bit as u32;
         let (was_full, empty) = if c < FIRST_DESC_BITMAP_CLASS {
             if bit < info.reserved {
                 return Err(FreeError::BitmapArea);
@@ -745,13 +745,19 @@ impl Core<'_> {
     }
 
     /// `free_at` on a page that is not a slab's first: an inner page of a
-    /// multi-page slab (the chunk is found from the slab's first page), or
-    /// a page run, or a free page.
+    /// multi-page slab, or a page run, or a free page.
     #[inline(never)]
     fn free_other(&mut self, idx: u32, off: usize, desc: Desc) -> Result<(), FreeError> {
-        if desc.prev.tag() != Link::INNER {
-            return self.free_run(idx, off, desc);
+        if desc.prev.tag() == Link::INNER {
+            return self.free_inner(idx, off, desc);
         }
+        self.free_run(idx, off, desc)
+    }
+
+    /// `free_at` on an inner page of a multi-page slab: the chunk is found
+    /// from the slab's first page.
+    #[inline(never)]
+    fn free_inner(&mut self, idx: u32, off: usize, desc: Desc) -> Result<(), FreeError> {
         let first = desc.prev.idx();
         let Some(&head) = self.d.get(first as usize) else {
             return Err(FreeError::WrongPage);
@@ -767,7 +773,7 @@ impl Core<'_> {
         self.free_chunk(c, first, k as usize * SLAB_PAGE + off, head)
     }
 
-    #[inline(never)]
+    #[inline(always)]
     fn free_run(&mut self, idx: u32, off: usize, desc: Desc) -> Result<(), FreeError> {
         match desc.prev.tag() {
             Link::RUN if off != 0 => Err(FreeError::WrongChunk),
