@@ -184,6 +184,42 @@ pub(crate) fn pid_namespace() -> Option<u64> {
     }
 }
 
+/// The calling thread's id (the kernel's tid on Linux; elsewhere 0, and
+/// threads are told apart by their process only). Not cached: for slow
+/// paths.
+pub(crate) fn current_tid() -> u32 {
+    cfg_if::cfg_if! {
+        if #[cfg(any(target_os = "linux", target_os = "android"))] {
+            // SAFETY: gettid has no preconditions and cannot fail.
+            unsafe { libc::syscall(libc::SYS_gettid) as u32 }
+        } else {
+            0
+        }
+    }
+}
+
+/// Whether thread `tid` of process `pid` may still run: on Linux
+/// `tgkill(pid, tid, 0)` succeeds or fails with `EPERM`, and the process is
+/// no zombie; elsewhere (tid 0) whether the process is alive.
+pub(crate) fn thread_alive(pid: u32, tid: u32) -> bool {
+    if !pid_alive(pid) {
+        return false;
+    }
+    cfg_if::cfg_if! {
+        if #[cfg(any(target_os = "linux", target_os = "android"))] {
+            if tid == 0 || tid > i32::MAX as u32 {
+                return true;
+            }
+            // SAFETY: signal 0 sends nothing; it only checks existence.
+            let r = unsafe { libc::syscall(libc::SYS_tgkill, pid as libc::c_long, tid as libc::c_long, 0) };
+            r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+        } else {
+            let _ = tid;
+            true
+        }
+    }
+}
+
 /// Gives the CPU away (`sched_yield`).
 pub(crate) fn yield_now() {
     // SAFETY: no preconditions.

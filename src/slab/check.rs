@@ -25,6 +25,11 @@ impl CheckError {
         }
     }
 
+    /// A broken invariant of the per-thread caches.
+    pub(crate) fn cache(invariant: &'static str) -> CheckError {
+        CheckError::new(invariant, None, 0, 0)
+    }
+
     /// The invariant that does not hold, in words.
     pub fn invariant(&self) -> &'static str {
         self.invariant

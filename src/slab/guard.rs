@@ -330,7 +330,8 @@ impl<'a> PoolGuard<'a> {
     /// The first broken invariant.
     pub fn check_locked(&self) -> Result<(), CheckError> {
         let (st, d, pages) = self.view();
-        check::check(st, d, pages)
+        check::check(st, d, pages)?;
+        self.pool.check_caches().map_err(CheckError::cache)
     }
 
     /// [`Pool::stats`] with the lock already held (allocates nothing).
@@ -338,6 +339,17 @@ impl<'a> PoolGuard<'a> {
         let (st, d, _) = self.view();
         let largest = Core::largest_run_of(st, d);
         let mut s = PoolStats::from_state(st, d.len(), largest);
+        let (chunks, reqs, bytes, cache) = self.pool.cached_per_class();
+        for (c, cs) in s.classes.iter_mut().enumerate() {
+            cs.cached = chunks[c];
+            cs.used = cs.used.saturating_sub(chunks[c]);
+            cs.reqs = cs.reqs.wrapping_add(reqs[c]);
+            s.bytes_requested = s.bytes_requested.wrapping_add(bytes[c]);
+            s.bytes_handed_out = s
+                .bytes_handed_out
+                .wrapping_add(reqs[c].wrapping_mul(cs.size as u64));
+        }
+        s.cache = cache;
         let j = self.pool.journal.stats();
         s.rollbacks = j.rollbacks;
         s.fenced = j.fenced;

@@ -55,6 +55,8 @@ impl Pool {
             npages: g.npages as u32,
             start_off: g.start_off,
             desc_off: g.desc_off,
+            cache_off: g.cache_off,
+            cache_ok: super::cache::cacheable(g.npages),
             journal,
         }
     }
@@ -136,6 +138,7 @@ impl Pool {
         // 8, at desc_off = 640) are aligned and end before start_off <= len.
         unsafe {
             base.as_ptr().cast::<Header>().write(header);
+            super::cache::init_dir(base.as_ptr().add(g.cache_off).cast(), g.npages);
             let d = base.as_ptr().add(g.desc_off).cast::<Desc>();
             for i in 0..g.npages {
                 d.add(i).write(Desc::INNER_FREE);

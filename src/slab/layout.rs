@@ -6,6 +6,7 @@
 //!                 each class on lines of their own)
 //!         journal records (journal_words(len) × 8 B: the undo log of the
 //!                 section open under the lock, see crate::journal)
+//!         CacheDir (1088 B: the per-thread caches' directory, see cache.rs)
 //!         Desc[npages]   (16 B each, u32 links)
 //!         padding to a SLAB_PAGE boundary
 //! start ─► page 0, page 1, ... page npages-1 (SLAB_PAGE each)
@@ -438,7 +439,11 @@ pub(crate) struct ClassState {
     pub total: u64,
     /// Allocation requests that failed.
     pub fails: u64,
-    pub _pad: [u64; 2],
+    /// Chunks moved into per-thread caches by refills (counted in `reqs`:
+    /// a chunk leaving the slab is a request of the slab's; the stats
+    /// subtract them and add the caches' own requests instead).
+    pub to_caches: u64,
+    pub _pad: u64,
 }
 
 assert_eq_size!(ClassState, [u8; 64]);
@@ -452,7 +457,8 @@ impl ClassState {
         reqs: 0,
         fails: 0,
         bytes_requested: 0,
-        _pad: [0; 2],
+        to_caches: 0,
+        _pad: 0,
     };
 }
 
@@ -534,6 +540,8 @@ pub(crate) const JOURNAL_MAX: usize = 32 << 10;
 pub(crate) struct Geometry {
     pub npages: usize,
     pub jwords: usize,
+    /// Where the caches' directory sits (right after the journal records).
+    pub cache_off: usize,
     pub desc_off: usize,
     pub start_off: usize,
 }
@@ -544,7 +552,8 @@ pub(crate) const JOURNAL_OFF: usize = std::mem::size_of::<Header>();
 /// The layout of a pool of `len` bytes, or None if it holds no page.
 pub(crate) fn geometry(len: usize) -> Option<Geometry> {
     let jwords = journal_words(len);
-    let hdr = JOURNAL_OFF + jwords * 8;
+    let cache_off = JOURNAL_OFF + jwords * 8;
+    let hdr = cache_off + std::mem::size_of::<super::cache::CacheDir>();
     let per_page = SLAB_PAGE + std::mem::size_of::<Desc>();
     let mut npages = len.checked_sub(hdr)? / per_page;
     npages = npages.min(MAX_PAGES);
@@ -558,6 +567,7 @@ pub(crate) fn geometry(len: usize) -> Option<Geometry> {
             return Some(Geometry {
                 npages,
                 jwords,
+                cache_off,
                 desc_off: hdr,
                 start_off,
             });

@@ -48,6 +48,7 @@
 //! down a slab each time. Those slabs are given back as soon as a page run
 //! cannot be found, and by [`Pool::largest_alloc`] and [`Pool::trim`].
 
+mod cache;
 mod check;
 mod error;
 #[doc(hidden)]
@@ -62,6 +63,7 @@ use std::fmt;
 use std::ptr::{addr_of, addr_of_mut, NonNull};
 use std::sync::atomic::Ordering;
 
+pub use cache::{CacheStats, CACHE_MIN_PAGES, MAG, NSLOTS};
 pub use check::CheckError;
 pub use error::{FreeError, PoolError};
 pub use guard::PoolGuard;
@@ -86,6 +88,10 @@ pub struct Pool {
     npages: u32,
     start_off: usize,
     desc_off: usize,
+    /// Where the per-thread caches' directory is.
+    cache_off: usize,
+    /// Whether the pool may cache chunks per thread (big enough).
+    cache_ok: bool,
     /// The undo journal of the pool lock's sections.
     journal: Journal,
 }
@@ -398,7 +404,39 @@ impl Pool {
     /// ```
     #[inline]
     pub fn alloc(&self, size: usize) -> Option<NonNull<u8>> {
-        let r = if size <= MAX_CHUNK {
+        if size <= MAX_CHUNK {
+            // The class is computed before anything else.
+            let c = class_of(size);
+            if let Some(slot) = self.my_slot() {
+                if let Some(off) = self.cache_pop(slot, c, size) {
+                    return Some(self.data_ptr(off));
+                }
+                if self.cache_has_class(slot, c) {
+                    return self.alloc_refill(slot, c, size);
+                }
+            }
+        }
+        self.alloc_uncached(size)
+    }
+
+    /// [`Pool::alloc`] through the lock; when memory is short, the caches
+    /// are given back first and the call tried once more.
+    #[inline]
+    fn alloc_uncached(&self, size: usize) -> Option<NonNull<u8>> {
+        let mut r = self.alloc_plain(size);
+        if r.is_none() && self.cache_ok && !self.journal.is_fenced() {
+            self.relieve();
+            r = self.alloc_plain(size);
+        }
+        if r.is_none() {
+            self.log_nomem(size);
+        }
+        r
+    }
+
+    #[inline]
+    fn alloc_plain(&self, size: usize) -> Option<NonNull<u8>> {
+        if size <= MAX_CHUNK {
             // The class is computed before the lock is taken.
             let c = class_of(size);
             let g = self.lock_op(ALLOC_BUDGET)?;
@@ -409,11 +447,7 @@ impl Pool {
             off.map(|off| self.data_ptr(off))
         } else {
             self.alloc_large(size)
-        };
-        if r.is_none() {
-            self.log_nomem(size);
         }
-        r
     }
 
     #[inline(never)]
@@ -484,15 +518,14 @@ impl Pool {
     #[inline]
     pub unsafe fn free(&self, p: *mut u8) -> Result<(), FreeError> {
         let r = match self.locate(p) {
-            Ok((idx, off)) => match self.lock_op(FREE_BUDGET) {
-                Some(g) => {
-                    // SAFETY: `g` holds the lock until after this borrow ends.
-                    let r = unsafe { self.core() }.lite().free_at(idx, off);
-                    self.journal.commit();
-                    drop(g);
-                    r
-                }
-                None => Err(self.refused_free()),
+            Ok((idx, off)) => match self.my_slot() {
+                Some(slot) => match self.cache_push(slot, idx, off) {
+                    cache::Push::Done => return Ok(()),
+                    cache::Push::Full(c) => self.free_flush(slot, c, idx, off),
+                    cache::Push::Twice => Err(FreeError::ChunkAlreadyFree),
+                    cache::Push::No => self.free_uncached(idx, off),
+                },
+                None => self.free_uncached(idx, off),
             },
             Err(e) => Err(e),
         };
@@ -500,6 +533,21 @@ impl Pool {
             self.log_bad_free(e, p);
         }
         r
+    }
+
+    /// Frees the chunk or run at byte `off` of page `idx` through the lock.
+    #[inline]
+    fn free_uncached(&self, idx: u32, off: usize) -> Result<(), FreeError> {
+        match self.lock_op(FREE_BUDGET) {
+            Some(g) => {
+                // SAFETY: `g` holds the lock until after this borrow ends.
+                let r = unsafe { self.core() }.lite().free_at(idx, off);
+                self.journal.commit();
+                drop(g);
+                r
+            }
+            None => Err(self.refused_free()),
+        }
     }
 
     /// The page index and in-page offset of `p`, if it is in a data page.
@@ -598,7 +646,8 @@ impl Pool {
 
     /// The biggest size one allocation can get now: the longest free run,
     /// or if there is none, the largest class with a free chunk. Gives back
-    /// the classes' kept empty pages first (see [`Pool::trim`]).
+    /// this thread's cache, dead threads' caches and the classes' kept
+    /// empty pages first (see [`Pool::trim`]).
     ///
     /// ```
     /// # use shmzone::{Pool, Region};
@@ -614,13 +663,18 @@ impl Pool {
     /// # Ok::<(), shmzone::Error>(())
     /// ```
     pub fn largest_alloc(&self) -> usize {
+        self.flush_cache();
+        self.reclaim_caches();
         self.lock().largest_alloc_locked()
     }
 
-    /// Gives back the empty page each class keeps for speed, so that the
-    /// free pages coalesce; after everything was freed, the pool is then in
+    /// Gives back this thread's cached chunks, dead threads' caches (see
+    /// [`Pool::reclaim_caches`]) and the empty page each class keeps for
+    /// speed, so that the free pages coalesce; after everything was freed, the pool is then in
     /// its freshly formatted state.
     pub fn trim(&self) {
+        self.flush_cache();
+        self.reclaim_caches();
         let g = self.lock();
         if !g.pool().is_fenced() && self.journal.fits(TRIM_BUDGET) {
             g.core().trim();
@@ -648,6 +702,7 @@ impl Pool {
         let g = self.lock();
         self.journal.discard();
         self.journal.set_fenced(true);
+        self.forget_caches();
         // SAFETY: `g` holds the lock until after this borrow ends.
         unsafe { self.core() }.reformat();
         self.set_root(0);

@@ -85,6 +85,13 @@ impl Core<'_> {
         }
     }
 
+    /// Records the `W` words at `p` (inside the pool) before the caller
+    /// changes them, in this operation's section.
+    #[inline]
+    pub(crate) fn save_words<const W: usize>(&self, p: *const u64) {
+        self.save::<W>(p);
+    }
+
     #[inline(always)]
     fn save_desc(&self, i: u32) {
         if let Some(q) = self.d.get(i as usize) {
@@ -125,7 +132,7 @@ impl Core<'_> {
     /// The class's list head, kept page, counters: 48 bytes.
     #[inline(always)]
     fn save_class(&self, c: usize) {
-        const _: () = assert!(std::mem::offset_of!(ClassState, _pad) == 48);
+        const _: () = assert!(std::mem::offset_of!(ClassState, to_caches) == 48);
         self.save::<6>((&self.st.classes[c] as *const ClassState).cast());
     }
 

@@ -1,5 +1,6 @@
 //! A snapshot of a pool's counters (what nginx exposes per slot, and more).
 
+use super::cache::CacheStats;
 use super::layout::{class_size, State, NCLASSES, SLAB_PAGE};
 
 /// Counters of one size class, as nginx's `ngx_slab_stat_t`.
@@ -9,8 +10,11 @@ pub struct ClassStats {
     pub size: usize,
     /// Usable chunks in the pages the class holds.
     pub total: u64,
-    /// Chunks in use.
+    /// Chunks in use by callers (not counting those in per-thread caches).
     pub used: u64,
+    /// Chunks sitting in per-thread caches (allocated in the slab, free
+    /// for their owner thread to hand out without the lock).
+    pub cached: u64,
     /// Allocation requests (including failed ones).
     pub reqs: u64,
     /// Failed requests.
@@ -52,6 +56,9 @@ pub struct PoolStats {
     /// The pool is fenced: inconsistent after a recovery, allocations fail
     /// until it is re-initialised.
     pub fenced: bool,
+    /// The per-thread caches (their chunks are counted in `cached`, their
+    /// slot bodies' pages in `pages_in_runs`).
+    pub cache: CacheStats,
 }
 
 impl PoolStats {
@@ -63,7 +70,8 @@ impl PoolStats {
                 size: class_size(c),
                 total: s.total,
                 used: s.used,
-                reqs: s.reqs,
+                cached: 0,
+                reqs: s.reqs.saturating_sub(s.to_caches),
                 fails: s.fails,
             };
         }
@@ -89,6 +97,7 @@ impl PoolStats {
             ),
             rollbacks: 0,
             fenced: false,
+            cache: CacheStats::default(),
         }
     }
 

@@ -1,0 +1,1255 @@
+//! Per-thread chunk caches ("magazines") in shared memory: most
+//! allocations and frees touch only the calling thread's own cache line
+//! and take no lock (issue 16).
+//!
+//! ```text
+//! CacheDir (in the pool header area, after the journal records)
+//!   epoch     even: caching on, odd: off; +2 asks every cache to flush
+//!   slots[64] {pid, tid, page, npages}: who owns which slot body
+//! slot body (a page run allocated from the pool by its owner)
+//!   SlotHead  token (proves the body is the caller's), seen epoch
+//!   Mag[c]    word = generation << 32 | count, cap, entries[32] (u32:
+//!             data offset / 8 of a cached chunk of class c)
+//! ```
+//!
+//! A cached chunk stays *allocated* in the slab (its bit is set); only its
+//! owner thread pops and pushes its magazines, without the lock:
+//!
+//! - **pop**: read the top entry, check it (inside the data pages, on a
+//!   page of class c), then store the count minus one. The count store is
+//!   the commit point: a death before it changes nothing, after it the
+//!   chunk belongs to the dead process (as any block it held).
+//! - **push** (free): check the pointer without the lock (a chunk of a
+//!   class page whose bit is set, not already in this magazine), write the
+//!   entry above the top, then store the count plus one.
+//!
+//! Everything else runs under the pool lock, in journaled sections, so a
+//! death half-way is rolled back by the next holder: refilling an empty
+//! magazine (half its capacity, from the slab), flushing a full one (down
+//! to half), claiming a slot, and returning a dead owner's chunks
+//! ([`Pool::reclaim_caches`], done by `prefork::recover_zones` for every
+//! dead worker). Before an allocation fails for lack of memory, the caller
+//! flushes its own cache, returns dead owners' caches and asks every live
+//! cache to flush on its next call (the epoch).
+//!
+//! Bounds: a magazine holds at most [`MAG`] chunks and at most
+//! `min(16 KiB, pool size / 2048)` bytes; a class that would hold fewer
+//! than 2 chunks is not cached; pools under [`CACHE_MIN_PAGES`] pages (or
+//! over 32 GiB) have no caches; at most [`NSLOTS`] threads have a slot,
+//! the others use the lock for every call.
+//!
+//! What caching gives up: a chunk freed twice by two *different* threads
+//! while it sits in a cache is not detected at the second free (nginx
+//! detects it, as does shmzone for the same thread, or with caching off);
+//! it is detected when the cache is flushed, as "chunk already free".
+//! Turn caching off with [`Pool::set_cache`] to hunt such a bug.
+
+use std::cell::{Cell, RefCell};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use static_assertions::{assert_eq_size, const_assert, const_assert_eq};
+
+use super::error::FreeError;
+use super::layout::{
+    class_size, Desc, Link, CLASS, FIRST_DESC_BITMAP_CLASS, MIN_SHIFT, NCLASSES, PAGE_SHIFT,
+    SLAB_PAGE,
+};
+use super::page::{ALLOC_BUDGET, FREE_BUDGET};
+use super::Pool;
+use crate::killpoint;
+use crate::os::process::{current_pid, current_tid, pid_alive, thread_alive};
+
+/// Slots (threads with a cache) per pool.
+pub const NSLOTS: usize = 64;
+/// The most chunks one magazine holds.
+pub const MAG: usize = 32;
+/// Pools with fewer pages have no caches (1 MiB of pages).
+pub const CACHE_MIN_PAGES: usize = 256;
+/// The most bytes one magazine holds.
+const MAG_BYTES_MAX: usize = 16 << 10;
+/// Entries are data offsets / 8 in a u32: data pages up to 32 GiB.
+const MAX_CACHED_DATA: usize = (u32::MAX as usize + 1) << 3;
+
+/// One slot of the directory; written under the pool lock (journaled).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub(crate) struct DirSlot {
+    /// Owner process, 0 = free slot.
+    pub pid: u32,
+    /// Owner thread (kernel tid; 0 where threads have no id).
+    pub tid: u32,
+    /// First page of the slot body's run.
+    pub page: u32,
+    /// Pages in that run.
+    pub npages: u32,
+}
+
+/// The caches' directory, after the journal records.
+#[repr(C, align(64))]
+pub(crate) struct CacheDir {
+    /// Even: caching on; odd: off. Every change adds 2 (so a changed epoch
+    /// tells each cache to flush everything on its next call).
+    pub epoch: AtomicU64,
+    /// A random value fixed at init, mixed into slot tokens.
+    pub nonce: AtomicU64,
+    /// Slots claimed and reclaimed from dead owners so far.
+    pub claims: AtomicU64,
+    pub reclaims: AtomicU64,
+    /// Flush requests (memory ran short) so far.
+    pub pressure: AtomicU64,
+    pub _pad: [u64; 3],
+    pub slots: [DirSlot; NSLOTS],
+}
+
+assert_eq_size!(CacheDir, [u8; 64 + NSLOTS * 16]);
+
+/// The head of a slot body, on its own line.
+#[repr(C, align(64))]
+pub(crate) struct SlotHead {
+    /// The owner's token (see [`token`]); 0 once released.
+    pub token: AtomicU64,
+    /// The directory epoch this cache last synced with.
+    pub seen: AtomicU64,
+    pub _pad: [u64; 6],
+}
+
+/// One class's magazine.
+#[repr(C, align(32))]
+pub(crate) struct Mag {
+    /// generation << 32 | count.
+    pub word: AtomicU64,
+    /// Requests served by this cache, and the bytes they asked for.
+    pub reqs: AtomicU64,
+    pub bytes: AtomicU64,
+    /// The most chunks this magazine holds (0: class not cached).
+    pub cap: AtomicU32,
+    pub _pad: u32,
+    pub e: [AtomicU32; MAG],
+}
+
+assert_eq_size!(Mag, [u8; 160]);
+assert_eq_size!(SlotHead, [u8; 64]);
+
+/// Bytes of a slot body.
+const BODY: usize = std::mem::size_of::<SlotHead>() + NCLASSES * std::mem::size_of::<Mag>();
+/// Pages of a slot body.
+pub(crate) const BODY_PAGES: usize = BODY.div_ceil(SLAB_PAGE);
+const_assert!(BODY_PAGES >= 1);
+const_assert_eq!(std::mem::size_of::<SlotHead>() % 32, 0);
+
+/// The magazine capacity of class `c` in a pool of `len` bytes.
+pub(crate) fn mag_cap(c: usize, len: usize) -> u32 {
+    let bytes = (len / 2048).min(MAG_BYTES_MAX);
+    let n = (bytes / class_size(c)).min(MAG);
+    if n < 2 {
+        0
+    } else {
+        n as u32
+    }
+}
+
+/// Whether a pool of `npages` data pages has caches.
+pub(crate) fn cacheable(npages: usize) -> bool {
+    npages >= CACHE_MIN_PAGES && npages * SLAB_PAGE <= MAX_CACHED_DATA
+}
+
+/// The token of slot `idx` owned by (`pid`, `tid`) in a directory with
+/// `nonce`: never 0.
+fn token(nonce: u64, pid: u32, tid: u32, idx: usize) -> u64 {
+    let mut x = nonce
+        ^ ((pid as u64) << 32 | tid as u64)
+        ^ (idx as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    x ^= x >> 30;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 27;
+    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^= x >> 31;
+    x | 1
+}
+
+/// A thread's hold on one pool's slot (thread-local).
+#[derive(Clone, Copy)]
+struct Held {
+    /// The pool's base in this process (0: none).
+    base: usize,
+    /// The slot body's offset from base; `usize::MAX`: no slot could be
+    /// had (all taken) at epoch `token`.
+    slot: usize,
+    token: u64,
+    pid: u32,
+}
+
+impl Held {
+    const NONE: Held = Held {
+        base: 0,
+        slot: usize::MAX,
+        token: 0,
+        pid: 0,
+    };
+}
+
+thread_local! {
+    /// The pool this thread used last.
+    static MRU: Cell<Held> = const { Cell::new(Held::NONE) };
+    /// Every pool this thread holds a slot of (or was refused one).
+    static HELD: RefCell<Vec<Held>> = const { RefCell::new(Vec::new()) };
+}
+
+/// What a lock-free push did.
+pub(crate) enum Push {
+    Done,
+    /// The magazine of this class is full: flush under the lock.
+    Full(usize),
+    /// The chunk is already in this cache.
+    Twice,
+    /// Not a cached class, or the pointer failed a check: take the lock
+    /// (which gives the precise error, or frees a page run).
+    No,
+}
+
+/// Initialises the directory of a fresh pool (no slot, caching on).
+///
+/// # Safety
+/// `dir` points to the directory of a pool being formatted.
+pub(crate) unsafe fn init_dir(dir: *mut CacheDir, npages: usize) {
+    let nonce = {
+        let t = crate::os::clock::now_ms();
+        token(
+            t ^ ((dir as usize) as u64).rotate_left(17),
+            current_pid(),
+            0,
+            0,
+        )
+    };
+    // Caching on (even) for pools big enough, off (odd) for the others.
+    let epoch = (nonce << 1) | (!cacheable(npages)) as u64;
+    // SAFETY: the caller's range; written before anyone else can look.
+    unsafe {
+        dir.write(CacheDir {
+            epoch: AtomicU64::new(epoch),
+            nonce: AtomicU64::new(nonce),
+            claims: AtomicU64::new(0),
+            reclaims: AtomicU64::new(0),
+            pressure: AtomicU64::new(0),
+            _pad: [0; 3],
+            slots: [DirSlot {
+                pid: 0,
+                tid: 0,
+                page: 0,
+                npages: 0,
+            }; NSLOTS],
+        })
+    };
+}
+
+/// The caches' counters, for stats.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Whether the pool caches chunks per thread (see [`Pool::set_cache`]).
+    pub enabled: bool,
+    /// Slots in use (threads with a cache).
+    pub slots: usize,
+    /// Pages the slot bodies take.
+    pub pages: usize,
+    /// Chunks sitting in caches.
+    pub chunks: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Slots claimed so far.
+    pub claims: u64,
+    /// Slots of dead owners returned to the pool so far.
+    pub reclaims: u64,
+    /// Times memory ran short so that every cache was asked to flush.
+    pub pressure: u64,
+}
+
+impl Pool {
+    #[inline(always)]
+    fn dir(&self) -> &CacheDir {
+        // SAFETY: the directory is inside the pool (geometry), aligned to 64
+        // (its offset is a multiple of 64: header 896 + journal words).
+        unsafe { &*self.base.as_ptr().add(self.cache_off).cast::<CacheDir>() }
+    }
+
+    #[inline(always)]
+    fn dir_slot(&self, i: usize) -> *mut DirSlot {
+        // Pointer arithmetic only; callers hold the lock to read or write.
+        let d = self
+            .base
+            .as_ptr()
+            .wrapping_add(self.cache_off)
+            .cast::<CacheDir>();
+        // SAFETY: i < NSLOTS is asserted by callers' loops; in bounds.
+        unsafe { std::ptr::addr_of_mut!((*d).slots).cast::<DirSlot>().add(i) }
+    }
+
+    #[inline(always)]
+    fn mag(&self, slot: NonNull<SlotHead>, c: usize) -> &Mag {
+        // SAFETY: a slot body holds a SlotHead and NCLASSES Mags (BODY bytes,
+        // inside its page run); c < NCLASSES.
+        unsafe {
+            &*slot
+                .as_ptr()
+                .cast::<u8>()
+                .add(std::mem::size_of::<SlotHead>() + c * std::mem::size_of::<Mag>())
+                .cast::<Mag>()
+        }
+    }
+
+    /// The calling thread's slot in this pool, if caching is on and it has
+    /// one (claiming one if it can).
+    #[inline(always)]
+    pub(crate) fn my_slot(&self) -> Option<NonNull<SlotHead>> {
+        if !self.cache_ok {
+            return None;
+        }
+        let h = MRU.with(Cell::get);
+        if h.base == self.base.as_ptr() as usize && h.slot < self.len && h.pid == current_pid() {
+            let s = self.base.as_ptr().wrapping_add(h.slot).cast::<SlotHead>();
+            // SAFETY: h.slot < len: inside the pool, and 64-aligned (set from
+            // a page run by `claim`).
+            let sh = unsafe { &*s };
+            if sh.token.load(Ordering::Relaxed) == h.token
+                && sh.seen.load(Ordering::Relaxed) == self.dir().epoch.load(Ordering::Relaxed)
+            {
+                // SAFETY: in the pool, non-null.
+                return Some(unsafe { NonNull::new_unchecked(s) });
+            }
+        }
+        self.my_slot_slow()
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn my_slot_slow(&self) -> Option<NonNull<SlotHead>> {
+        let base = self.base.as_ptr() as usize;
+        let pid = current_pid();
+        let epoch = self.dir().epoch.load(Ordering::Acquire);
+        let held = HELD.with(|v| {
+            let mut v = v.borrow_mut();
+            // Entries of another process (we were forked) are not ours.
+            v.retain(|h| h.pid == pid);
+            v.iter().find(|h| h.base == base).copied()
+        });
+        if let Some(h) = held {
+            if h.slot == usize::MAX {
+                // Refused a slot at epoch `token`: try again only after a
+                // change (a release or reclaim bumps nothing, so also retry
+                // now and then: every 4096th call).
+                let n = MISSES.with(|m| {
+                    let n = m.get().wrapping_add(1);
+                    m.set(n);
+                    n
+                });
+                if h.token == epoch && n % 4096 != 0 {
+                    return None;
+                }
+                self.forget_held(base);
+            } else if h.slot < self.len {
+                let s = self.base.as_ptr().wrapping_add(h.slot).cast::<SlotHead>();
+                // SAFETY: inside the pool, 64-aligned (set by `claim`).
+                let sh = unsafe { &*s };
+                // SAFETY: non-null (inside the pool).
+                let slot = unsafe { NonNull::new_unchecked(s) };
+                if sh.token.load(Ordering::Relaxed) == h.token {
+                    if sh.seen.load(Ordering::Relaxed) != epoch {
+                        // Caching was turned off, or memory ran short, or
+                        // the pool was re-initialised: give everything back.
+                        if !self.sync_epoch(slot, epoch) {
+                            return None;
+                        }
+                    }
+                    MRU.with(|m| m.set(h));
+                    return Some(slot);
+                }
+                // Our slot was taken from us (re-initialised pool).
+                self.forget_held(base);
+            } else {
+                self.forget_held(base);
+            }
+        }
+        if epoch & 1 == 1 {
+            return None;
+        }
+        self.claim()
+    }
+
+    fn forget_held(&self, base: usize) {
+        HELD.with(|v| v.borrow_mut().retain(|h| h.base != base));
+        MRU.with(|m| {
+            if m.get().base == base {
+                m.set(Held::NONE)
+            }
+        });
+    }
+
+    fn remember(&self, h: Held) {
+        HELD.with(|v| {
+            let mut v = v.borrow_mut();
+            v.retain(|o| o.base != h.base);
+            v.push(h);
+        });
+        if h.slot != usize::MAX {
+            MRU.with(|m| m.set(h));
+        }
+    }
+
+    /// After the epoch changed: flush everything (lock), then follow it:
+    /// keep the slot (caching on) or release it (off). Whether the slot is
+    /// still usable.
+    fn sync_epoch(&self, slot: NonNull<SlotHead>, epoch: u64) -> bool {
+        let base = self.base.as_ptr() as usize;
+        let Some(g) = self.lock_op(FREE_BUDGET) else {
+            return false;
+        };
+        for c in 0..NCLASSES {
+            self.flush_mag(slot, c, 0);
+        }
+        // SAFETY: our slot (token checked by the caller).
+        let sh = unsafe { slot.as_ref() };
+        let now = self.dir().epoch.load(Ordering::Acquire);
+        if now & 1 == 1 {
+            let i = self.slot_index(slot);
+            if let Some(i) = i {
+                self.release_slot(i);
+            }
+            drop(g);
+            self.forget_held(base);
+            let _ = epoch;
+            return false;
+        }
+        sh.seen.store(now, Ordering::Relaxed);
+        drop(g);
+        true
+    }
+
+    /// The directory index of our slot body.
+    fn slot_index(&self, slot: NonNull<SlotHead>) -> Option<usize> {
+        let off =
+            (slot.as_ptr() as usize).wrapping_sub(self.base.as_ptr() as usize + self.start_off);
+        let page = (off / SLAB_PAGE) as u32;
+        (0..NSLOTS).find(|&i| {
+            // SAFETY: i < NSLOTS; read under the lock (callers).
+            let d = unsafe { self.dir_slot(i).read() };
+            d.pid != 0 && d.page == page
+        })
+    }
+
+    /// Claims a free slot (or one of a dead owner) for this thread.
+    #[cold]
+    fn claim(&self) -> Option<NonNull<SlotHead>> {
+        let base = self.base.as_ptr() as usize;
+        let pid = current_pid();
+        let tid = current_tid();
+        let g = self.lock_op(ALLOC_BUDGET)?;
+        let epoch = self.dir().epoch.load(Ordering::Acquire);
+        let refused = Held {
+            base,
+            slot: usize::MAX,
+            token: epoch,
+            pid,
+        };
+        if epoch & 1 == 1 {
+            return None;
+        }
+        let mut free = (0..NSLOTS).find(|&i| {
+            // SAFETY: i < NSLOTS, lock held.
+            unsafe { self.dir_slot(i).read() }.pid == 0
+        });
+        if free.is_none() {
+            drop(g);
+            self.reclaim_caches();
+            let g2 = self.lock_op(ALLOC_BUDGET)?;
+            free = (0..NSLOTS).find(|&i| {
+                // SAFETY: i < NSLOTS, lock held.
+                unsafe { self.dir_slot(i).read() }.pid == 0
+            });
+            let Some(i) = free else {
+                drop(g2);
+                self.remember(refused);
+                return None;
+            };
+            return self.claim_at(i, pid, tid, g2);
+        }
+        let i = free?;
+        self.claim_at(i, pid, tid, g)
+    }
+
+    fn claim_at(
+        &self,
+        i: usize,
+        pid: u32,
+        tid: u32,
+        g: crate::shmtx::ShmGuard<'_>,
+    ) -> Option<NonNull<SlotHead>> {
+        let base = self.base.as_ptr() as usize;
+        // SAFETY: `g` holds the lock until after this borrow ends.
+        let mut core = unsafe { self.core() };
+        let Some(off) = core.alloc_run_checked(BODY_PAGES, BODY, self.npages as usize) else {
+            self.journal.commit();
+            drop(g);
+            self.remember(Held {
+                base,
+                slot: usize::MAX,
+                token: self.dir().epoch.load(Ordering::Relaxed),
+                pid,
+            });
+            return None;
+        };
+        // Not a user's request: keep the run counters to real requests.
+        core.st.page_reqs = core.st.page_reqs.wrapping_sub(1);
+        core.st.run_bytes_requested = core.st.run_bytes_requested.wrapping_sub(BODY as u64);
+        let nonce = self.dir().nonce.load(Ordering::Relaxed);
+        let tok = token(nonce, pid, tid, i);
+        let epoch = self.dir().epoch.load(Ordering::Relaxed);
+        let body = self.data_ptr(off).cast::<SlotHead>();
+        // SAFETY: a fresh run of BODY_PAGES pages, ours under the lock (a
+        // rollback gives it back whole, so its bytes need no record).
+        unsafe {
+            body.as_ptr().write(SlotHead {
+                token: AtomicU64::new(tok),
+                seen: AtomicU64::new(epoch),
+                _pad: [0; 6],
+            });
+        }
+        for c in 0..NCLASSES {
+            let m = self.mag(body, c);
+            m.word.store(0, Ordering::Relaxed);
+            m.reqs.store(0, Ordering::Relaxed);
+            m.bytes.store(0, Ordering::Relaxed);
+            m.cap.store(mag_cap(c, self.len), Ordering::Relaxed);
+        }
+        let ds = self.dir_slot(i);
+        core.save_words::<2>(ds.cast::<u64>());
+        killpoint::point();
+        // SAFETY: lock held; recorded above.
+        unsafe {
+            ds.write(DirSlot {
+                pid,
+                tid,
+                page: (off >> PAGE_SHIFT) as u32,
+                npages: BODY_PAGES as u32,
+            })
+        };
+        killpoint::point();
+        self.journal.commit();
+        self.dir().claims.fetch_add(1, Ordering::Relaxed);
+        drop(g);
+        let h = Held {
+            base,
+            slot: body.as_ptr() as usize - base,
+            token: tok,
+            pid,
+        };
+        self.remember(h);
+        Some(body)
+    }
+
+    /// Frees slot `i`'s body and clears its directory entry (lock held;
+    /// its magazines already flushed).
+    fn release_slot(&self, i: usize) {
+        // SAFETY: i < NSLOTS; lock held.
+        let ds = unsafe { self.dir_slot(i).read() };
+        if !self.journal.fits(FREE_BUDGET + 4) {
+            self.journal.commit();
+        }
+        // SAFETY: lock held (callers).
+        let mut core = unsafe { self.core() };
+        if self.body_run_ok(&ds) {
+            if let Err(e) = core.free_at(ds.page, 0) {
+                log::error!(
+                    "zone \"{}\": cache slot {i}: its body at page {} could not be freed: {e}",
+                    self.name(),
+                    ds.page
+                );
+            }
+        }
+        core.save_words::<2>(self.dir_slot(i).cast::<u64>());
+        killpoint::point();
+        // SAFETY: lock held; recorded above.
+        unsafe {
+            self.dir_slot(i).write(DirSlot {
+                pid: 0,
+                tid: 0,
+                page: 0,
+                npages: 0,
+            })
+        };
+        self.journal.commit();
+    }
+
+    /// Whether a directory entry names an allocated run of its length.
+    fn body_run_ok(&self, ds: &DirSlot) -> bool {
+        // SAFETY: lock held by callers.
+        let (_, d, _) = unsafe { self.view() };
+        ds.npages as usize == BODY_PAGES
+            && (ds.page as usize) + BODY_PAGES <= d.len()
+            && d[ds.page as usize].prev.tag() == Link::RUN
+            && d[ds.page as usize].slab == BODY_PAGES as u64
+    }
+
+    /// The slot body of directory entry `ds`, if its run and token are right.
+    fn body_of(&self, i: usize, ds: &DirSlot) -> Option<NonNull<SlotHead>> {
+        if !self.body_run_ok(ds) {
+            return None;
+        }
+        let body = self
+            .data_ptr((ds.page as usize) << PAGE_SHIFT)
+            .cast::<SlotHead>();
+        let nonce = self.dir().nonce.load(Ordering::Relaxed);
+        // SAFETY: an allocated run of BODY_PAGES pages inside the pool.
+        let tok = unsafe { body.as_ref() }.token.load(Ordering::Relaxed);
+        (tok == token(nonce, ds.pid, ds.tid, i)).then_some(body)
+    }
+
+    /// Gives magazine `c` of `slot` back to the slab down to `target`
+    /// chunks (lock held by the caller), in sections that fit the journal.
+    /// Entries that fail their check are dropped (logged).
+    fn flush_mag(&self, slot: NonNull<SlotHead>, c: usize, target: u32) {
+        let m = self.mag(slot, c);
+        let cap = m.cap.load(Ordering::Relaxed).min(MAG as u32);
+        let w = m.word.load(Ordering::Acquire);
+        let mut n = (w as u32).min(cap);
+        let mut gen = w >> 32;
+        let mut bad = 0u32;
+        let mut rounds = 0;
+        while n > target || (w as u32) > cap {
+            rounds += 1;
+            if rounds > MAG + 2 {
+                break;
+            }
+            // SAFETY: the caller holds the lock.
+            let mut core = unsafe { self.core() };
+            core.save_words::<1>(m.word.as_ptr().cast_const());
+            while n > target && self.journal.fits(FREE_BUDGET + 2) {
+                n -= 1;
+                let e = m.e[n as usize].load(Ordering::Relaxed);
+                let off = (e as usize) << 3;
+                match self.chunk_at(off, c) {
+                    Some((idx, in_page)) => {
+                        if core.free_at(idx, in_page).is_err() {
+                            bad += 1;
+                        }
+                    }
+                    None => bad += 1,
+                }
+                killpoint::point();
+            }
+            gen += 1;
+            m.word.store(gen << 32 | n as u64, Ordering::Release);
+            killpoint::point();
+            self.journal.commit();
+            if n <= target {
+                break;
+            }
+        }
+        if bad != 0 {
+            log::error!(
+                "zone \"{}\": {bad} bad entries dropped from a {}-byte cache (not chunks of \
+                 the class in use)",
+                self.name(),
+                class_size(c)
+            );
+        }
+    }
+
+    /// The page and in-page offset of a cached chunk at data offset `off`
+    /// of class `c`, if it is one (read racily: descriptor words of pages
+    /// with an allocated chunk do not change while it stays allocated).
+    #[inline(always)]
+    fn chunk_at(&self, off: usize, c: usize) -> Option<(u32, usize)> {
+        let idx = off >> PAGE_SHIFT;
+        if idx >= self.npages as usize {
+            return None;
+        }
+        let (cls, slab) = self.desc_racy(idx);
+        if cls != Some(c) {
+            return None;
+        }
+        let in_page = off & (SLAB_PAGE - 1);
+        let shift = MIN_SHIFT as usize + c;
+        if in_page & ((1 << shift) - 1) != 0 {
+            return None;
+        }
+        let bit = (in_page >> shift) as u32;
+        let set = if c < FIRST_DESC_BITMAP_CLASS {
+            if bit < CLASS[c].reserved {
+                return None;
+            }
+            let w = self
+                .base
+                .as_ptr()
+                .wrapping_add(self.start_off + (idx << PAGE_SHIFT) + (bit as usize / 64) * 8);
+            // SAFETY: inside page idx (a small page's bitmap words), aligned.
+            let word = unsafe { AtomicU64::from_ptr(w.cast::<u64>()) }.load(Ordering::Relaxed);
+            word & (1 << (bit % 64)) != 0
+        } else {
+            slab & (1 << bit) != 0
+        };
+        set.then_some((idx as u32, in_page))
+    }
+
+    /// Page `idx`'s class and `slab` word, read with atomic loads.
+    #[inline(always)]
+    fn desc_racy(&self, idx: usize) -> (Option<usize>, u64) {
+        let q = self
+            .base
+            .as_ptr()
+            .wrapping_add(self.desc_off + idx * std::mem::size_of::<Desc>());
+        // SAFETY: idx < npages: a descriptor inside the pool, 8-aligned;
+        // atomic loads, since lock holders may write it meanwhile.
+        unsafe {
+            let slab = AtomicU64::from_ptr(q.cast::<u64>()).load(Ordering::Relaxed);
+            let prev = AtomicU32::from_ptr(q.add(12).cast::<u32>()).load(Ordering::Relaxed);
+            (Link(prev).class(), slab)
+        }
+    }
+
+    /// Whether `slot` caches class `c` at all.
+    #[inline(always)]
+    pub(crate) fn cache_has_class(&self, slot: NonNull<SlotHead>, c: usize) -> bool {
+        self.mag(slot, c).cap.load(Ordering::Relaxed) != 0
+    }
+
+    /// Lock-free pop of a chunk of class `c` from `slot`.
+    #[inline(always)]
+    pub(crate) fn cache_pop(
+        &self,
+        slot: NonNull<SlotHead>,
+        c: usize,
+        size: usize,
+    ) -> Option<usize> {
+        let m = self.mag(slot, c);
+        let w = m.word.load(Ordering::Relaxed);
+        let n = w as u32;
+        if n == 0 || n > MAG as u32 {
+            return None;
+        }
+        let off = (m.e[n as usize - 1].load(Ordering::Relaxed) as usize) << 3;
+        let idx = off >> PAGE_SHIFT;
+        if idx >= self.npages as usize || self.desc_racy(idx).0 != Some(c) {
+            return None;
+        }
+        killpoint::point();
+        m.word
+            .store(((w >> 32) + 1) << 32 | (n - 1) as u64, Ordering::Relaxed);
+        killpoint::point();
+        m.reqs
+            .store(m.reqs.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        m.bytes.store(
+            m.bytes.load(Ordering::Relaxed) + size as u64,
+            Ordering::Relaxed,
+        );
+        Some(off)
+    }
+
+    /// Lock-free push of the chunk at byte `in_page` of page `idx`.
+    #[inline(always)]
+    pub(crate) fn cache_push(&self, slot: NonNull<SlotHead>, idx: u32, in_page: usize) -> Push {
+        let (cls, slab) = self.desc_racy(idx as usize);
+        let Some(c) = cls else {
+            return Push::No;
+        };
+        let shift = MIN_SHIFT as usize + c;
+        if in_page & ((1 << shift) - 1) != 0 {
+            return Push::No;
+        }
+        let bit = (in_page >> shift) as u32;
+        let set = if c < FIRST_DESC_BITMAP_CLASS {
+            if bit < CLASS[c].reserved {
+                return Push::No;
+            }
+            let w = self.base.as_ptr().wrapping_add(
+                self.start_off + ((idx as usize) << PAGE_SHIFT) + (bit as usize / 64) * 8,
+            );
+            // SAFETY: inside page idx (a small page's bitmap words), aligned.
+            let word = unsafe { AtomicU64::from_ptr(w.cast::<u64>()) }.load(Ordering::Relaxed);
+            word & (1 << (bit % 64)) != 0
+        } else {
+            slab & (1 << bit) != 0
+        };
+        if !set {
+            return Push::No;
+        }
+        let m = self.mag(slot, c);
+        let w = m.word.load(Ordering::Relaxed);
+        let n = w as u32;
+        let cap = m.cap.load(Ordering::Relaxed);
+        if n >= cap {
+            return if cap == 0 { Push::No } else { Push::Full(c) };
+        }
+        let e = ((((idx as usize) << PAGE_SHIFT) + in_page) >> 3) as u32;
+        // Already in this magazine? A branch-free compare of every entry
+        // (vectorised), masked to the `n` live ones.
+        // SAFETY: the entries are ours: only this thread writes them while
+        // it lives, so a plain read of the array races with nobody.
+        let arr: [u32; MAG] = unsafe { m.e.as_ptr().cast::<[u32; MAG]>().read() };
+        let mut twice = false;
+        for (k, &x) in arr.iter().enumerate() {
+            twice |= (x == e) & ((k as u32) < n);
+        }
+        if twice {
+            return Push::Twice;
+        }
+        m.e[n as usize].store(e, Ordering::Relaxed);
+        killpoint::point();
+        m.word
+            .store(((w >> 32) + 1) << 32 | (n + 1) as u64, Ordering::Release);
+        Push::Done
+    }
+
+    /// The slow part of a cached allocation: the magazine was empty (or its
+    /// top entry bad). Under the lock: drop bad entries, refill half the
+    /// magazine from the slab, hand out one chunk.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn alloc_refill(
+        &self,
+        slot: NonNull<SlotHead>,
+        c: usize,
+        size: usize,
+    ) -> Option<NonNull<u8>> {
+        let m = self.mag(slot, c);
+        let cap = m.cap.load(Ordering::Relaxed).min(MAG as u32);
+        let g = self.lock_op(ALLOC_BUDGET)?;
+        // SAFETY: `g` holds the lock until after this borrow ends.
+        let mut core = unsafe { self.core() };
+        let w = m.word.load(Ordering::Relaxed);
+        let mut n = (w as u32).min(cap);
+        core.save_words::<1>(m.word.as_ptr().cast_const());
+        // Bad entries on top: dropped.
+        let mut got = None;
+        let mut bad = 0;
+        while n > 0 {
+            n -= 1;
+            let off = (m.e[n as usize].load(Ordering::Relaxed) as usize) << 3;
+            if self.chunk_at(off, c).is_some() {
+                got = Some(off);
+                break;
+            }
+            bad += 1;
+        }
+        if got.is_none() {
+            let want = (cap / 2).max(1);
+            let cs = core.st.classes[c];
+            let mut k = 0;
+            while k < want && self.journal.fits(ALLOC_BUDGET + 2) {
+                let Some(off) = core.alloc_chunk(c, class_size(c)) else {
+                    break;
+                };
+                killpoint::point();
+                if got.is_none() {
+                    got = Some(off);
+                } else {
+                    m.e[n as usize].store((off >> 3) as u32, Ordering::Relaxed);
+                    n += 1;
+                }
+                k += 1;
+            }
+            // Chunks moved to a cache are the slab's requests (its `reqs`
+            // counts them), not the user's: counted apart, no bytes asked.
+            let st = &mut core.st.classes[c];
+            st.to_caches = st.to_caches.wrapping_add(k as u64);
+            st.bytes_requested = cs.bytes_requested;
+            st.fails = cs.fails;
+        }
+        m.word
+            .store(((w >> 32) + 1) << 32 | n as u64, Ordering::Release);
+        killpoint::point();
+        self.journal.commit();
+        drop(g);
+        if bad != 0 {
+            log::error!(
+                "zone \"{}\": {bad} bad entries dropped from a {}-byte cache",
+                self.name(),
+                class_size(c)
+            );
+        }
+        match got {
+            Some(off) => {
+                m.reqs
+                    .store(m.reqs.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+                m.bytes.store(
+                    m.bytes.load(Ordering::Relaxed) + size as u64,
+                    Ordering::Relaxed,
+                );
+                Some(self.data_ptr(off))
+            }
+            None => {
+                // No memory: give caches back, then try once more uncached.
+                self.relieve();
+                self.alloc_uncached(size)
+            }
+        }
+    }
+
+    /// The slow part of a cached free: the magazine is full. Flush it to
+    /// half (lock), then push.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn free_flush(
+        &self,
+        slot: NonNull<SlotHead>,
+        c: usize,
+        idx: u32,
+        in_page: usize,
+    ) -> Result<(), FreeError> {
+        let cap = self.mag(slot, c).cap.load(Ordering::Relaxed);
+        match self.lock_op(FREE_BUDGET) {
+            Some(g) => {
+                self.flush_mag(slot, c, cap / 2);
+                drop(g);
+            }
+            None => return Err(self.refused_free()),
+        }
+        match self.cache_push(slot, idx, in_page) {
+            Push::Done => Ok(()),
+            Push::Twice => Err(FreeError::ChunkAlreadyFree),
+            Push::Full(_) | Push::No => self.free_uncached(idx, in_page),
+        }
+    }
+
+    /// Memory ran short: flush this thread's cache, return dead owners'
+    /// caches, and ask every live cache to flush on its next call.
+    #[cold]
+    pub(crate) fn relieve(&self) {
+        if !self.cache_ok {
+            return;
+        }
+        self.flush_cache();
+        self.reclaim_caches();
+        if self.cached_elsewhere() {
+            let g = self.lock();
+            let e = self.dir().epoch.load(Ordering::Relaxed);
+            self.dir().epoch.store(e.wrapping_add(2), Ordering::Release);
+            self.dir().pressure.fetch_add(1, Ordering::Relaxed);
+            drop(g);
+            // Our own cache follows the new epoch at once.
+            let base = self.base.as_ptr() as usize;
+            let h = MRU.with(Cell::get);
+            if h.base == base && h.slot < self.len {
+                let s = self.base.as_ptr().wrapping_add(h.slot).cast::<SlotHead>();
+                // SAFETY: inside the pool; our slot (token checked next).
+                let sh = unsafe { &*s };
+                if sh.token.load(Ordering::Relaxed) == h.token {
+                    sh.seen.store(e.wrapping_add(2), Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Whether some other slot holds chunks (read racily).
+    fn cached_elsewhere(&self) -> bool {
+        let mine = {
+            let h = MRU.with(Cell::get);
+            (h.base == self.base.as_ptr() as usize).then_some(h.slot)
+        };
+        let g = self.lock();
+        let mut any = false;
+        for i in 0..NSLOTS {
+            // SAFETY: i < NSLOTS, lock held.
+            let ds = unsafe { self.dir_slot(i).read() };
+            if ds.pid == 0 {
+                continue;
+            }
+            let Some(body) = self.body_of(i, &ds) else {
+                continue;
+            };
+            if Some(body.as_ptr() as usize - self.base.as_ptr() as usize) == mine {
+                continue;
+            }
+            any |=
+                (0..NCLASSES).any(|c| self.mag(body, c).word.load(Ordering::Relaxed) as u32 != 0);
+        }
+        drop(g);
+        any
+    }
+
+    /// Gives every chunk in the calling thread's cache back to the slab
+    /// (the cache and its slot stay).
+    pub fn flush_cache(&self) {
+        if !self.cache_ok {
+            return;
+        }
+        let h = MRU.with(Cell::get);
+        let held = if h.base == self.base.as_ptr() as usize {
+            Some(h)
+        } else {
+            HELD.with(|v| {
+                v.borrow()
+                    .iter()
+                    .find(|o| o.base == self.base.as_ptr() as usize)
+                    .copied()
+            })
+        };
+        let Some(h) = held else { return };
+        if h.slot >= self.len || h.pid != current_pid() {
+            return;
+        }
+        let s = self.base.as_ptr().wrapping_add(h.slot).cast::<SlotHead>();
+        // SAFETY: inside the pool, 64-aligned (set by claim).
+        if unsafe { &*s }.token.load(Ordering::Relaxed) != h.token {
+            return;
+        }
+        // SAFETY: non-null.
+        let slot = unsafe { NonNull::new_unchecked(s) };
+        if let Some(g) = self.lock_op(FREE_BUDGET) {
+            for c in 0..NCLASSES {
+                self.flush_mag(slot, c, 0);
+            }
+            drop(g);
+        }
+    }
+
+    /// Returns the caches of threads that no longer run (their chunks go
+    /// back to the slab, their slots are freed). Returns how many slots.
+    /// The master calls it (through `prefork::recover_zones`) for every
+    /// dead worker; any thread calls it when slots run out or memory does.
+    pub fn reclaim_caches(&self) -> usize {
+        self.reclaim_where(|ds| !thread_alive(ds.pid, ds.tid))
+    }
+
+    /// Returns every cache of process `pid`, which must be dead (the
+    /// master's recovery of a dead worker). Returns how many slots.
+    pub fn reclaim_caches_of(&self, pid: u32) -> usize {
+        if pid == 0 {
+            return 0;
+        }
+        if pid_alive(pid) {
+            log::warn!(
+                "zone \"{}\": reclaim_caches_of({pid}): the process is alive; nothing done",
+                self.name()
+            );
+            return 0;
+        }
+        self.reclaim_where(|ds| ds.pid == pid)
+    }
+
+    fn reclaim_where(&self, dead: impl Fn(&DirSlot) -> bool) -> usize {
+        // Cheap when nobody ever had a slot.
+        let any = (0..NSLOTS).any(|i| {
+            // SAFETY: i < NSLOTS; a racy read of a plain u32 through a
+            // pointer, only to skip the lock when every slot is free.
+            unsafe { std::ptr::read_volatile(std::ptr::addr_of!((*self.dir_slot(i)).pid)) != 0 }
+        });
+        if !any {
+            return 0;
+        }
+        let Some(g) = self.lock_op(FREE_BUDGET) else {
+            return 0;
+        };
+        let mut n = 0;
+        for i in 0..NSLOTS {
+            // SAFETY: i < NSLOTS, lock held.
+            let ds = unsafe { self.dir_slot(i).read() };
+            if ds.pid == 0 || !dead(&ds) {
+                continue;
+            }
+            if let Some(body) = self.body_of(i, &ds) {
+                for c in 0..NCLASSES {
+                    self.flush_mag(body, c, 0);
+                }
+            } else {
+                log::error!(
+                    "zone \"{}\": cache slot {i} of process {} is damaged; its cached chunks \
+                     are lost",
+                    self.name(),
+                    ds.pid
+                );
+            }
+            self.release_slot(i);
+            n += 1;
+        }
+        drop(g);
+        if n > 0 {
+            self.dir().reclaims.fetch_add(n as u64, Ordering::Relaxed);
+            log::info!(
+                "zone \"{}\": returned {n} cache(s) of dead threads to the pool",
+                self.name()
+            );
+        }
+        n
+    }
+
+    /// Turns the per-thread caches of this pool on or off for every
+    /// process. Off: each cache gives its chunks back on its owner's next
+    /// call and frees its slot. Pools under [`CACHE_MIN_PAGES`] pages never
+    /// cache. Caching is on by default.
+    pub fn set_cache(&self, on: bool) {
+        if !self.cache_ok {
+            return;
+        }
+        let g = self.lock();
+        let e = self.dir().epoch.load(Ordering::Relaxed);
+        let next = (e.wrapping_add(2) & !1) | (!on) as u64;
+        self.dir().epoch.store(next, Ordering::Release);
+        drop(g);
+        if !on {
+            // Our own slot goes at once.
+            let _ = self.my_slot();
+        }
+    }
+
+    /// Whether this pool caches chunks per thread now.
+    pub fn cache_enabled(&self) -> bool {
+        self.cache_ok && self.dir().epoch.load(Ordering::Relaxed) & 1 == 0
+    }
+
+    /// Cached chunks per class (read racily; exact when nobody allocates).
+    pub(crate) fn cached_per_class(
+        &self,
+    ) -> (
+        [u64; NCLASSES],
+        [u64; NCLASSES],
+        [u64; NCLASSES],
+        CacheStats,
+    ) {
+        let mut chunks = [0u64; NCLASSES];
+        let mut reqs = [0u64; NCLASSES];
+        let mut bytes = [0u64; NCLASSES];
+        let dir = self.dir();
+        let mut cs = CacheStats {
+            enabled: self.cache_enabled(),
+            claims: dir.claims.load(Ordering::Relaxed),
+            reclaims: dir.reclaims.load(Ordering::Relaxed),
+            pressure: dir.pressure.load(Ordering::Relaxed),
+            ..CacheStats::default()
+        };
+        if !self.cache_ok {
+            return (chunks, reqs, bytes, cs);
+        }
+        for i in 0..NSLOTS {
+            // SAFETY: i < NSLOTS; callers hold the lock.
+            let ds = unsafe { self.dir_slot(i).read() };
+            if ds.pid == 0 {
+                continue;
+            }
+            cs.slots += 1;
+            cs.pages += ds.npages as usize;
+            let Some(body) = self.body_of(i, &ds) else {
+                continue;
+            };
+            for c in 0..NCLASSES {
+                let m = self.mag(body, c);
+                let n = (m.word.load(Ordering::Acquire) as u32).min(MAG as u32) as u64;
+                chunks[c] += n;
+                reqs[c] += m.reqs.load(Ordering::Relaxed);
+                bytes[c] += m.bytes.load(Ordering::Relaxed);
+                cs.chunks += n;
+                cs.bytes += n * class_size(c) as u64;
+            }
+        }
+        (chunks, reqs, bytes, cs)
+    }
+
+    /// Checks the caches (lock held): every slot's body is an allocated run
+    /// with its owner's token, every count within its capacity, every entry
+    /// a chunk of its class that is allocated, and no chunk cached twice.
+    /// A magazine that changes while it is read (its owner is busy) is
+    /// skipped.
+    pub(crate) fn check_caches(&self) -> Result<(), &'static str> {
+        if !self.cache_ok {
+            return Ok(());
+        }
+        let mut seen: Vec<u32> = Vec::new();
+        for i in 0..NSLOTS {
+            // SAFETY: i < NSLOTS; lock held.
+            let ds = unsafe { self.dir_slot(i).read() };
+            if ds.pid == 0 {
+                continue;
+            }
+            if !self.body_run_ok(&ds) {
+                return Err("cache slot body is not an allocated run of its size");
+            }
+            let Some(body) = self.body_of(i, &ds) else {
+                return Err("cache slot body does not carry its owner's token");
+            };
+            for c in 0..NCLASSES {
+                let m = self.mag(body, c);
+                let cap = m.cap.load(Ordering::Relaxed);
+                if cap != mag_cap(c, self.len) {
+                    return Err("cache magazine capacity is not the pool's");
+                }
+                'retry: for _ in 0..8 {
+                    let w = m.word.load(Ordering::Acquire);
+                    let n = w as u32;
+                    if n > cap {
+                        return Err("cache magazine count is over its capacity");
+                    }
+                    let mut mine = Vec::with_capacity(n as usize);
+                    for k in 0..n as usize {
+                        let e = m.e[k].load(Ordering::Relaxed);
+                        let ok = self.chunk_at((e as usize) << 3, c).is_some();
+                        if m.word.load(Ordering::Acquire) != w {
+                            continue 'retry;
+                        }
+                        if !ok {
+                            return Err("cache entry is not an allocated chunk of its class");
+                        }
+                        mine.push(e);
+                    }
+                    seen.extend_from_slice(&mine);
+                    break;
+                }
+            }
+        }
+        seen.sort_unstable();
+        if seen.windows(2).any(|w| w[0] == w[1]) {
+            return Err("a chunk is cached twice");
+        }
+        Ok(())
+    }
+
+    /// Forgets every slot (the pool is being re-initialised, lock held):
+    /// tokens are cleared so that owners notice, and the epoch moves on.
+    pub(crate) fn forget_caches(&self) {
+        for i in 0..NSLOTS {
+            // SAFETY: i < NSLOTS; lock held.
+            let ds = unsafe { self.dir_slot(i).read() };
+            if ds.pid != 0 {
+                if let Some(body) = self.body_of(i, &ds) {
+                    // SAFETY: the body's head, inside the pool.
+                    unsafe { body.as_ref() }.token.store(0, Ordering::Relaxed);
+                }
+            }
+            // SAFETY: as above.
+            unsafe {
+                self.dir_slot(i).write(DirSlot {
+                    pid: 0,
+                    tid: 0,
+                    page: 0,
+                    npages: 0,
+                })
+            };
+        }
+        let e = self.dir().epoch.load(Ordering::Relaxed);
+        self.dir().epoch.store(e.wrapping_add(2), Ordering::Release);
+    }
+}
+
+thread_local! {
+    /// Calls refused a slot, to retry a claim now and then.
+    static MISSES: Cell<u32> = const { Cell::new(0) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps() {
+        assert_eq!(mag_cap(0, 64 << 20), 32);
+        assert_eq!(mag_cap(NCLASSES - 1, 64 << 20), 8);
+        assert_eq!(mag_cap(NCLASSES - 1, 1 << 20), 0);
+        assert_eq!(mag_cap(0, 1 << 20), 32);
+        const { assert!(BODY_PAGES <= 2) };
+    }
+
+    #[test]
+    fn tokens_differ() {
+        assert_ne!(token(1, 2, 3, 4), token(1, 2, 3, 5));
+        assert_ne!(token(1, 2, 3, 4), token(1, 3, 3, 4));
+        assert_ne!(token(0, 0, 0, 0), 0);
+    }
+}
