@@ -684,3 +684,49 @@ fn kept_empty_page_and_its_stale_hint() {
     assert_eq!(pool.stats().pages_free, total);
     assert_eq!(pool.stats().largest_free_run, total);
 }
+
+/// The per-thread caches hold chunks of multi-page slabs too: a chunk
+/// that starts in a slab's inner page is pushed and popped without the
+/// lock, and the pool stays consistent with every chunk back.
+#[test]
+fn caches_hold_chunks_of_multi_page_slabs() {
+    let buf = Buf::new(8 << 20);
+    let pool = buf.pool("cached");
+    assert!(pool.cache_enabled());
+    for size in [100, 1300, 3000, 7000] {
+        let v: Vec<NonNull<u8>> = (0..40).map(|_| pool.alloc(size).unwrap()).collect();
+        pool.check().unwrap();
+        for p in &v {
+            // SAFETY: live chunks of this pool.
+            unsafe { pool.free(p.as_ptr()) }.unwrap();
+        }
+        pool.check().unwrap();
+        // The last ones freed sit in this thread's cache: taken back first.
+        let again: Vec<NonNull<u8>> = (0..4).map(|_| pool.alloc(size).unwrap()).collect();
+        assert!(again.iter().all(|p| v.contains(p)), "size {size}");
+        for p in &again {
+            // SAFETY: as above.
+            unsafe { pool.free(p.as_ptr()) }.unwrap();
+            // SAFETY: freed just now: refused (cached or not).
+            assert!(unsafe { pool.free(p.as_ptr()) }.is_err());
+        }
+        // SAFETY: the pool must refuse a pointer into the middle of a chunk.
+        let r = unsafe { pool.free(v[3].as_ptr().add(8)) };
+        assert!(r.is_err());
+        pool.flush_cache();
+        pool.check().unwrap();
+        let c = pool
+            .stats()
+            .classes
+            .iter()
+            .position(|c| c.size >= size)
+            .unwrap();
+        assert_eq!(pool.stats().classes[c].used, 0, "size {size}");
+        assert_eq!(pool.stats().classes[c].cached, 0, "size {size}");
+    }
+    pool.trim();
+    assert_eq!(
+        pool.stats().pages_free,
+        pool.stats().pages_total - pool.stats().pages_in_runs
+    );
+}

@@ -52,8 +52,8 @@ use static_assertions::{assert_eq_size, const_assert, const_assert_eq};
 
 use super::error::FreeError;
 use super::layout::{
-    class_size, Desc, Link, CLASS, FIRST_DESC_BITMAP_CLASS, MIN_SHIFT, NCLASSES, PAGE_SHIFT,
-    SLAB_PAGE,
+    chunk_at as slab_chunk_at, class_size, Desc, Link, CLASS, FIRST_DESC_BITMAP_CLASS, NCLASSES,
+    PAGE_SHIFT, SLAB_PAGE,
 };
 use super::page::{ALLOC_BUDGET, FREE_BUDGET};
 use super::Pool;
@@ -663,36 +663,80 @@ impl Pool {
         if idx >= self.npages as usize {
             return None;
         }
-        let (cls, slab) = self.desc_racy(idx);
-        if cls != Some(c) {
-            return None;
-        }
         let in_page = off & (SLAB_PAGE - 1);
-        let shift = MIN_SHIFT as usize + c;
-        if in_page & ((1 << shift) - 1) != 0 {
+        let (cls, first, o, slab) = self.slab_racy(idx, in_page)?;
+        if cls != c || !self.chunk_set_racy(c, first, o, slab) {
             return None;
         }
-        let bit = (in_page >> shift) as u32;
-        let set = if c < FIRST_DESC_BITMAP_CLASS {
-            if bit < CLASS[c].reserved {
-                return None;
+        Some((idx as u32, in_page))
+    }
+
+    /// The slab holding byte `in_page` of page `idx` (< npages), read
+    /// racily: its class, its first page, the byte's offset in the slab and
+    /// the first page's `slab` word; `None` if the page is in no slab.
+    #[inline(always)]
+    fn slab_racy(&self, idx: usize, in_page: usize) -> Option<(usize, usize, usize, u64)> {
+        let (link, slab) = self.desc_racy(idx);
+        match link.class() {
+            Some(c) => Some((c, idx, in_page, slab)),
+            None => self.inner_racy(idx, in_page, link),
+        }
+    }
+
+    /// `slab_racy` for an inner page of a multi-page slab (`link` is its
+    /// descriptor's): the slab is found from its first page.
+    #[inline(never)]
+    fn inner_racy(
+        &self,
+        idx: usize,
+        in_page: usize,
+        link: Link,
+    ) -> Option<(usize, usize, usize, u64)> {
+        if link.tag() != Link::INNER {
+            return None;
+        }
+        // first < idx < npages: a descriptor inside the pool.
+        let first = link.idx() as usize;
+        if first >= idx {
+            return None;
+        }
+        let (l, slab) = self.desc_racy(first);
+        let c = l.class()?;
+        let k = idx - first;
+        if k >= CLASS[c].pages as usize {
+            return None;
+        }
+        Some((c, first, k * SLAB_PAGE + in_page, slab))
+    }
+
+    /// Whether a chunk of class `c` starts at byte `o` of the slab at page
+    /// `first` (whose `slab` word is `slab`) and is allocated (read racily).
+    #[inline(always)]
+    fn chunk_set_racy(&self, c: usize, first: usize, o: usize, slab: u64) -> bool {
+        let info = &CLASS[c];
+        let Some(bit) = slab_chunk_at(info, o) else {
+            return false;
+        };
+        if c < FIRST_DESC_BITMAP_CLASS {
+            if bit < info.reserved {
+                return false;
             }
             let w = self
                 .base
                 .as_ptr()
-                .wrapping_add(self.start_off + (idx << PAGE_SHIFT) + (bit as usize / 64) * 8);
-            // SAFETY: inside page idx (a small page's bitmap words), aligned.
+                .wrapping_add(self.start_off + (first << PAGE_SHIFT) + (bit as usize / 64) * 8);
+            // SAFETY: inside page `first` (a small page's bitmap words:
+            // bit < chunks), aligned.
             let word = unsafe { AtomicU64::from_ptr(w.cast::<u64>()) }.load(Ordering::Relaxed);
             word & (1 << (bit % 64)) != 0
         } else {
             slab & (1 << bit) != 0
-        };
-        set.then_some((idx as u32, in_page))
+        }
     }
 
-    /// Page `idx`'s class and `slab` word, read with atomic loads.
+    /// Page `idx`'s tag word and `slab` word, read with atomic loads.
     #[inline(always)]
-    fn desc_racy(&self, idx: usize) -> (Option<usize>, u64) {
+    fn desc_racy(&self, idx: usize) -> (Link, u64) {
         let q = self
             .base
             .as_ptr()
@@ -702,7 +746,7 @@ impl Pool {
         unsafe {
             let slab = AtomicU64::from_ptr(q.cast::<u64>()).load(Ordering::Relaxed);
             let prev = AtomicU32::from_ptr(q.add(12).cast::<u32>()).load(Ordering::Relaxed);
-            (Link(prev).class(), slab)
+            (Link(prev), slab)
         }
     }
 
@@ -728,7 +772,9 @@ impl Pool {
         }
         let off = (m.e[n as usize - 1].load(Ordering::Relaxed) as usize) << 3;
         let idx = off >> PAGE_SHIFT;
-        if idx >= self.npages as usize || self.desc_racy(idx).0 != Some(c) {
+        if idx >= self.npages as usize
+            || self.slab_racy(idx, off & (SLAB_PAGE - 1)).map(|x| x.0) != Some(c)
+        {
             return None;
         }
         killpoint::point();
@@ -747,29 +793,10 @@ impl Pool {
     /// Lock-free push of the chunk at byte `in_page` of page `idx`.
     #[inline(always)]
     pub(crate) fn cache_push(&self, slot: NonNull<SlotHead>, idx: u32, in_page: usize) -> Push {
-        let (cls, slab) = self.desc_racy(idx as usize);
-        let Some(c) = cls else {
+        let Some((c, first, o, slab)) = self.slab_racy(idx as usize, in_page) else {
             return Push::No;
         };
-        let shift = MIN_SHIFT as usize + c;
-        if in_page & ((1 << shift) - 1) != 0 {
-            return Push::No;
-        }
-        let bit = (in_page >> shift) as u32;
-        let set = if c < FIRST_DESC_BITMAP_CLASS {
-            if bit < CLASS[c].reserved {
-                return Push::No;
-            }
-            let w = self.base.as_ptr().wrapping_add(
-                self.start_off + ((idx as usize) << PAGE_SHIFT) + (bit as usize / 64) * 8,
-            );
-            // SAFETY: inside page idx (a small page's bitmap words), aligned.
-            let word = unsafe { AtomicU64::from_ptr(w.cast::<u64>()) }.load(Ordering::Relaxed);
-            word & (1 << (bit % 64)) != 0
-        } else {
-            slab & (1 << bit) != 0
-        };
-        if !set {
+        if !self.chunk_set_racy(c, first, o, slab) {
             return Push::No;
         }
         let m = self.mag(slot, c);
@@ -1240,7 +1267,8 @@ mod tests {
     #[test]
     fn caps() {
         assert_eq!(mag_cap(0, 64 << 20), 32);
-        assert_eq!(mag_cap(NCLASSES - 1, 64 << 20), 8);
+        assert_eq!(mag_cap(super::super::class_of(2048), 64 << 20), 8);
+        assert_eq!(mag_cap(NCLASSES - 1, 64 << 20), 2);
         assert_eq!(mag_cap(NCLASSES - 1, 1 << 20), 0);
         assert_eq!(mag_cap(0, 1 << 20), 32);
         const { assert!(BODY_PAGES <= 2) };

@@ -221,7 +221,7 @@ impl<'a> PoolGuard<'a> {
             return None;
         }
         let off = if size <= MAX_CHUNK {
-            self.core().alloc_chunk(class_of(size), size)?
+            self.core().alloc_class(class_of(size), size)?
         } else {
             let npages = self.pool.npages as usize;
             self.core()

@@ -43,7 +43,7 @@ pub(crate) const MAX_SLAB_PAGES: u32 = 8;
 /// "SHMZSLAB" read as a little-endian u64.
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"SHMZSLAB");
 /// Bumped whenever the layout below changes.
-pub(crate) const VERSION: u32 = 3;
+pub(crate) const VERSION: u32 = 4;
 /// The longest zone name kept in the header, in bytes.
 pub const NAME_MAX: usize = 63;
 

@@ -441,7 +441,7 @@ impl Pool {
             let c = class_of(size);
             let g = self.lock_op(ALLOC_BUDGET)?;
             // SAFETY: `g` holds the lock until after this borrow ends.
-            let off = unsafe { self.core() }.lite().alloc_chunk(c, size);
+            let off = unsafe { self.core() }.lite().alloc_class(c, size);
             self.journal.commit();
             drop(g);
             off.map(|off| self.data_ptr(off))

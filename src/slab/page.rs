@@ -236,6 +236,21 @@ impl Core<'_> {
     /// checked that [`ALLOC_BUDGET`] journal words fit.
     #[inline]
     pub fn alloc_chunk(&mut self, c: usize, size: usize) -> Option<usize> {
+        self.alloc_in::<false>(c, size)
+    }
+
+    /// A block for a request of `size` bytes of class `c`: a chunk, or
+    /// when a multi-page class can have no new slab, a page run of the
+    /// request's own size (see [`Core::no_slab`]). The caller checked that
+    /// [`ALLOC_BUDGET`] journal words fit.
+    #[inline]
+    pub fn alloc_class(&mut self, c: usize, size: usize) -> Option<usize> {
+        self.alloc_in::<true>(c, size)
+    }
+
+    /// `alloc_chunk` (`RUN` false) or `alloc_class` (`RUN` true).
+    #[inline(always)]
+    fn alloc_in<const RUN: bool>(&mut self, c: usize, size: usize) -> Option<usize> {
         let pages = self.pages;
         let info = &CLASS[c];
         // Counters are not recorded: the structural ones (used, total,
@@ -264,7 +279,7 @@ impl Core<'_> {
                     }
                     if w == words || slab >= info.cap as u64 {
                         // A full page on the list: only a corrupt pool.
-                        return self.alloc_chunk_slow(c, size);
+                        return self.alloc_chunk_slow::<RUN>(c, size);
                     }
                     // SAFETY: as above, w < words.
                     let word = unsafe { *bm.add(w) };
@@ -285,7 +300,7 @@ impl Core<'_> {
                     let b = (!slab).trailing_zeros();
                     if b >= info.chunks {
                         // A full slab on the list: only a corrupt pool.
-                        return self.alloc_chunk_slow(c, size);
+                        return self.alloc_chunk_slow::<RUN>(c, size);
                     }
                     let full = slab | 1 << b == info.full;
                     if !self.lite || full {
@@ -304,7 +319,7 @@ impl Core<'_> {
             }
             false => match self.new_slab(c) {
                 Some(x) => x,
-                None => return self.no_slab(c, size),
+                None => return self.no_slab::<RUN>(c, size),
             },
         };
         let cs = &mut self.st.classes[c];
@@ -314,14 +329,14 @@ impl Core<'_> {
     }
 
     /// No slab of class `c` could be had for a request of `size` bytes. If
-    /// the class's slabs span more pages than the request needs, the
-    /// request becomes a page-run request (a small pool may have room for
-    /// a 2-page run and not for a 5-page slab); otherwise it fails.
+    /// `RUN` and the class's slabs span more pages than the request needs,
+    /// the request becomes a page-run request (a small pool may have room
+    /// for a 2-page run and not for a 5-page slab); otherwise it fails.
     #[cold]
     #[inline(never)]
-    fn no_slab(&mut self, c: usize, size: usize) -> Option<usize> {
+    fn no_slab<const RUN: bool>(&mut self, c: usize, size: usize) -> Option<usize> {
         let n = pages_for(size).max(1);
-        if n < CLASS[c].pages as usize {
+        if RUN && n < CLASS[c].pages as usize {
             self.st.classes[c].reqs -= 1;
             return self.alloc_run(n, size);
         }
@@ -333,11 +348,11 @@ impl Core<'_> {
     /// (which `check()` reports): take it off the list and use a new slab.
     #[cold]
     #[inline(never)]
-    fn alloc_chunk_slow(&mut self, c: usize, size: usize) -> Option<usize> {
+    fn alloc_chunk_slow<const RUN: bool>(&mut self, c: usize, size: usize) -> Option<usize> {
         let head = self.st.classes[c].head;
         self.unlink(Some(c), head);
         let Some((idx, bit)) = self.new_slab(c) else {
-            return self.no_slab(c, size);
+            return self.no_slab::<RUN>(c, size);
         };
         let cs = &mut self.st.classes[c];
         cs.used += 1;
