@@ -5,6 +5,7 @@
 //! cargo bench --bench workloads               # everything, medians of 5
 //! cargo bench --bench workloads -- --quick    # N / 10, for a smoke run
 //! cargo bench --bench workloads -- W2 lock    # only these
+//! SHMZONE_CACHE=0 cargo bench --bench workloads  # pools without caches
 //! ```
 //!
 //! stdout: a header row, then `workload<TAB>param<TAB>impl<TAB>value<TAB>unit
@@ -73,6 +74,11 @@ impl Zone {
         // pool (both dropped together).
         let pool = unsafe { Pool::init(region.base(), region.len(), "bench") }.expect("pool");
         pool.set_log_nomem(false);
+        // SHMZONE_CACHE=0: measure the pool without its per-thread caches
+        // (every call through the lock and the undo journal).
+        if std::env::var("SHMZONE_CACHE").is_ok_and(|v| v == "0") {
+            pool.set_cache(false);
+        }
         Zone {
             pool,
             _region: region,
@@ -399,6 +405,12 @@ fn bench_w4(cfg: &Cfg) {
                 );
             }
             v.push(ns_per(t.elapsed(), n));
+            // The children's per-thread caches go back to the pool, as the
+            // prefork master's recovery does for dead workers: one each.
+            let back = zone.pool.reclaim_caches();
+            if zone.pool.cache_enabled() && back != procs {
+                panic!("W4 P={procs}: {back} cache(s) returned, expected one per child");
+            }
             w4_check_after(&zone.pool, procs);
         }
         let ns = Spread::of(v);

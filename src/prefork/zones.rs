@@ -18,6 +18,9 @@ pub struct Recovery {
     /// Of those zones (and the region pool), the ones whose `check()` still
     /// found them broken after the rollback: they are fenced.
     pub broken: Vec<(String, CheckError)>,
+    /// Zones where the dead worker's per-thread caches were given back to
+    /// the pool, and how many caches (one per thread that allocated).
+    pub caches_returned: Vec<(String, usize)>,
 }
 
 impl Recovery {
@@ -39,6 +42,9 @@ impl Recovery {
 /// that [`recovered_from`](crate::slab::PoolGuard::recovered_from) tells;
 /// a caller whose own structures in the zone need repair after such a
 /// death does it in the same hook, using [`Recovery::unlocked`].
+///
+/// Then the dead worker's per-thread chunk caches are given back to every
+/// zone ([`Pool::reclaim_caches_of`]), so nothing it had cached leaks.
 ///
 /// ```
 /// use shmzone::{prefork::recover_zones, Zones};
@@ -87,10 +93,20 @@ pub fn recover_zones(zones: &Zones, pid: u32) -> Recovery {
             }
         }
     }
+    // Every zone: the dead worker's cached chunks go back to the pool
+    // (after the rollbacks above, so the pools are consistent first).
+    let mut caches_returned = Vec::new();
+    for zone in zones.iter() {
+        let n = zone.pool().reclaim_caches_of(pid);
+        if n > 0 {
+            caches_returned.push((zone.name().to_string(), n));
+        }
+    }
     Recovery {
         pid,
         unlocked,
         rolled_back,
         broken,
+        caches_returned,
     }
 }

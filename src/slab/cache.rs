@@ -16,12 +16,14 @@
 //! owner thread pops and pushes its magazines, without the lock:
 //!
 //! - **pop**: read the top entry, check it (inside the data pages, on a
-//!   page of class c), then store the count minus one. The count store is
-//!   the commit point: a death before it changes nothing, after it the
-//!   chunk belongs to the dead process (as any block it held).
+//!   page of class c), then store the count minus one, then mark the entry
+//!   [`EMPTY`]. The count store is the commit point: a death before it
+//!   changes nothing, after it the chunk belongs to the dead process (as
+//!   any block it held).
 //! - **push** (free): check the pointer without the lock (a chunk of a
-//!   class page whose bit is set, not already in this magazine), write the
-//!   entry above the top, then store the count plus one.
+//!   class page whose bit is set, not already in this magazine: entries
+//!   above the count are all `EMPTY`, so one vector compare of all 32
+//!   tells), write the entry above the top, then store the count plus one.
 //!
 //! Everything else runs under the pool lock, in journaled sections, so a
 //! death half-way is rolled back by the next holder: refilling an empty
@@ -33,7 +35,8 @@
 //! cache to flush on its next call (the epoch).
 //!
 //! Bounds: a magazine holds at most [`MAG`] chunks and at most
-//! `min(16 KiB, pool size / 2048)` bytes; a class that would hold fewer
+//! `min(64 KiB, pool size / 1024)` bytes (so one thread caches at most
+//! 130 KiB, and at most 1/1024 of the pool per class); a class that would hold fewer
 //! than 2 chunks is not cached; pools under [`CACHE_MIN_PAGES`] pages (or
 //! over 32 GiB) have no caches; at most [`NSLOTS`] threads have a slot,
 //! the others use the lock for every call.
@@ -67,9 +70,13 @@ pub const MAG: usize = 32;
 /// Pools with fewer pages have no caches (1 MiB of pages).
 pub const CACHE_MIN_PAGES: usize = 256;
 /// The most bytes one magazine holds.
-const MAG_BYTES_MAX: usize = 16 << 10;
-/// Entries are data offsets / 8 in a u32: data pages up to 32 GiB.
-const MAX_CACHED_DATA: usize = (u32::MAX as usize + 1) << 3;
+const MAG_BYTES_MAX: usize = 64 << 10;
+/// Entries are data offsets / 8 in a u32: data pages up to 32 GiB (less
+/// one page, so that no chunk's entry is [`EMPTY`]).
+const MAX_CACHED_DATA: usize = ((u32::MAX as usize + 1) << 3) - SLAB_PAGE;
+/// An entry above a magazine's count: every one of them holds this, so a
+/// push finds a chunk already cached by comparing all entries at once.
+const EMPTY: u32 = u32::MAX;
 
 /// One slot of the directory; written under the pool lock (journaled).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,16 +139,48 @@ assert_eq_size!(Mag, [u8; 160]);
 assert_eq_size!(SlotHead, [u8; 64]);
 
 /// Bytes of a slot body.
-const BODY: usize = std::mem::size_of::<SlotHead>() + NCLASSES * std::mem::size_of::<Mag>();
+const BODY: usize = std::mem::size_of::<SlotHead>() + NMAGS * std::mem::size_of::<Mag>();
+
+/// Page runs of 1..=RUN_MAGS pages are cached too, in magazines
+/// `NCLASSES..NMAGS`.
+pub const RUN_MAGS: usize = 4;
+/// Magazines per slot: one per class, one per cached run length.
+pub(crate) const NMAGS: usize = NCLASSES + RUN_MAGS;
+
+/// The bytes one entry of magazine `m` stands for.
+#[inline]
+pub(crate) const fn mag_size(m: usize) -> usize {
+    if m < NCLASSES {
+        class_size(m)
+    } else {
+        (m - NCLASSES + 1) * SLAB_PAGE
+    }
+}
+
+/// The magazine serving an allocation of `size` bytes, if any.
+#[inline(always)]
+pub(crate) const fn mag_of(size: usize) -> Option<usize> {
+    if size <= super::layout::MAX_CHUNK {
+        Some(super::layout::class_of(size))
+    } else if size <= RUN_MAGS * SLAB_PAGE {
+        Some(NCLASSES + super::layout::pages_for(size) - 1)
+    } else {
+        None
+    }
+}
 /// Pages of a slot body.
 pub(crate) const BODY_PAGES: usize = BODY.div_ceil(SLAB_PAGE);
 const_assert!(BODY_PAGES >= 1);
 const_assert_eq!(std::mem::size_of::<SlotHead>() % 32, 0);
 
-/// The magazine capacity of class `c` in a pool of `len` bytes.
+/// The magazine capacity of class `c` in a pool of `len` bytes (0 for
+/// the runs no request takes: those the size classes cover).
 pub(crate) fn mag_cap(c: usize, len: usize) -> u32 {
-    let bytes = (len / 2048).min(MAG_BYTES_MAX);
-    let n = (bytes / class_size(c)).min(MAG);
+    if c >= NCLASSES && mag_size(c) <= super::layout::MAX_CHUNK {
+        return 0;
+    }
+    let bytes = (len / 1024).min(MAG_BYTES_MAX);
+    let n = (bytes / mag_size(c)).min(MAG);
     if n < 2 {
         0
     } else {
@@ -222,8 +261,9 @@ pub(crate) unsafe fn init_dir(dir: *mut CacheDir, npages: usize) {
             0,
         )
     };
-    // Caching on (even) for pools big enough, off (odd) for the others.
-    let epoch = (nonce << 1) | (!cacheable(npages)) as u64;
+    // Caching on (even).
+    debug_assert!(cacheable(npages));
+    let epoch = nonce << 1;
     // SAFETY: the caller's range; written before anyone else can look.
     unsafe {
         dir.write(CacheDir {
@@ -254,6 +294,8 @@ pub struct CacheStats {
     pub pages: usize,
     /// Chunks sitting in caches.
     pub chunks: u64,
+    /// Page runs (of up to [`RUN_MAGS`] pages) sitting in caches.
+    pub runs: u64,
     /// Their bytes.
     pub bytes: u64,
     /// Slots claimed so far.
@@ -286,8 +328,8 @@ impl Pool {
 
     #[inline(always)]
     fn mag(&self, slot: NonNull<SlotHead>, c: usize) -> &Mag {
-        // SAFETY: a slot body holds a SlotHead and NCLASSES Mags (BODY bytes,
-        // inside its page run); c < NCLASSES.
+        // SAFETY: a slot body holds a SlotHead and NMAGS Mags (BODY bytes,
+        // inside its page run); c < NMAGS.
         unsafe {
             &*slot
                 .as_ptr()
@@ -304,6 +346,13 @@ impl Pool {
         if !self.cache_ok {
             return None;
         }
+        self.my_slot_fast().or_else(|| self.my_slot_slow())
+    }
+
+    /// The calling thread's slot if it is the one it used last and in
+    /// sync; `None` says "ask [`Pool::my_slot`]", not "no slot".
+    #[inline(always)]
+    pub(crate) fn my_slot_fast(&self) -> Option<NonNull<SlotHead>> {
         let h = MRU.with(Cell::get);
         if h.base == self.base.as_ptr() as usize && h.slot < self.len && h.pid == current_pid() {
             let s = self.base.as_ptr().wrapping_add(h.slot).cast::<SlotHead>();
@@ -317,7 +366,7 @@ impl Pool {
                 return Some(unsafe { NonNull::new_unchecked(s) });
             }
         }
-        self.my_slot_slow()
+        None
     }
 
     #[cold]
@@ -403,7 +452,7 @@ impl Pool {
         let Some(g) = self.lock_op(FREE_BUDGET) else {
             return false;
         };
-        for c in 0..NCLASSES {
+        for c in 0..NMAGS {
             self.flush_mag(slot, c, 0);
         }
         // SAFETY: our slot (token checked by the caller).
@@ -513,12 +562,15 @@ impl Pool {
                 _pad: [0; 6],
             });
         }
-        for c in 0..NCLASSES {
+        for c in 0..NMAGS {
             let m = self.mag(body, c);
             m.word.store(0, Ordering::Relaxed);
             m.reqs.store(0, Ordering::Relaxed);
             m.bytes.store(0, Ordering::Relaxed);
             m.cap.store(mag_cap(c, self.len), Ordering::Relaxed);
+            for e in &m.e {
+                e.store(EMPTY, Ordering::Relaxed);
+            }
         }
         let ds = self.dir_slot(i);
         core.save_words::<2>(ds.cast::<u64>());
@@ -625,6 +677,7 @@ impl Pool {
             while n > target && self.journal.fits(FREE_BUDGET + 2) {
                 n -= 1;
                 let e = m.e[n as usize].load(Ordering::Relaxed);
+                m.e[n as usize].store(EMPTY, Ordering::Relaxed);
                 let off = (e as usize) << 3;
                 match self.chunk_at(off, c) {
                     Some((idx, in_page)) => {
@@ -649,14 +702,15 @@ impl Pool {
                 "zone \"{}\": {bad} bad entries dropped from a {}-byte cache (not chunks of \
                  the class in use)",
                 self.name(),
-                class_size(c)
+                mag_size(c)
             );
         }
     }
 
-    /// The page and in-page offset of a cached chunk at data offset `off`
-    /// of class `c`, if it is one (read racily: descriptor words of pages
-    /// with an allocated chunk do not change while it stays allocated).
+    /// The page and in-page offset of a cached chunk (or run) at data
+    /// offset `off` of magazine `c`, if it is one: allocated, of that class
+    /// (or run length). Read racily: descriptor words of pages with an
+    /// allocated chunk do not change while it stays allocated.
     #[inline(always)]
     fn chunk_at(&self, off: usize, c: usize) -> Option<(u32, usize)> {
         let idx = off >> PAGE_SHIFT;
@@ -664,6 +718,11 @@ impl Pool {
             return None;
         }
         let in_page = off & (SLAB_PAGE - 1);
+        if c >= NCLASSES {
+            let (prev, slab) = self.desc_racy(idx);
+            let run = prev.tag() == Link::RUN && slab == (c - NCLASSES + 1) as u64;
+            return (run && in_page == 0).then_some((idx as u32, 0));
+        }
         let (cls, first, o, slab) = self.slab_racy(idx, in_page)?;
         if cls != c || !self.chunk_set_racy(c, first, o, slab) {
             return None;
@@ -734,6 +793,19 @@ impl Pool {
         }
     }
 
+    /// Whether byte `in_page` of page `idx` is in what magazine `c` caches
+    /// (a slab of class `c`, or an allocated run of its length), read
+    /// racily.
+    #[inline(always)]
+    fn page_fits_mag(&self, idx: usize, in_page: usize, c: usize) -> bool {
+        if c < NCLASSES {
+            self.slab_racy(idx, in_page).map(|x| x.0) == Some(c)
+        } else {
+            let (prev, slab) = self.desc_racy(idx);
+            prev.tag() == Link::RUN && slab == (c - NCLASSES + 1) as u64
+        }
+    }
+
     /// Page `idx`'s tag word and `slab` word, read with atomic loads.
     #[inline(always)]
     fn desc_racy(&self, idx: usize) -> (Link, u64) {
@@ -770,17 +842,17 @@ impl Pool {
         if n == 0 || n > MAG as u32 {
             return None;
         }
-        let off = (m.e[n as usize - 1].load(Ordering::Relaxed) as usize) << 3;
+        let top = &m.e[n as usize - 1];
+        let off = (top.load(Ordering::Relaxed) as usize) << 3;
         let idx = off >> PAGE_SHIFT;
-        if idx >= self.npages as usize
-            || self.slab_racy(idx, off & (SLAB_PAGE - 1)).map(|x| x.0) != Some(c)
-        {
+        if idx >= self.npages as usize || !self.page_fits_mag(idx, off & (SLAB_PAGE - 1), c) {
             return None;
         }
         killpoint::point();
         m.word
             .store(((w >> 32) + 1) << 32 | (n - 1) as u64, Ordering::Relaxed);
         killpoint::point();
+        top.store(EMPTY, Ordering::Relaxed);
         m.reqs
             .store(m.reqs.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         m.bytes.store(
@@ -793,8 +865,15 @@ impl Pool {
     /// Lock-free push of the chunk at byte `in_page` of page `idx`.
     #[inline(always)]
     pub(crate) fn cache_push(&self, slot: NonNull<SlotHead>, idx: u32, in_page: usize) -> Push {
-        let Some((c, first, o, slab)) = self.slab_racy(idx as usize, in_page) else {
-            return Push::No;
+        let (prev, slab) = self.desc_racy(idx as usize);
+        let (c, first, o, slab) = match prev.class() {
+            Some(c) => (c, idx as usize, in_page, slab),
+            None if prev.tag() == Link::INNER => match self.inner_racy(idx as usize, in_page, prev)
+            {
+                Some(x) => x,
+                None => return Push::No,
+            },
+            None => return self.cache_push_run(slot, idx, in_page, prev, slab),
         };
         if !self.chunk_set_racy(c, first, o, slab) {
             return Push::No;
@@ -807,16 +886,42 @@ impl Pool {
             return if cap == 0 { Push::No } else { Push::Full(c) };
         }
         let e = ((((idx as usize) << PAGE_SHIFT) + in_page) >> 3) as u32;
-        // Already in this magazine? A branch-free compare of every entry
-        // (vectorised), masked to the `n` live ones.
-        // SAFETY: the entries are ours: only this thread writes them while
-        // it lives, so a plain read of the array races with nobody.
-        let arr: [u32; MAG] = unsafe { m.e.as_ptr().cast::<[u32; MAG]>().read() };
-        let mut twice = false;
-        for (k, &x) in arr.iter().enumerate() {
-            twice |= (x == e) & ((k as u32) < n);
+        // Already in this magazine? Entries above the count are EMPTY, so
+        // a compare of all of them at once tells.
+        if in_mag(&m.e, e) {
+            return Push::Twice;
         }
-        if twice {
+        m.e[n as usize].store(e, Ordering::Relaxed);
+        killpoint::point();
+        m.word
+            .store(((w >> 32) + 1) << 32 | (n + 1) as u64, Ordering::Release);
+        Push::Done
+    }
+
+    /// [`Pool::cache_push`] of a page run: cached if it is an allocated run
+    /// of 1..=[`RUN_MAGS`] pages freed at its start.
+    #[inline(always)]
+    fn cache_push_run(
+        &self,
+        slot: NonNull<SlotHead>,
+        idx: u32,
+        in_page: usize,
+        prev: Link,
+        slab: u64,
+    ) -> Push {
+        if prev.tag() != Link::RUN || in_page != 0 || slab == 0 || slab > RUN_MAGS as u64 {
+            return Push::No;
+        }
+        let c = NCLASSES + slab as usize - 1;
+        let m = self.mag(slot, c);
+        let w = m.word.load(Ordering::Relaxed);
+        let n = w as u32;
+        let cap = m.cap.load(Ordering::Relaxed);
+        if n >= cap {
+            return if cap == 0 { Push::No } else { Push::Full(c) };
+        }
+        let e = (((idx as usize) << PAGE_SHIFT) >> 3) as u32;
+        if in_mag(&m.e, e) {
             return Push::Twice;
         }
         m.e[n as usize].store(e, Ordering::Relaxed);
@@ -851,18 +956,53 @@ impl Pool {
         while n > 0 {
             n -= 1;
             let off = (m.e[n as usize].load(Ordering::Relaxed) as usize) << 3;
+            m.e[n as usize].store(EMPTY, Ordering::Relaxed);
             if self.chunk_at(off, c).is_some() {
                 got = Some(off);
                 break;
             }
             bad += 1;
         }
-        if got.is_none() {
+        if got.is_none() && c >= NCLASSES {
+            let pages = c - NCLASSES + 1;
+            let want = (cap / 2).max(1);
+            let before = (
+                core.st.page_reqs,
+                core.st.page_fails,
+                core.st.run_bytes_requested,
+                core.st.run_bytes,
+            );
+            let mut k = 0;
+            while k < want && self.journal.fits(ALLOC_BUDGET + 2) {
+                let Some(off) =
+                    core.alloc_run_checked(pages, pages * SLAB_PAGE, self.npages as usize)
+                else {
+                    break;
+                };
+                killpoint::point();
+                if got.is_none() {
+                    got = Some(off);
+                } else {
+                    m.e[n as usize].store((off >> 3) as u32, Ordering::Relaxed);
+                    n += 1;
+                }
+                k += 1;
+            }
+            // Runs moved to a cache are no user's requests (the cache
+            // counts the one handed out below).
+            (
+                core.st.page_reqs,
+                core.st.page_fails,
+                core.st.run_bytes_requested,
+                core.st.run_bytes,
+            ) = before;
+        }
+        if got.is_none() && c < NCLASSES {
             let want = (cap / 2).max(1);
             let cs = core.st.classes[c];
             let mut k = 0;
             while k < want && self.journal.fits(ALLOC_BUDGET + 2) {
-                let Some(off) = core.alloc_chunk(c, class_size(c)) else {
+                let Some(off) = core.alloc_chunk(c, mag_size(c)) else {
                     break;
                 };
                 killpoint::point();
@@ -890,7 +1030,7 @@ impl Pool {
             log::error!(
                 "zone \"{}\": {bad} bad entries dropped from a {}-byte cache",
                 self.name(),
-                class_size(c)
+                mag_size(c)
             );
         }
         match got {
@@ -986,8 +1126,7 @@ impl Pool {
             if Some(body.as_ptr() as usize - self.base.as_ptr() as usize) == mine {
                 continue;
             }
-            any |=
-                (0..NCLASSES).any(|c| self.mag(body, c).word.load(Ordering::Relaxed) as u32 != 0);
+            any |= (0..NMAGS).any(|c| self.mag(body, c).word.load(Ordering::Relaxed) as u32 != 0);
         }
         drop(g);
         any
@@ -1022,7 +1161,7 @@ impl Pool {
         // SAFETY: non-null.
         let slot = unsafe { NonNull::new_unchecked(s) };
         if let Some(g) = self.lock_op(FREE_BUDGET) {
-            for c in 0..NCLASSES {
+            for c in 0..NMAGS {
                 self.flush_mag(slot, c, 0);
             }
             drop(g);
@@ -1054,6 +1193,9 @@ impl Pool {
     }
 
     fn reclaim_where(&self, dead: impl Fn(&DirSlot) -> bool) -> usize {
+        if !self.cache_ok {
+            return 0;
+        }
         // Cheap when nobody ever had a slot.
         let any = (0..NSLOTS).any(|i| {
             // SAFETY: i < NSLOTS; a racy read of a plain u32 through a
@@ -1074,7 +1216,7 @@ impl Pool {
                 continue;
             }
             if let Some(body) = self.body_of(i, &ds) {
-                for c in 0..NCLASSES {
+                for c in 0..NMAGS {
                     self.flush_mag(body, c, 0);
                 }
             } else {
@@ -1126,15 +1268,13 @@ impl Pool {
     /// Cached chunks per class (read racily; exact when nobody allocates).
     pub(crate) fn cached_per_class(
         &self,
-    ) -> (
-        [u64; NCLASSES],
-        [u64; NCLASSES],
-        [u64; NCLASSES],
-        CacheStats,
-    ) {
-        let mut chunks = [0u64; NCLASSES];
-        let mut reqs = [0u64; NCLASSES];
-        let mut bytes = [0u64; NCLASSES];
+    ) -> ([u64; NMAGS], [u64; NMAGS], [u64; NMAGS], CacheStats) {
+        let mut chunks = [0u64; NMAGS];
+        let mut reqs = [0u64; NMAGS];
+        let mut bytes = [0u64; NMAGS];
+        if !self.cache_ok {
+            return (chunks, reqs, bytes, CacheStats::default());
+        }
         let dir = self.dir();
         let mut cs = CacheStats {
             enabled: self.cache_enabled(),
@@ -1157,14 +1297,18 @@ impl Pool {
             let Some(body) = self.body_of(i, &ds) else {
                 continue;
             };
-            for c in 0..NCLASSES {
+            for c in 0..NMAGS {
                 let m = self.mag(body, c);
                 let n = (m.word.load(Ordering::Acquire) as u32).min(MAG as u32) as u64;
                 chunks[c] += n;
                 reqs[c] += m.reqs.load(Ordering::Relaxed);
                 bytes[c] += m.bytes.load(Ordering::Relaxed);
-                cs.chunks += n;
-                cs.bytes += n * class_size(c) as u64;
+                if c < NCLASSES {
+                    cs.chunks += n;
+                } else {
+                    cs.runs += n;
+                }
+                cs.bytes += n * mag_size(c) as u64;
             }
         }
         (chunks, reqs, bytes, cs)
@@ -1192,7 +1336,7 @@ impl Pool {
             let Some(body) = self.body_of(i, &ds) else {
                 return Err("cache slot body does not carry its owner's token");
             };
-            for c in 0..NCLASSES {
+            for c in 0..NMAGS {
                 let m = self.mag(body, c);
                 let cap = m.cap.load(Ordering::Relaxed);
                 if cap != mag_cap(c, self.len) {
@@ -1231,6 +1375,9 @@ impl Pool {
     /// Forgets every slot (the pool is being re-initialised, lock held):
     /// tokens are cleared so that owners notice, and the epoch moves on.
     pub(crate) fn forget_caches(&self) {
+        if !self.cache_ok {
+            return;
+        }
         for i in 0..NSLOTS {
             // SAFETY: i < NSLOTS; lock held.
             let ds = unsafe { self.dir_slot(i).read() };
@@ -1255,6 +1402,35 @@ impl Pool {
     }
 }
 
+/// Whether `e` is one of the entries (a vector compare of all of them).
+#[inline(always)]
+fn in_mag(entries: &[AtomicU32; MAG], e: u32) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{
+            __m128i, _mm_cmpeq_epi32, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128,
+            _mm_set1_epi32, _mm_setzero_si128,
+        };
+        const_assert_eq!(MAG % 4, 0);
+        // SAFETY: SSE2 is part of x86_64; the loads read the MAG entries
+        // (unaligned loads, inside the array). The entries are the calling
+        // thread's own: nobody else writes them while it lives.
+        unsafe {
+            let key = _mm_set1_epi32(e as i32);
+            let p = entries.as_ptr().cast::<__m128i>();
+            let mut acc = _mm_setzero_si128();
+            for i in 0..MAG / 4 {
+                acc = _mm_or_si128(acc, _mm_cmpeq_epi32(_mm_loadu_si128(p.add(i)), key));
+            }
+            _mm_movemask_epi8(acc) != 0
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        entries.iter().any(|x| x.load(Ordering::Relaxed) == e)
+    }
+}
+
 thread_local! {
     /// Calls refused a slot, to retry a claim now and then.
     static MISSES: Cell<u32> = const { Cell::new(0) };
@@ -1267,10 +1443,20 @@ mod tests {
     #[test]
     fn caps() {
         assert_eq!(mag_cap(0, 64 << 20), 32);
-        assert_eq!(mag_cap(super::super::class_of(2048), 64 << 20), 8);
-        assert_eq!(mag_cap(NCLASSES - 1, 64 << 20), 2);
+        assert_eq!(mag_cap(super::super::class_of(2048), 64 << 20), 32);
+        assert_eq!(mag_cap(NCLASSES - 1, 64 << 20), 9);
         assert_eq!(mag_cap(NCLASSES - 1, 1 << 20), 0);
         assert_eq!(mag_cap(0, 1 << 20), 32);
+        // 1-page runs are never asked for (smaller requests have classes).
+        assert_eq!(mag_cap(NCLASSES, 64 << 20), 0);
+        assert_eq!(mag_cap(NCLASSES + 1, 64 << 20), 8);
+        assert_eq!(mag_cap(NMAGS - 1, 64 << 20), 4);
+        assert_eq!(mag_cap(NCLASSES + 1, 1 << 20), 0);
+        assert_eq!(mag_of(2048), Some(super::super::class_of(2048)));
+        assert_eq!(mag_of(3000), Some(super::super::class_of(3000)));
+        assert_eq!(mag_of(super::super::MAX_CHUNK + 1), Some(NCLASSES + 1));
+        assert_eq!(mag_of(8192), Some(NCLASSES + 1));
+        assert_eq!(mag_of(4 * SLAB_PAGE + 1), None);
         const { assert!(BODY_PAGES <= 2) };
     }
 

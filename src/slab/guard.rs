@@ -340,6 +340,15 @@ impl<'a> PoolGuard<'a> {
         let largest = Core::largest_run_of(st, d);
         let mut s = PoolStats::from_state(st, d.len(), largest);
         let (chunks, reqs, bytes, cache) = self.pool.cached_per_class();
+        for c in NCLASSES..chunks.len() {
+            // Cached page runs: the runs handed out from caches are
+            // requests; the runs sitting in them are no user's.
+            s.page_reqs = s.page_reqs.wrapping_add(reqs[c]);
+            s.bytes_requested = s.bytes_requested.wrapping_add(bytes[c]);
+            s.bytes_handed_out = s
+                .bytes_handed_out
+                .wrapping_add(reqs[c].wrapping_mul(((c - NCLASSES + 1) * SLAB_PAGE) as u64));
+        }
         for (c, cs) in s.classes.iter_mut().enumerate() {
             cs.cached = chunks[c];
             cs.used = cs.used.saturating_sub(chunks[c]);

@@ -138,7 +138,9 @@ impl Pool {
         // 8, at desc_off = 640) are aligned and end before start_off <= len.
         unsafe {
             base.as_ptr().cast::<Header>().write(header);
-            super::cache::init_dir(base.as_ptr().add(g.cache_off).cast(), g.npages);
+            if super::cache::cacheable(g.npages) {
+                super::cache::init_dir(base.as_ptr().add(g.cache_off).cast(), g.npages);
+            }
             let d = base.as_ptr().add(g.desc_off).cast::<Desc>();
             for i in 0..g.npages {
                 d.add(i).write(Desc::INNER_FREE);

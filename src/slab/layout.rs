@@ -550,10 +550,26 @@ pub(crate) struct Geometry {
 pub(crate) const JOURNAL_OFF: usize = std::mem::size_of::<Header>();
 
 /// The layout of a pool of `len` bytes, or None if it holds no page.
+/// Pools big enough for per-thread caches (see `cache.rs`) hold the
+/// caches' directory between the journal records and the descriptors;
+/// smaller ones do not spend those bytes.
 pub(crate) fn geometry(len: usize) -> Option<Geometry> {
+    let g = geometry_with(len, 0)?;
+    if !super::cache::cacheable(g.npages) {
+        return Some(g);
+    }
+    let with = geometry_with(len, std::mem::size_of::<super::cache::CacheDir>())?;
+    Some(if super::cache::cacheable(with.npages) {
+        with
+    } else {
+        g
+    })
+}
+
+fn geometry_with(len: usize, dir: usize) -> Option<Geometry> {
     let jwords = journal_words(len);
     let cache_off = JOURNAL_OFF + jwords * 8;
-    let hdr = cache_off + std::mem::size_of::<super::cache::CacheDir>();
+    let hdr = cache_off + dir;
     let per_page = SLAB_PAGE + std::mem::size_of::<Desc>();
     let mut npages = len.checked_sub(hdr)? / per_page;
     npages = npages.min(MAX_PAGES);

@@ -402,11 +402,23 @@ impl Pool {
     /// assert!(pool.alloc(usize::MAX).is_none());
     /// # Ok::<(), shmzone::Error>(())
     /// ```
-    #[inline]
+    #[inline(always)]
     pub fn alloc(&self, size: usize) -> Option<NonNull<u8>> {
-        if size <= MAX_CHUNK {
-            // The class is computed before anything else.
-            let c = class_of(size);
+        // The fast path (the calling thread's cache has a chunk) is inlined
+        // into the caller; everything else is one call away.
+        if self.cache_ok {
+            if let (Some(slot), Some(m)) = (self.my_slot_fast(), cache::mag_of(size)) {
+                if let Some(off) = self.cache_pop(slot, m, size) {
+                    return Some(self.data_ptr(off));
+                }
+            }
+        }
+        self.alloc_slow(size)
+    }
+
+    #[inline(never)]
+    fn alloc_slow(&self, size: usize) -> Option<NonNull<u8>> {
+        if let Some(c) = cache::mag_of(size) {
             if let Some(slot) = self.my_slot() {
                 if let Some(off) = self.cache_pop(slot, c, size) {
                     return Some(self.data_ptr(off));
@@ -515,8 +527,25 @@ impl Pool {
     ///
     /// # Errors
     /// See [`FreeError`].
-    #[inline]
+    #[inline(always)]
     pub unsafe fn free(&self, p: *mut u8) -> Result<(), FreeError> {
+        // The fast path (into the calling thread's cache) is inlined into
+        // the caller; everything else is one call away.
+        if self.cache_ok {
+            if let (Some(slot), Ok((idx, off))) = (self.my_slot_fast(), self.locate(p)) {
+                if let cache::Push::Done = self.cache_push(slot, idx, off) {
+                    return Ok(());
+                }
+            }
+        }
+        // SAFETY: the caller's promise, passed on.
+        unsafe { self.free_slow(p) }
+    }
+
+    /// # Safety
+    /// As [`Pool::free`].
+    #[inline(never)]
+    unsafe fn free_slow(&self, p: *mut u8) -> Result<(), FreeError> {
         let r = match self.locate(p) {
             Ok((idx, off)) => match self.my_slot() {
                 Some(slot) => match self.cache_push(slot, idx, off) {
