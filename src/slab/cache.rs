@@ -742,27 +742,32 @@ impl Pool {
         }
     }
 
+    /// Whether page `idx` is a page (first or inner) of a slab of class
+    /// `c`, read racily: its tag alone says.
+    #[inline(always)]
+    fn in_slab_of(&self, idx: usize, c: usize) -> bool {
+        let t = self.desc_racy(idx).0.tag();
+        t == Link::SLAB0 + c as u32 || t == Link::INNER0 + c as u32
+    }
+
     /// `slab_racy` for an inner page of a multi-page slab (`link` is its
     /// descriptor's): the slab is found from its first page.
-    #[inline(never)]
+    #[inline(always)]
     fn inner_racy(
         &self,
         idx: usize,
         in_page: usize,
         link: Link,
     ) -> Option<(usize, usize, usize, u64)> {
-        if link.tag() != Link::INNER {
+        let c = link.inner_class()?;
+        let first = link.idx() as usize;
+        let k = idx.wrapping_sub(first);
+        if k == 0 || k >= CLASS[c].pages as usize {
             return None;
         }
         // first < idx < npages: a descriptor inside the pool.
-        let first = link.idx() as usize;
-        if first >= idx {
-            return None;
-        }
         let (l, slab) = self.desc_racy(first);
-        let c = l.class()?;
-        let k = idx - first;
-        if k >= CLASS[c].pages as usize {
+        if l.tag() != Link::SLAB0 + c as u32 {
             return None;
         }
         Some((c, first, k * SLAB_PAGE + in_page, slab))
@@ -797,9 +802,9 @@ impl Pool {
     /// (a slab of class `c`, or an allocated run of its length), read
     /// racily.
     #[inline(always)]
-    fn page_fits_mag(&self, idx: usize, in_page: usize, c: usize) -> bool {
+    fn page_fits_mag(&self, idx: usize, c: usize) -> bool {
         if c < NCLASSES {
-            self.slab_racy(idx, in_page).map(|x| x.0) == Some(c)
+            self.in_slab_of(idx, c)
         } else {
             let (prev, slab) = self.desc_racy(idx);
             prev.tag() == Link::RUN && slab == (c - NCLASSES + 1) as u64
@@ -845,7 +850,7 @@ impl Pool {
         let top = &m.e[n as usize - 1];
         let off = (top.load(Ordering::Relaxed) as usize) << 3;
         let idx = off >> PAGE_SHIFT;
-        if idx >= self.npages as usize || !self.page_fits_mag(idx, off & (SLAB_PAGE - 1), c) {
+        if idx >= self.npages as usize || !self.page_fits_mag(idx, c) {
             return None;
         }
         killpoint::point();
@@ -868,11 +873,12 @@ impl Pool {
         let (prev, slab) = self.desc_racy(idx as usize);
         let (c, first, o, slab) = match prev.class() {
             Some(c) => (c, idx as usize, in_page, slab),
-            None if prev.tag() == Link::INNER => match self.inner_racy(idx as usize, in_page, prev)
-            {
-                Some(x) => x,
-                None => return Push::No,
-            },
+            None if prev.tag() >= Link::INNER0 => {
+                match self.inner_racy(idx as usize, in_page, prev) {
+                    Some(x) => x,
+                    None => return Push::No,
+                }
+            }
             None => return self.cache_push_run(slot, idx, in_page, prev, slab),
         };
         if !self.chunk_set_racy(c, first, o, slab) {

@@ -124,7 +124,7 @@ pub(crate) fn check(st: &State, d: &[Desc], pages: *const u8) -> Result<(), Chec
             }
             _ => {
                 let Some(c) = p.prev.class() else {
-                    let what = if p.prev.tag() == Link::INNER {
+                    let what = if p.prev.inner_class().is_some() {
                         "inner slab page outside a slab"
                     } else {
                         "unknown page tag"
@@ -140,7 +140,7 @@ pub(crate) fn check(st: &State, d: &[Desc], pages: *const u8) -> Result<(), Chec
                     let want = Desc {
                         slab: 0,
                         next: NIL,
-                        prev: Link::new(Link::INNER, i),
+                        prev: Link::inner(c, i),
                     };
                     if q != want {
                         return fail(
@@ -339,9 +339,9 @@ impl Pool {
     /// base of the descriptor array and of the first data page, and the
     /// page count. Page `i`'s descriptor is the 16 bytes at `desc + 16 * i`:
     /// `slab: u64`, `next: u32`, `prev: u32` with the page's tag in the top
-    /// 8 bits of `prev` (0 free, 1 page run, 2 inner page of a multi-page
-    /// slab, 3 + c the first page of a slab of class c) and a page index in
-    /// the low 24. The allocator state (list heads, counters)
+    /// 8 bits of `prev` (0 free, 1 page run, 2 + c the first page of a slab
+    /// of class c, 2 + NCLASSES + c a later page of a multi-page slab of
+    /// class c) and a page index in the low 24. The allocator state (list heads, counters)
     /// and the journal lie before `desc`.
     #[doc(hidden)]
     pub fn metadata_layout(&self) -> (usize, usize, usize) {

@@ -7,7 +7,7 @@ use std::ptr::NonNull;
 use super::check::{self, CheckError};
 use super::error::FreeError;
 use super::layout::{
-    class_of, class_size, pages_for, Desc, Link, State, CLASS, MAX_CHUNK, NCLASSES, NIL, SLAB_PAGE,
+    class_of, class_size, pages_for, Desc, State, CLASS, MAX_CHUNK, NCLASSES, NIL, SLAB_PAGE,
 };
 use super::page::{Core, ALLOC_BUDGET, FREE_BUDGET, TRIM_BUDGET};
 use super::stats::PoolStats;
@@ -310,7 +310,7 @@ impl<'a> PoolGuard<'a> {
         let (idx, _) = self.pool.locate(p).ok()?;
         let (_, d, pages) = self.view();
         let q = d.get(idx as usize)?;
-        let first = if q.prev.tag() == Link::INNER {
+        let first = if q.prev.inner_class().is_some() {
             q.prev.idx()
         } else {
             idx

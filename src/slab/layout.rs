@@ -304,8 +304,8 @@ pub(crate) const fn pages_for(size: usize) -> usize {
 /// |---|---|
 /// | 0 (`FREE`) | free; `slab` = run length on a run's first page, 0 elsewhere |
 /// | 1 (`RUN`) | in an allocated page run; `slab` = its length on the first page, 0 elsewhere |
-/// | 2 (`INNER`) | a page after the first of a multi-page slab; `slab` = 0 |
-/// | 3 + c | the first (or only) page of a slab of class c |
+/// | 2 + c (`SLAB0` + c) | the first (or only) page of a slab of class c |
+/// | 41 + c (`INNER0` + c) | a later page of a multi-page slab of class c; `slab` = 0 |
 ///
 /// The index is the previous element of the page's list (free runs, a
 /// class's slabs with free chunks), or on a free run's last page the run's
@@ -321,8 +321,8 @@ impl Link {
     pub const IDX_MASK: u32 = (1 << Self::IDX_BITS) - 1;
     pub const FREE: u32 = 0;
     pub const RUN: u32 = 1;
-    pub const INNER: u32 = 2;
-    pub const SLAB0: u32 = 3;
+    pub const SLAB0: u32 = 2;
+    pub const INNER0: u32 = Link::SLAB0 + NCLASSES as u32;
 
     #[inline]
     pub const fn new(tag: u32, idx: u32) -> Link {
@@ -331,6 +331,21 @@ impl Link {
     #[inline]
     pub const fn slab(class: usize, idx: u32) -> Link {
         Link::new(Link::SLAB0 + class as u32, idx)
+    }
+    /// An inner page of a slab of class `class` whose first page is `first`.
+    #[inline]
+    pub const fn inner(class: usize, first: u32) -> Link {
+        Link::new(Link::INNER0 + class as u32, first)
+    }
+    /// The class of a multi-page slab's inner page, if this is one.
+    #[inline]
+    pub const fn inner_class(self) -> Option<usize> {
+        let c = self.tag().wrapping_sub(Link::INNER0);
+        if c < NCLASSES as u32 {
+            Some(c as usize)
+        } else {
+            None
+        }
     }
     #[inline]
     pub const fn tag(self) -> u32 {
@@ -341,7 +356,7 @@ impl Link {
         self.0 & Self::IDX_MASK
     }
     /// The class of a slab's first page, if this is one (an inner page of
-    /// a multi-page slab is `None`: its index names the first page).
+    /// a multi-page slab is `None`: see [`Link::inner_class`]).
     #[inline]
     pub const fn class(self) -> Option<usize> {
         let c = self.tag().wrapping_sub(Link::SLAB0);
@@ -363,8 +378,10 @@ impl fmt::Debug for Link {
         let kind = match (self.tag(), self.class()) {
             (Link::FREE, _) => "free".to_string(),
             (Link::RUN, _) => "run".to_string(),
-            (Link::INNER, _) => "inner".to_string(),
             (_, Some(c)) => format!("slab{}", class_size(c)),
+            (t, None) if self.inner_class().is_some() => {
+                format!("inner{}", class_size((t - Link::INNER0) as usize))
+            }
             (t, None) => format!("bad-tag{t}"),
         };
         if idx == NIL {
@@ -689,12 +706,19 @@ mod tests {
     #[test]
     fn max_pages_fits_the_link() {
         assert_eq!(MAX_PAGES, (1 << 24) - 2);
-        let l = Link::new(Link::INNER, MAX_PAGES as u32);
-        assert_eq!((l.tag(), l.idx()), (Link::INNER, MAX_PAGES as u32));
+        let l = Link::inner(NCLASSES - 1, MAX_PAGES as u32);
+        assert_eq!(l.idx(), MAX_PAGES as u32);
+        assert_eq!(l.inner_class(), Some(NCLASSES - 1));
+        assert!(l.tag() < 256);
         let l = Link::slab(NCLASSES - 1, 5);
         assert_eq!(l.class(), Some(NCLASSES - 1));
-        assert_eq!(Link::new(Link::INNER, 5).class(), None);
-        assert_eq!(Link::new(Link::SLAB0 + NCLASSES as u32, 5).class(), None);
+        assert_eq!(Link::inner(3, 5).class(), None);
+        assert_eq!(Link::slab(3, 5).inner_class(), None);
+        assert_eq!(
+            Link::new(Link::INNER0 + NCLASSES as u32, 5).inner_class(),
+            None
+        );
+        assert_eq!(format!("{:?}", Link::inner(33, 5)), "inner3072|5");
     }
 
     #[test]

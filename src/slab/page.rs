@@ -419,7 +419,7 @@ impl Core<'_> {
             self.d[k as usize] = Desc {
                 slab: 0,
                 next: NIL,
-                prev: Link::new(Link::INNER, idx),
+                prev: Link::inner(c, idx),
             };
         }
         if info.cap > 1 {
@@ -621,7 +621,7 @@ impl Core<'_> {
             let inner = Desc {
                 slab: 0,
                 next: NIL,
-                prev: Link::new(Link::INNER, first),
+                prev: Link::inner(c, first),
             };
             self.save_fill(first + 1, (n - 1) as usize, inner);
         }
@@ -770,7 +770,7 @@ impl Core<'_> {
     /// multi-page slab, or a page run, or a free page.
     #[inline(never)]
     fn free_other(&mut self, idx: u32, off: usize, desc: Desc) -> Result<(), FreeError> {
-        if desc.prev.tag() == Link::INNER {
+        if desc.prev.inner_class().is_some() {
             return self.free_inner(idx, off, desc);
         }
         self.free_run(idx, off, desc)
@@ -788,7 +788,7 @@ impl Core<'_> {
             return Err(FreeError::WrongPage);
         };
         let k = idx.wrapping_sub(first);
-        if first >= idx || k >= CLASS[c].pages {
+        if desc.prev.inner_class() != Some(c) || first >= idx || k >= CLASS[c].pages {
             // An inner page not inside its slab: only a corrupt pool.
             return Err(FreeError::WrongPage);
         }
