@@ -37,6 +37,8 @@ pub const MAX_CHUNK: usize = 7168;
 /// keep their bitmap in the page's first chunks (nginx's SMALL pages); the
 /// others keep it in the descriptor's `slab` word (at most 64 chunks a slab).
 pub(crate) const FIRST_DESC_BITMAP_CLASS: usize = 7;
+/// Classes up to this size cut one-page slabs.
+pub(crate) const MAX_ONE_PAGE_CHUNK: usize = 1024;
 /// The most pages one slab of a class spans.
 pub(crate) const MAX_SLAB_PAGES: u32 = 8;
 
@@ -97,12 +99,18 @@ pub(crate) struct ClassInfo {
     pub full: u64,
 }
 
-/// Pages per slab for chunks of `size` bytes: the fewest pages (at most
-/// [`MAX_SLAB_PAGES`], at most 64 chunks) whose tail past the last chunk
-/// is at most 1/64 of the slab, or if none is, the least wasteful.
+/// Pages per slab for chunks of `size` bytes: one page up to
+/// [`MAX_ONE_PAGE_CHUNK`] (a page holds at least four chunks, the tail
+/// loses at most an eighth: 896-byte chunks, and mostly under 1/16); above,
+/// the fewest pages (at most [`MAX_SLAB_PAGES`]) whose tail past the last
+/// chunk is at most 1/64 of the slab, or if none is, the least wasteful.
+///
+/// Small classes keep one-page slabs because every class holds a partly
+/// used slab: in a small zone with many sizes live, 7-page slabs of 300
+/// bytes would strand more memory than their tails save.
 const fn slab_pages(size: u32) -> u32 {
     let page = SLAB_PAGE as u32;
-    if (size as usize) < SLAB_PAGE / 64 {
+    if size as usize <= MAX_ONE_PAGE_CHUNK {
         return 1;
     }
     let (mut k, mut best, mut best_waste) = (1, 1, u32::MAX);
@@ -672,9 +680,15 @@ mod tests {
             assert!(info.pages >= 1 && info.pages <= MAX_SLAB_PAGES);
             assert!(info.chunks as usize * info.size as usize <= bytes);
             // The tail past the last chunk and the in-page bitmap lose at
-            // most 1/64 of a slab (1.6 %); the 8-byte class's bitmap 1/64.
+            // most 1/64 of a slab (1.6 %) above one-page classes, at most
+            // 1/8 (896-byte chunks, four to a page) below.
             let lost = bytes - info.cap as usize * info.size as usize;
-            assert!(lost * 64 <= bytes, "class {c}: {lost} of {bytes}");
+            if info.size as usize > MAX_ONE_PAGE_CHUNK {
+                assert!(lost * 64 <= bytes, "class {c}: {lost} of {bytes}");
+            } else {
+                assert!(lost * 8 <= bytes, "class {c}: {lost} of {bytes}");
+                assert_eq!(info.pages, 1);
+            }
             if c < FIRST_DESC_BITMAP_CLASS {
                 assert_eq!(info.pages, 1);
                 assert!(info.chunks > 64);

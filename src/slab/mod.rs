@@ -25,10 +25,14 @@
 //! four classes per power of two (160, 192, 224, 256, 320, ... 2048, 2560,
 //! 3072, 3584, 4096, 5120, 6144, 7168), so rounding loses at most 7 bytes
 //! up to 128 B and less than a fifth of the chunk above (a tenth on
-//! average). A class's memory comes in slabs: one page, or for sizes that
-//! do not divide a page well a few pages (at most 7: 3072-byte chunks come
-//! four to a 3-page slab), chosen so that a slab's tail past its last chunk
-//! is at most 1/64 of it. A slab's first descriptor holds its class and its
+//! average). A class's memory comes in slabs: one page up to 1024-byte
+//! chunks (a page's tail past its last chunk loses at most an eighth, for
+//! 896-byte chunks, mostly under 1/16), and above, for sizes that do not
+//! divide a page well, a few pages (at most 7: 3072-byte chunks come four
+//! to a 3-page slab), chosen so that a slab's tail is at most 1/64 of it.
+//! (Small classes keep one-page slabs: every class in use holds a partly
+//! used slab, and in a small zone with many sizes live, large slabs would
+//! strand more memory than their tails save.) A slab's first descriptor holds its class and its
 //! bitmap (in the descriptor word when the slab has at most 64 chunks; the
 //! classes under 64 bytes keep it in the page's first chunks), the inner
 //! pages' descriptors point to the first. A chunk starts at a multiple of

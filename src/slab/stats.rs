@@ -30,8 +30,8 @@ pub struct ClassStats {
 pub struct PoolStats {
     /// Per size class, from 8 bytes up to [`MAX_CHUNK`](super::MAX_CHUNK)
     /// (7168): 8-byte steps up to 128, then four classes per power of two
-    /// (160, 192, 224, 256, 320, ...). Classes above 2048 bytes (and some
-    /// below, e.g. 1280) cut slabs of several pages.
+    /// (160, 192, 224, 256, 320, ...). Some classes above 1024 bytes (1280,
+    /// 3072, ...) cut slabs of several pages.
     pub classes: [ClassStats; NCLASSES],
     /// Data pages in the pool.
     pub pages_total: usize,
