@@ -178,7 +178,7 @@ fn full(d: &Dict<'_>) {
     d.set(b"probe", 0i64, 0, 0).unwrap();
     let v = [9u8; 400];
     let mut i = 0;
-    // Two size classes (256 and 512-byte blocks).
+    // Two size classes (256 and 448-byte blocks).
     while d
         .safe_set(
             format!("fill{i}").as_bytes(),
@@ -191,6 +191,15 @@ fn full(d: &Dict<'_>) {
         i += 1;
     }
     assert!(i > 40, "{i}");
+    // Then each size until it fails too: the two classes fill unevenly.
+    for len in [200, 400] {
+        while d
+            .safe_set(format!("fill{i}").as_bytes(), &v[..len], 0, 0)
+            .is_ok()
+        {
+            i += 1;
+        }
+    }
     // Some of them recently used.
     for j in (0..i).step_by(3) {
         d.get(format!("fill{j}").as_bytes()).unwrap();
