@@ -120,7 +120,12 @@ fn lock_taken_over_from_a_dead_holder_is_reported_and_checked() {
     assert!(r.records > 0 && !r.corrupt, "{r:?}");
     g.check_locked().unwrap();
     // The 104-byte class serves alloc(100).
-    let c = g.stats_locked().classes.iter().position(|c| c.size == 104).unwrap();
+    let c = g
+        .stats_locked()
+        .classes
+        .iter()
+        .position(|c| c.size == 104)
+        .unwrap();
     assert_eq!(g.stats_locked().classes[c].used, 0);
     // Statistics count the rolled-back call as made.
     assert_eq!(g.stats_locked().classes[c].reqs, 1);

@@ -19,14 +19,14 @@ fn size_class(size: usize) -> usize {
     }
 }
 
-/// A block size's bit in a bucket's `classes` hint: the power-of-two
-/// range it lies in, bit i for `(32 << i, 64 << i]` bytes (64 B up to
-/// 4 KiB), bit 7 for everything else.
+/// A block size's bit in a bucket's `classes` hint: bit `i % 7` for the
+/// slab's size class `i` (classes 7 apart share a bit: neighbours never
+/// do), bit 7 for page runs (block size 0).
 pub(super) fn class_bit(class: usize) -> u8 {
-    if !(33..=crate::SLAB_PAGE).contains(&class) {
+    if class == 0 {
         0x80
     } else {
-        1 << (class.next_power_of_two().trailing_zeros() - 6)
+        1 << (crate::slab::class_of(class) % 7)
     }
 }
 

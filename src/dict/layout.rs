@@ -97,8 +97,8 @@ assert_eq_size!(Header, [u8; 64 * 6 + 64 * STAT_SLOTS]);
 /// A bucket: the head of its chain, the CLOCK reference bit of the
 /// entries in it (set by readers with a relaxed store, cleared by the
 /// eviction hand) and the size classes of the blocks in the chain (bit i:
-/// blocks of `32 << i` to `64 << i` bytes, bit 7: smaller blocks and page
-/// runs and the classes above a page; set by stores, recomputed by the
+/// blocks of a slab size class whose index is i modulo 7, bit 7: page
+/// runs; set by stores, recomputed by the
 /// eviction hand when it walks the chain). Both are hints, never
 /// journaled: the hand skips buckets with no block of the class it needs
 /// without touching their entries.
