@@ -236,8 +236,8 @@ pub(crate) enum Push {
     Done,
     /// The magazine of this class is full: flush under the lock.
     Full(usize),
-    /// The chunk is already in this cache.
-    Twice,
+    /// The chunk (or run) is already in this cache: the error to give.
+    Twice(FreeError),
     /// Not a cached class, or the pointer failed a check: take the lock
     /// (which gives the precise error, or frees a page run).
     No,
@@ -851,7 +851,7 @@ impl Pool {
         // Already in this magazine? Entries above the count are EMPTY, so
         // a compare of all of them at once tells.
         if in_mag(&m.e, e) {
-            return Push::Twice;
+            return Push::Twice(FreeError::ChunkAlreadyFree);
         }
         m.e[n as usize].store(e, Ordering::Relaxed);
         killpoint::point();
@@ -884,7 +884,7 @@ impl Pool {
         }
         let e = (((idx as usize) << PAGE_SHIFT) >> 3) as u32;
         if in_mag(&m.e, e) {
-            return Push::Twice;
+            return Push::Twice(FreeError::PageAlreadyFree);
         }
         m.e[n as usize].store(e, Ordering::Relaxed);
         killpoint::point();
@@ -1008,7 +1008,11 @@ impl Pool {
             None => {
                 // No memory: give caches back, then try once more uncached.
                 self.relieve();
-                self.alloc_uncached(size)
+                let r = self.alloc_plain(size);
+                if r.is_none() {
+                    self.log_nomem(size);
+                }
+                r
             }
         }
     }
@@ -1034,7 +1038,7 @@ impl Pool {
         }
         match self.cache_push(slot, idx, in_page) {
             Push::Done => Ok(()),
-            Push::Twice => Err(FreeError::ChunkAlreadyFree),
+            Push::Twice(e) => Err(e),
             Push::Full(_) | Push::No => self.free_uncached(idx, in_page),
         }
     }
