@@ -670,10 +670,10 @@ impl Pool {
             // SAFETY: the caller holds the lock.
             let mut core = unsafe { self.core() };
             core.save_words::<1>(m.word.as_ptr().cast_const());
+            let from = n;
             while n > target && self.journal.fits(FREE_BUDGET + 2) {
                 n -= 1;
                 let e = m.e[n as usize].load(Ordering::Relaxed);
-                m.e[n as usize].store(EMPTY, Ordering::Relaxed);
                 let off = (e as usize) << 3;
                 match self.chunk_at(off, c) {
                     Some((idx, in_page)) => {
@@ -689,6 +689,11 @@ impl Pool {
             m.word.store(gen << 32 | n as u64, Ordering::Release);
             killpoint::point();
             self.journal.commit();
+            // Only now (a rollback restores the count, not the entries):
+            // the entries above the count are EMPTY again.
+            for e in &m.e[n as usize..from as usize] {
+                e.store(EMPTY, Ordering::Relaxed);
+            }
             if n <= target {
                 break;
             }
@@ -911,6 +916,7 @@ impl Pool {
         let mut core = unsafe { self.core() };
         let w = m.word.load(Ordering::Relaxed);
         let mut n = (w as u32).min(cap);
+        let from = n;
         core.save_words::<1>(m.word.as_ptr().cast_const());
         // Bad entries on top: dropped.
         let mut got = None;
@@ -918,7 +924,6 @@ impl Pool {
         while n > 0 {
             n -= 1;
             let off = (m.e[n as usize].load(Ordering::Relaxed) as usize) << 3;
-            m.e[n as usize].store(EMPTY, Ordering::Relaxed);
             if self.chunk_at(off, c).is_some() {
                 got = Some(off);
                 break;
@@ -987,6 +992,11 @@ impl Pool {
             .store(((w >> 32) + 1) << 32 | n as u64, Ordering::Release);
         killpoint::point();
         self.journal.commit();
+        // After the commit (a rollback restores the count, not the
+        // entries): the entries above the count are EMPTY again.
+        for e in m.e.iter().take(from as usize).skip(n as usize) {
+            e.store(EMPTY, Ordering::Relaxed);
+        }
         drop(g);
         if bad != 0 {
             log::error!(
