@@ -75,6 +75,6 @@ pub use os::{Backend, ParseBackendError};
 pub use region::{page_size, Region};
 pub use shmtx::{LockTimeout, ShmGuard, ShmMutex};
 pub use slab::{
-    CheckError, ClassStats, FreeError, Pool, PoolError, PoolGuard, PoolStats, SLAB_PAGE,
+    CacheStats, CheckError, ClassStats, FreeError, Pool, PoolError, PoolGuard, PoolStats, SLAB_PAGE,
 };
 pub use zone::{ReloadReport, Zone, ZoneInit, Zones, ZonesBuilder};

@@ -38,6 +38,7 @@ const ROLLBACKS: usize = 15;
 const FENCED: usize = 16;
 const PANICS: usize = 17;
 const STARTS: usize = 18;
+const CACHES_BACK: usize = 19; // dead workers' caches returned by recover_zones
 
 struct Rng(u64);
 impl Rng {
@@ -225,6 +226,10 @@ fn kill_storm_under_the_master() {
                 board.add(DEATHS);
                 board.add_n(BROKEN, r.broken.len() as u64);
                 board.add_n(ROLLBACKS, r.rolled_back.len() as u64);
+                board.add_n(
+                    CACHES_BACK,
+                    r.caches_returned.iter().map(|(_, n)| *n as u64).sum(),
+                );
                 let z = zones.get("churn").expect("zone");
                 if z.is_fenced() {
                     board.add(FENCED);
@@ -311,6 +316,9 @@ fn kill_storm_under_the_master() {
     std::mem::forget(guard);
 
     let zone = zones.get("churn").expect("zone");
+    // Workers that exited at the stop left their caches: give them back
+    // (every dead worker's were given back by recover_zones already).
+    let caches_at_stop = zone.pool().reclaim_caches();
     zone.check().expect("the zone is sound");
     assert!(!zone.is_fenced());
     let stats = zone.stats();
@@ -321,7 +329,8 @@ fn kill_storm_under_the_master() {
     println!(
         "kill storm: {done} kills in {storm:?}; {} deaths seen by the master, {} sections \
          rolled back, {} ops; leaked by the dead: {} bytes in {} chunks and {} run pages; \
-         broken {}, fenced {}, corrupt {}, outside {}, bad frees {}, torn {}, panics {}",
+         broken {}, fenced {}, corrupt {}, outside {}, bad frees {}, torn {}, panics {}; \
+         caches on: {} claimed, {} returned at deaths, {caches_at_stop} at the stop",
         board.get(DEATHS),
         board.get(ROLLBACKS),
         board.get(OPS),
@@ -335,6 +344,12 @@ fn kill_storm_under_the_master() {
         board.get(BAD_FREE),
         board.get(TORN),
         board.get(PANICS),
+        stats.cache.claims,
+        board.get(CACHES_BACK),
+    );
+    assert!(
+        stats.cache.claims > 0 && board.get(CACHES_BACK) > 0,
+        "the workers cached chunks, and the dead ones' caches came back"
     );
     for (what, slot) in [
         ("zones broken after recovery", BROKEN),

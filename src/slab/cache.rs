@@ -240,8 +240,8 @@ pub(crate) enum Push {
     Done,
     /// The magazine of this class is full: flush under the lock.
     Full(usize),
-    /// The chunk is already in this cache.
-    Twice,
+    /// The chunk (or run) is already in this cache: the error to give.
+    Twice(FreeError),
     /// Not a cached class, or the pointer failed a check: take the lock
     /// (which gives the precise error, or frees a page run).
     No,
@@ -674,10 +674,10 @@ impl Pool {
             // SAFETY: the caller holds the lock.
             let mut core = unsafe { self.core() };
             core.save_words::<1>(m.word.as_ptr().cast_const());
+            let from = n;
             while n > target && self.journal.fits(FREE_BUDGET + 2) {
                 n -= 1;
                 let e = m.e[n as usize].load(Ordering::Relaxed);
-                m.e[n as usize].store(EMPTY, Ordering::Relaxed);
                 let off = (e as usize) << 3;
                 match self.chunk_at(off, c) {
                     Some((idx, in_page)) => {
@@ -693,6 +693,11 @@ impl Pool {
             m.word.store(gen << 32 | n as u64, Ordering::Release);
             killpoint::point();
             self.journal.commit();
+            // Only now (a rollback restores the count, not the entries):
+            // the entries above the count are EMPTY again.
+            for e in &m.e[n as usize..from as usize] {
+                e.store(EMPTY, Ordering::Relaxed);
+            }
             if n <= target {
                 break;
             }
@@ -895,7 +900,7 @@ impl Pool {
         // Already in this magazine? Entries above the count are EMPTY, so
         // a compare of all of them at once tells.
         if in_mag(&m.e, e) {
-            return Push::Twice;
+            return Push::Twice(FreeError::ChunkAlreadyFree);
         }
         m.e[n as usize].store(e, Ordering::Relaxed);
         killpoint::point();
@@ -928,7 +933,7 @@ impl Pool {
         }
         let e = (((idx as usize) << PAGE_SHIFT) >> 3) as u32;
         if in_mag(&m.e, e) {
-            return Push::Twice;
+            return Push::Twice(FreeError::PageAlreadyFree);
         }
         m.e[n as usize].store(e, Ordering::Relaxed);
         killpoint::point();
@@ -955,6 +960,7 @@ impl Pool {
         let mut core = unsafe { self.core() };
         let w = m.word.load(Ordering::Relaxed);
         let mut n = (w as u32).min(cap);
+        let from = n;
         core.save_words::<1>(m.word.as_ptr().cast_const());
         // Bad entries on top: dropped.
         let mut got = None;
@@ -962,7 +968,6 @@ impl Pool {
         while n > 0 {
             n -= 1;
             let off = (m.e[n as usize].load(Ordering::Relaxed) as usize) << 3;
-            m.e[n as usize].store(EMPTY, Ordering::Relaxed);
             if self.chunk_at(off, c).is_some() {
                 got = Some(off);
                 break;
@@ -1031,6 +1036,11 @@ impl Pool {
             .store(((w >> 32) + 1) << 32 | n as u64, Ordering::Release);
         killpoint::point();
         self.journal.commit();
+        // After the commit (a rollback restores the count, not the
+        // entries): the entries above the count are EMPTY again.
+        for e in m.e.iter().take(from as usize).skip(n as usize) {
+            e.store(EMPTY, Ordering::Relaxed);
+        }
         drop(g);
         if bad != 0 {
             log::error!(
@@ -1052,7 +1062,11 @@ impl Pool {
             None => {
                 // No memory: give caches back, then try once more uncached.
                 self.relieve();
-                self.alloc_uncached(size)
+                let r = self.alloc_plain(size);
+                if r.is_none() {
+                    self.log_nomem(size);
+                }
+                r
             }
         }
     }
@@ -1078,7 +1092,7 @@ impl Pool {
         }
         match self.cache_push(slot, idx, in_page) {
             Push::Done => Ok(()),
-            Push::Twice => Err(FreeError::ChunkAlreadyFree),
+            Push::Twice(e) => Err(e),
             Push::Full(_) | Push::No => self.free_uncached(idx, in_page),
         }
     }

@@ -555,7 +555,7 @@ impl Pool {
                 Some(slot) => match self.cache_push(slot, idx, off) {
                     cache::Push::Done => return Ok(()),
                     cache::Push::Full(c) => self.free_flush(slot, c, idx, off),
-                    cache::Push::Twice => Err(FreeError::ChunkAlreadyFree),
+                    cache::Push::Twice(e) => Err(e),
                     cache::Push::No => self.free_uncached(idx, off),
                 },
                 None => self.free_uncached(idx, off),
