@@ -55,8 +55,8 @@ use static_assertions::{assert_eq_size, const_assert, const_assert_eq};
 
 use super::error::FreeError;
 use super::layout::{
-    class_size, Desc, Link, CLASS, FIRST_DESC_BITMAP_CLASS, MIN_SHIFT, NCLASSES, PAGE_SHIFT,
-    SLAB_PAGE,
+    class_size, Desc, Link, CLASS, FIRST_DESC_BITMAP_CLASS, INTERNAL, MIN_SHIFT, NCLASSES,
+    PAGE_SHIFT, SLAB_PAGE,
 };
 use super::page::{ALLOC_BUDGET, FREE_BUDGET};
 use super::Pool;
@@ -292,6 +292,8 @@ pub struct CacheStats {
     pub chunks: u64,
     /// Page runs (of up to [`RUN_MAGS`] pages) sitting in caches.
     pub runs: u64,
+    /// Their pages.
+    pub run_pages: usize,
     /// Their bytes.
     pub bytes: u64,
     /// Slots claimed so far.
@@ -305,8 +307,8 @@ pub struct CacheStats {
 impl Pool {
     #[inline(always)]
     fn dir(&self) -> &CacheDir {
-        // SAFETY: the directory is inside the pool (geometry), aligned to 64
-        // (its offset is a multiple of 64: header 896 + journal words).
+        // SAFETY: the directory is inside the pool (geometry) at a multiple
+        // of 64 from the page-aligned base; only called when cache_ok.
         unsafe { &*self.base.as_ptr().add(self.cache_off).cast::<CacheDir>() }
     }
 
@@ -342,7 +344,17 @@ impl Pool {
         if !self.cache_ok {
             return None;
         }
-        self.my_slot_fast().or_else(|| self.my_slot_slow())
+        self.my_slot_fast().or_else(|| self.my_slot_slow(true))
+    }
+
+    /// As [`Pool::my_slot`], without claiming a slot if the thread has
+    /// none (frees use a cache only if the thread already has one).
+    #[inline]
+    pub(crate) fn my_slot_no_claim(&self) -> Option<NonNull<SlotHead>> {
+        if !self.cache_ok {
+            return None;
+        }
+        self.my_slot_fast().or_else(|| self.my_slot_slow(false))
     }
 
     /// The calling thread's slot if it is the one it used last and in
@@ -367,7 +379,7 @@ impl Pool {
 
     #[cold]
     #[inline(never)]
-    fn my_slot_slow(&self) -> Option<NonNull<SlotHead>> {
+    fn my_slot_slow(&self, claim: bool) -> Option<NonNull<SlotHead>> {
         let base = self.base.as_ptr() as usize;
         let pid = current_pid();
         let epoch = self.dir().epoch.load(Ordering::Acquire);
@@ -414,7 +426,7 @@ impl Pool {
                 self.forget_held(base);
             }
         }
-        if epoch & 1 == 1 {
+        if epoch & 1 == 1 || !claim {
             return None;
         }
         self.claim()
@@ -542,9 +554,14 @@ impl Pool {
             });
             return None;
         };
+        core.mark_internal((off >> PAGE_SHIFT) as u32, true);
         // Not a user's request: keep the run counters to real requests.
         core.st.page_reqs = core.st.page_reqs.wrapping_sub(1);
         core.st.run_bytes_requested = core.st.run_bytes_requested.wrapping_sub(BODY as u64);
+        core.st.run_bytes = core
+            .st
+            .run_bytes
+            .wrapping_sub((BODY_PAGES * SLAB_PAGE) as u64);
         let nonce = self.dir().nonce.load(Ordering::Relaxed);
         let tok = token(nonce, pid, tid, i);
         let epoch = self.dir().epoch.load(Ordering::Relaxed);
@@ -605,6 +622,7 @@ impl Pool {
         // SAFETY: lock held (callers).
         let mut core = unsafe { self.core() };
         if self.body_run_ok(&ds) {
+            core.mark_internal(ds.page, false);
             if let Err(e) = core.free_at(ds.page, 0) {
                 log::error!(
                     "zone \"{}\": cache slot {i}: its body at page {} could not be freed: {e}",
@@ -635,6 +653,7 @@ impl Pool {
             && (ds.page as usize) + BODY_PAGES <= d.len()
             && d[ds.page as usize].prev.tag() == Link::RUN
             && d[ds.page as usize].slab == BODY_PAGES as u64
+            && d[ds.page as usize].next == INTERNAL
     }
 
     /// The slot body of directory entry `ds`, if its run and token are right.
@@ -721,7 +740,9 @@ impl Pool {
         let (prev, slab) = self.desc_racy(idx);
         let in_page = off & (SLAB_PAGE - 1);
         if c >= NCLASSES {
-            let run = prev.tag() == Link::RUN && slab == (c - NCLASSES + 1) as u64;
+            let run = prev.tag() == Link::RUN
+                && slab == (c - NCLASSES + 1) as u64
+                && self.desc_next_racy(idx) != INTERNAL;
             return (run && in_page == 0).then_some((idx as u32, 0));
         }
         if prev.class() != Some(c) {
@@ -757,8 +778,21 @@ impl Pool {
         if c < NCLASSES {
             prev.class() == Some(c)
         } else {
-            prev.tag() == Link::RUN && slab == (c - NCLASSES + 1) as u64
+            prev.tag() == Link::RUN
+                && slab == (c - NCLASSES + 1) as u64
+                && self.desc_next_racy(idx) != INTERNAL
         }
+    }
+
+    /// Page `idx`'s `next` word, read with an atomic load.
+    #[inline(always)]
+    fn desc_next_racy(&self, idx: usize) -> u32 {
+        let q = self
+            .base
+            .as_ptr()
+            .wrapping_add(self.desc_off + idx * std::mem::size_of::<Desc>() + 8);
+        // SAFETY: idx < npages (callers): inside the pool, 4-aligned.
+        unsafe { AtomicU32::from_ptr(q.cast::<u32>()) }.load(Ordering::Relaxed)
     }
 
     /// Page `idx`'s class and `slab` word, read with atomic loads.
@@ -877,6 +911,10 @@ impl Pool {
         slab: u64,
     ) -> Push {
         if prev.tag() != Link::RUN || in_page != 0 || slab == 0 || slab > RUN_MAGS as u64 {
+            return Push::No;
+        }
+        if self.desc_next_racy(idx as usize) == INTERNAL {
+            // A cache's slot body: the locked path refuses it.
             return Push::No;
         }
         let c = NCLASSES + slab as usize - 1;
@@ -1109,23 +1147,32 @@ impl Pool {
     }
 
     /// Gives every chunk in the calling thread's cache back to the slab
-    /// (the cache and its slot stay).
+    /// (the cache and its slot stay; if caching was turned off meanwhile,
+    /// the slot goes too).
     pub fn flush_cache(&self) {
+        // Follows the epoch too (a change flushes everything already).
+        let Some(slot) = self.my_slot_no_claim() else {
+            return;
+        };
+        if let Some(g) = self.lock_op(FREE_BUDGET) {
+            for c in 0..NMAGS {
+                self.flush_mag(slot, c, 0);
+            }
+            drop(g);
+        }
+    }
+
+    /// Gives this thread's cache back entirely: its chunks to the slab and
+    /// its slot (the next allocation claims one again). For a thread about
+    /// to end, or before measuring the pool.
+    pub fn release_cache(&self) {
         if !self.cache_ok {
             return;
         }
-        let h = MRU.with(Cell::get);
-        let held = if h.base == self.base.as_ptr() as usize {
-            Some(h)
-        } else {
-            HELD.with(|v| {
-                v.borrow()
-                    .iter()
-                    .find(|o| o.base == self.base.as_ptr() as usize)
-                    .copied()
-            })
-        };
+        let base = self.base.as_ptr() as usize;
+        let held = HELD.with(|v| v.borrow().iter().find(|o| o.base == base).copied());
         let Some(h) = held else { return };
+        self.forget_held(base);
         if h.slot >= self.len || h.pid != current_pid() {
             return;
         }
@@ -1139,6 +1186,9 @@ impl Pool {
         if let Some(g) = self.lock_op(FREE_BUDGET) {
             for c in 0..NMAGS {
                 self.flush_mag(slot, c, 0);
+            }
+            if let Some(i) = self.slot_index(slot) {
+                self.release_slot(i);
             }
             drop(g);
         }
@@ -1283,6 +1333,7 @@ impl Pool {
                     cs.chunks += n;
                 } else {
                     cs.runs += n;
+                    cs.run_pages += n as usize * (c - NCLASSES + 1);
                 }
                 cs.bytes += n * mag_size(c) as u64;
             }

@@ -47,6 +47,10 @@ pub const NAME_MAX: usize = 63;
 
 /// "No page": the end of a list, or no cached page.
 pub(crate) const NIL: u32 = Link::IDX_MASK;
+/// The `next` word of an allocated run's first page that the pool uses
+/// itself (a per-thread cache's slot body): no user's free may take it.
+/// Never a page index (those stay below `MAX_PAGES`).
+pub(crate) const INTERNAL: u32 = NIL - 1;
 /// The most pages one pool can hold (the index must fit in 28 bits).
 pub(crate) const MAX_PAGES: usize = (Link::IDX_MASK - 1) as usize;
 
@@ -395,7 +399,8 @@ pub(crate) fn geometry(len: usize) -> Option<Geometry> {
 
 fn geometry_with(len: usize, dir: usize) -> Option<Geometry> {
     let jwords = journal_words(len);
-    let cache_off = JOURNAL_OFF + jwords * 8;
+    // The directory is 64-aligned (its lines are the caches' hot ones).
+    let cache_off = (JOURNAL_OFF + jwords * 8).next_multiple_of(64);
     let hdr = cache_off + dir;
     let per_page = SLAB_PAGE + std::mem::size_of::<Desc>();
     let mut npages = len.checked_sub(hdr)? / per_page;
@@ -437,6 +442,15 @@ mod tests {
         assert_eq!(pages_for(usize::MAX), (usize::MAX >> 12) + 1);
         assert_eq!(pages_for(4096), 1);
         assert_eq!(pages_for(4097), 2);
+    }
+
+    #[test]
+    fn cache_directory_is_aligned() {
+        for pages in 250..400 {
+            let g = geometry(pages * SLAB_PAGE).unwrap();
+            assert_eq!(g.cache_off % 64, 0, "{pages} pages");
+            assert!(g.desc_off >= g.cache_off);
+        }
     }
 
     #[test]

@@ -10,8 +10,8 @@
 
 use super::error::FreeError;
 use super::layout::{
-    ClassState, Desc, Header, Link, State, CLASS, FIRST_DESC_BITMAP_CLASS, JOURNAL_OFF, MIN_SHIFT,
-    NCLASSES, NIL, PAGE_SHIFT, SLAB_PAGE,
+    ClassState, Desc, Header, Link, State, CLASS, FIRST_DESC_BITMAP_CLASS, INTERNAL, JOURNAL_OFF,
+    MIN_SHIFT, NCLASSES, NIL, PAGE_SHIFT, SLAB_PAGE,
 };
 use crate::journal::{record_words, Journal, JournalHeader};
 use crate::killpoint;
@@ -87,6 +87,15 @@ impl Core<'_> {
     #[inline]
     pub(crate) fn save_words<const W: usize>(&self, p: *const u64) {
         self.save::<W>(p);
+    }
+
+    /// Marks the allocated run at page `i` as the pool's own (`on`), or a
+    /// plain run again; journaled.
+    pub(crate) fn mark_internal(&mut self, i: u32, on: bool) {
+        if (i as usize) < self.d.len() {
+            self.save_links(i);
+            self.d[i as usize].next = if on { INTERNAL } else { NIL };
+        }
     }
 
     #[inline(always)]
@@ -672,6 +681,8 @@ impl Core<'_> {
     fn free_run(&mut self, idx: u32, off: usize, desc: Desc) -> Result<(), FreeError> {
         match desc.prev.tag() {
             Link::RUN if off != 0 => Err(FreeError::WrongChunk),
+            // The pool's own (a cache's slot body): never a user's block.
+            Link::RUN if desc.next == INTERNAL => Err(FreeError::WrongPage),
             Link::RUN if desc.slab == 0 => Err(FreeError::WrongPage),
             Link::RUN if desc.slab > (self.d.len() - idx as usize) as u64 => {
                 // A run length past the pool's end: only a corrupt pool.
