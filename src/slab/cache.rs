@@ -229,6 +229,9 @@ thread_local! {
     static MRU: Cell<Held> = const { Cell::new(Held::NONE) };
     /// Every pool this thread holds a slot of (or was refused one).
     static HELD: RefCell<Vec<Held>> = const { RefCell::new(Vec::new()) };
+    /// Whether HELD has a slot in it (of this process or, after a fork,
+    /// of the parent's: then the slow path looks and forgets it).
+    static HOLDS: Cell<bool> = const { Cell::new(false) };
 }
 
 /// What a lock-free push did.
@@ -347,6 +350,14 @@ impl Pool {
         self.my_slot_fast().or_else(|| self.my_slot_slow(true))
     }
 
+    /// Whether this call goes through the lock without looking at caches:
+    /// the pool has none, or caching is off and this thread holds no slot.
+    #[inline(always)]
+    pub(crate) fn cache_off_quick(&self) -> bool {
+        !self.cache_ok
+            || (self.dir().epoch.load(Ordering::Relaxed) & 1 == 1 && !HOLDS.with(Cell::get))
+    }
+
     /// As [`Pool::my_slot`], without claiming a slot if the thread has
     /// none (frees use a cache only if the thread already has one).
     #[inline]
@@ -383,10 +394,16 @@ impl Pool {
         let base = self.base.as_ptr() as usize;
         let pid = current_pid();
         let epoch = self.dir().epoch.load(Ordering::Acquire);
+        if epoch & 1 == 1 && !HOLDS.with(Cell::get) {
+            // Caching is off and this thread holds no slot anywhere: the
+            // common case of a pool with caching off, kept cheap.
+            return None;
+        }
         let held = HELD.with(|v| {
             let mut v = v.borrow_mut();
             // Entries of another process (we were forked) are not ours.
             v.retain(|h| h.pid == pid);
+            HOLDS.with(|x| x.set(v.iter().any(|o| o.slot != usize::MAX)));
             v.iter().find(|h| h.base == base).copied()
         });
         if let Some(h) = held {
@@ -433,7 +450,11 @@ impl Pool {
     }
 
     fn forget_held(&self, base: usize) {
-        HELD.with(|v| v.borrow_mut().retain(|h| h.base != base));
+        HELD.with(|v| {
+            let mut v = v.borrow_mut();
+            v.retain(|h| h.base != base);
+            HOLDS.with(|h| h.set(v.iter().any(|o| o.slot != usize::MAX)));
+        });
         MRU.with(|m| {
             if m.get().base == base {
                 m.set(Held::NONE)
@@ -446,6 +467,7 @@ impl Pool {
             let mut v = v.borrow_mut();
             v.retain(|o| o.base != h.base);
             v.push(h);
+            HOLDS.with(|x| x.set(v.iter().any(|o| o.slot != usize::MAX)));
         });
         if h.slot != usize::MAX {
             MRU.with(|m| m.set(h));

@@ -397,6 +397,9 @@ impl Pool {
 
     #[inline(never)]
     fn alloc_slow(&self, size: usize) -> Option<NonNull<u8>> {
+        if self.cache_off_quick() {
+            return self.alloc_uncached(size);
+        }
         if let Some(c) = cache::mag_of(size) {
             if let Some(slot) = self.my_slot() {
                 if let Some(off) = self.cache_pop(slot, c, size) {
@@ -525,7 +528,9 @@ impl Pool {
     /// As [`Pool::free`].
     #[inline(never)]
     unsafe fn free_slow(&self, p: *mut u8) -> Result<(), FreeError> {
+        let quick = self.cache_off_quick();
         let r = match self.locate(p) {
+            Ok((idx, off)) if quick => self.free_uncached(idx, off),
             Ok((idx, off)) => match self.my_slot_no_claim() {
                 Some(slot) => match self.cache_push(slot, idx, off) {
                     cache::Push::Done => return Ok(()),

@@ -240,7 +240,7 @@ impl Core<'_> {
 
     /// A chunk of class `c`, as an offset from the first page. The caller
     /// checked that [`ALLOC_BUDGET`] journal words fit.
-    #[inline]
+    #[inline(always)]
     pub fn alloc_chunk(&mut self, c: usize, size: usize) -> Option<usize> {
         let shift = MIN_SHIFT as usize + c;
         let pages = self.pages;
@@ -599,7 +599,7 @@ impl Core<'_> {
     /// Frees the chunk or run at byte `off` of page `idx`; on error nothing
     /// is changed. The caller checked that [`FREE_BUDGET`] journal words
     /// fit.
-    #[inline]
+    #[inline(always)]
     pub fn free_at(&mut self, idx: u32, off: usize) -> Result<(), FreeError> {
         let desc = self.d[idx as usize];
         let Some(c) = desc.prev.class() else {
