@@ -319,3 +319,26 @@ fn a_forked_child_and_a_thread_get_caches_of_their_own() {
     assert_eq!(p.stats().cache.slots, 1);
     p.check().unwrap();
 }
+
+#[test]
+fn reinit_forgets_every_cache_and_the_pool_serves_on() {
+    let region = Region::new(ZONE).unwrap();
+    let p = pool(&region);
+    let a = p.alloc(64).unwrap();
+    // SAFETY: from p.
+    unsafe { p.free(a.as_ptr()) }.unwrap();
+    assert!(p.stats().cache.chunks > 0);
+    p.reinit();
+    let s = p.stats();
+    assert_eq!((s.cache.slots, s.cache.chunks), (0, 0));
+    assert_eq!(s.pages_free, s.pages_total);
+    // The old slot is gone: this thread claims a new one, and nothing it
+    // had cached is handed out twice.
+    let v: Vec<_> = (0..100).map(|_| p.alloc(64).unwrap()).collect();
+    let mut sorted: Vec<usize> = v.iter().map(|q| q.as_ptr() as usize).collect();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), 100);
+    assert_eq!(p.stats().cache.slots, 1);
+    p.check().unwrap();
+}
