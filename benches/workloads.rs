@@ -348,8 +348,8 @@ fn w4_check_after(pool: &Pool, procs: usize) {
     let st = pool.stats();
     // Empty: no chunk and no page run in use. (A class may keep its last
     // empty page, as nginx's does, so free pages need not be all pages.)
-    let live: u64 = st.classes.iter().map(|c| c.used).sum();
-    if live != 0 || st.pages_in_runs != 0 || st.bytes_in_use() != 0 {
+    let live: u64 = st.classes.iter().map(|c| c.used + c.cached).sum();
+    if live != 0 || st.pages_in_runs != 0 || st.bytes_in_use() != 0 || st.cache.slots != 0 {
         fail(format!(
             "the pool is not empty: {live} chunk(s) and {} page(s) in runs still allocated",
             st.pages_in_runs

@@ -182,6 +182,8 @@ impl ZoneSample {
 /// | `shmzone_zone_journal_overflows_total` | counter | zone |
 /// | `shmzone_zone_fenced` | gauge (1: allocations refused until reinit) | zone |
 /// | `shmzone_zone_consistent` | gauge (1/0; only for checked zones) | zone |
+/// | `shmzone_zone_cache_slots`, `shmzone_zone_cache_bytes` | gauge | zone |
+/// | `shmzone_zone_cache_claims_total`, `shmzone_zone_cache_reclaims_total`, `shmzone_zone_cache_pressure_total` | counter | zone |
 ///
 /// Size classes appear once they have pages or requests.
 pub fn write_zones(t: &mut PromText, zones: &[ZoneSample]) {
@@ -310,6 +312,41 @@ pub fn write_zones(t: &mut PromText, zones: &[ZoneSample]) {
         "Sections that outgrew the journal (should stay 0).",
         zones,
         |s| (z(s), u64::from(s.journal.overflows)),
+    );
+    t.each(
+        "shmzone_zone_cache_slots",
+        Kind::Gauge,
+        "Threads holding a per-thread chunk cache in the zone.",
+        &with,
+        |p| (zs(p), p.1.cache.slots as u64),
+    );
+    t.each(
+        "shmzone_zone_cache_bytes",
+        Kind::Gauge,
+        "Bytes of chunks and page runs sitting in per-thread caches.",
+        &with,
+        |p| (zs(p), p.1.cache.bytes),
+    );
+    t.each(
+        "shmzone_zone_cache_claims_total",
+        Kind::Counter,
+        "Per-thread cache slots claimed.",
+        &with,
+        |p| (zs(p), p.1.cache.claims),
+    );
+    t.each(
+        "shmzone_zone_cache_reclaims_total",
+        Kind::Counter,
+        "Caches of dead threads and processes returned to the zone.",
+        &with,
+        |p| (zs(p), p.1.cache.reclaims),
+    );
+    t.each(
+        "shmzone_zone_cache_pressure_total",
+        Kind::Counter,
+        "Times memory ran short and every cache was asked to flush.",
+        &with,
+        |p| (zs(p), p.1.cache.pressure),
     );
     t.each(
         "shmzone_zone_fenced",

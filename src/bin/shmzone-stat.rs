@@ -364,8 +364,8 @@ fn table(cli: &Cli, spec: &NamedSpec, snap: &Snapshot) -> String {
             for c in st.classes.iter().filter(|c| c.total > 0 || c.reqs > 0) {
                 let _ = writeln!(
                     s,
-                    "    {:>5}B chunks: {}/{} used, {} reqs, {} fails",
-                    c.size, c.used, c.total, c.reqs, c.fails
+                    "    {:>5}B chunks: {}/{} used, {} cached, {} reqs, {} fails",
+                    c.size, c.used, c.total, c.cached, c.reqs, c.fails
                 );
             }
             if st.page_reqs > 0 {
@@ -375,6 +375,22 @@ fn table(cli: &Cli, spec: &NamedSpec, snap: &Snapshot) -> String {
                     st.pages_in_runs, st.page_reqs, st.page_fails
                 );
             }
+        }
+        if st.cache.slots > 0 || st.cache.claims > 0 {
+            let c = &st.cache;
+            let _ = writeln!(
+                s,
+                "    caches: {} thread(s){}, {} chunks and {} runs cached ({}), {} claimed, \
+                 {} returned from dead threads, {} flush requests",
+                c.slots,
+                if c.enabled { "" } else { " (caching off)" },
+                c.chunks,
+                c.runs,
+                human(c.bytes as usize),
+                c.claims,
+                c.reclaims,
+                c.pressure
+            );
         }
         structures(&mut s, r);
     }

@@ -109,33 +109,43 @@ cfg_if::cfg_if! {
         /// Whether `/proc/PID/stat` shows state `Z` (zombie) or `X` (dead).
         /// False when it cannot be read. Uses only stack buffers.
         fn is_zombie(pid: u32) -> bool {
-            // "/proc/" + up to 10 digits + "/stat" + NUL fits in 32 bytes.
-            let mut path = [0u8; 32];
+            task_is_zombie(pid, None)
+        }
+
+        /// Whether `/proc/PID/stat` (or `/proc/PID/task/TID/stat`) shows
+        /// state `Z` or `X`. False when it cannot be read. Stack buffers only.
+        fn task_is_zombie(pid: u32, tid: Option<u32>) -> bool {
+            // "/proc/" + 10 digits + "/task/" + 10 digits + "/stat" + NUL < 48.
+            let mut path = [0u8; 48];
             let mut n = 0;
-            for &b in b"/proc/" {
-                path[n] = b;
-                n += 1;
-            }
-            let mut digits = [0u8; 10];
-            let mut d = 0;
-            let mut v = pid;
-            loop {
-                digits[d] = b'0' + (v % 10) as u8;
-                d += 1;
-                v /= 10;
-                if v == 0 {
-                    break;
+            let mut put = |bytes: &[u8], n: &mut usize| {
+                for &b in bytes {
+                    path[*n] = b;
+                    *n += 1;
                 }
+            };
+            let digits = |mut v: u32| {
+                let mut d = [0u8; 10];
+                let mut i = 10;
+                loop {
+                    i -= 1;
+                    d[i] = b'0' + (v % 10) as u8;
+                    v /= 10;
+                    if v == 0 {
+                        break;
+                    }
+                }
+                (d, i)
+            };
+            put(b"/proc/", &mut n);
+            let (d, i) = digits(pid);
+            put(&d[i..], &mut n);
+            if let Some(tid) = tid {
+                put(b"/task/", &mut n);
+                let (d, i) = digits(tid);
+                put(&d[i..], &mut n);
             }
-            while d > 0 {
-                d -= 1;
-                path[n] = digits[d];
-                n += 1;
-            }
-            for &b in b"/stat" {
-                path[n] = b;
-                n += 1;
-            }
+            put(b"/stat", &mut n);
             // SAFETY: `path` is NUL-terminated (zero-filled past `n`).
             let fd = unsafe { libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC) };
             if fd < 0 {
@@ -212,7 +222,9 @@ pub(crate) fn thread_alive(pid: u32, tid: u32) -> bool {
             }
             // SAFETY: signal 0 sends nothing; it only checks existence.
             let r = unsafe { libc::syscall(libc::SYS_tgkill, pid as libc::c_long, tid as libc::c_long, 0) };
-            r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+            let exists = r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+            // A thread that has ended but is not yet released shows Z or X.
+            exists && !task_is_zombie(pid, Some(tid))
         } else {
             let _ = tid;
             true

@@ -55,8 +55,8 @@ use static_assertions::{assert_eq_size, const_assert, const_assert_eq};
 
 use super::error::FreeError;
 use super::layout::{
-    chunk_at as slab_chunk_at, class_size, Desc, Link, CLASS, FIRST_DESC_BITMAP_CLASS, NCLASSES,
-    PAGE_SHIFT, SLAB_PAGE,
+    chunk_at as slab_chunk_at, class_size, Desc, Link, CLASS, FIRST_DESC_BITMAP_CLASS, INTERNAL,
+    NCLASSES, PAGE_SHIFT, SLAB_PAGE,
 };
 use super::page::{ALLOC_BUDGET, FREE_BUDGET};
 use super::Pool;
@@ -233,6 +233,9 @@ thread_local! {
     static MRU: Cell<Held> = const { Cell::new(Held::NONE) };
     /// Every pool this thread holds a slot of (or was refused one).
     static HELD: RefCell<Vec<Held>> = const { RefCell::new(Vec::new()) };
+    /// Whether HELD has a slot in it (of this process or, after a fork,
+    /// of the parent's: then the slow path looks and forgets it).
+    static HOLDS: Cell<bool> = const { Cell::new(false) };
 }
 
 /// What a lock-free push did.
@@ -296,6 +299,8 @@ pub struct CacheStats {
     pub chunks: u64,
     /// Page runs (of up to [`RUN_MAGS`] pages) sitting in caches.
     pub runs: u64,
+    /// Their pages.
+    pub run_pages: usize,
     /// Their bytes.
     pub bytes: u64,
     /// Slots claimed so far.
@@ -309,8 +314,8 @@ pub struct CacheStats {
 impl Pool {
     #[inline(always)]
     fn dir(&self) -> &CacheDir {
-        // SAFETY: the directory is inside the pool (geometry), aligned to 64
-        // (its offset is a multiple of 64: header 896 + journal words).
+        // SAFETY: the directory is inside the pool (geometry) at a multiple
+        // of 64 from the page-aligned base; only called when cache_ok.
         unsafe { &*self.base.as_ptr().add(self.cache_off).cast::<CacheDir>() }
     }
 
@@ -346,7 +351,25 @@ impl Pool {
         if !self.cache_ok {
             return None;
         }
-        self.my_slot_fast().or_else(|| self.my_slot_slow())
+        self.my_slot_fast().or_else(|| self.my_slot_slow(true))
+    }
+
+    /// Whether this call goes through the lock without looking at caches:
+    /// the pool has none, or caching is off and this thread holds no slot.
+    #[inline(always)]
+    pub(crate) fn cache_off_quick(&self) -> bool {
+        !self.cache_ok
+            || (self.dir().epoch.load(Ordering::Relaxed) & 1 == 1 && !HOLDS.with(Cell::get))
+    }
+
+    /// As [`Pool::my_slot`], without claiming a slot if the thread has
+    /// none (frees use a cache only if the thread already has one).
+    #[inline]
+    pub(crate) fn my_slot_no_claim(&self) -> Option<NonNull<SlotHead>> {
+        if !self.cache_ok {
+            return None;
+        }
+        self.my_slot_fast().or_else(|| self.my_slot_slow(false))
     }
 
     /// The calling thread's slot if it is the one it used last and in
@@ -371,14 +394,20 @@ impl Pool {
 
     #[cold]
     #[inline(never)]
-    fn my_slot_slow(&self) -> Option<NonNull<SlotHead>> {
+    fn my_slot_slow(&self, claim: bool) -> Option<NonNull<SlotHead>> {
         let base = self.base.as_ptr() as usize;
         let pid = current_pid();
         let epoch = self.dir().epoch.load(Ordering::Acquire);
+        if epoch & 1 == 1 && !HOLDS.with(Cell::get) {
+            // Caching is off and this thread holds no slot anywhere: the
+            // common case of a pool with caching off, kept cheap.
+            return None;
+        }
         let held = HELD.with(|v| {
             let mut v = v.borrow_mut();
             // Entries of another process (we were forked) are not ours.
             v.retain(|h| h.pid == pid);
+            HOLDS.with(|x| x.set(v.iter().any(|o| o.slot != usize::MAX)));
             v.iter().find(|h| h.base == base).copied()
         });
         if let Some(h) = held {
@@ -418,14 +447,18 @@ impl Pool {
                 self.forget_held(base);
             }
         }
-        if epoch & 1 == 1 {
+        if epoch & 1 == 1 || !claim {
             return None;
         }
         self.claim()
     }
 
     fn forget_held(&self, base: usize) {
-        HELD.with(|v| v.borrow_mut().retain(|h| h.base != base));
+        HELD.with(|v| {
+            let mut v = v.borrow_mut();
+            v.retain(|h| h.base != base);
+            HOLDS.with(|h| h.set(v.iter().any(|o| o.slot != usize::MAX)));
+        });
         MRU.with(|m| {
             if m.get().base == base {
                 m.set(Held::NONE)
@@ -438,6 +471,7 @@ impl Pool {
             let mut v = v.borrow_mut();
             v.retain(|o| o.base != h.base);
             v.push(h);
+            HOLDS.with(|x| x.set(v.iter().any(|o| o.slot != usize::MAX)));
         });
         if h.slot != usize::MAX {
             MRU.with(|m| m.set(h));
@@ -546,9 +580,14 @@ impl Pool {
             });
             return None;
         };
+        core.mark_internal((off >> PAGE_SHIFT) as u32, true);
         // Not a user's request: keep the run counters to real requests.
         core.st.page_reqs = core.st.page_reqs.wrapping_sub(1);
         core.st.run_bytes_requested = core.st.run_bytes_requested.wrapping_sub(BODY as u64);
+        core.st.run_bytes = core
+            .st
+            .run_bytes
+            .wrapping_sub((BODY_PAGES * SLAB_PAGE) as u64);
         let nonce = self.dir().nonce.load(Ordering::Relaxed);
         let tok = token(nonce, pid, tid, i);
         let epoch = self.dir().epoch.load(Ordering::Relaxed);
@@ -609,6 +648,7 @@ impl Pool {
         // SAFETY: lock held (callers).
         let mut core = unsafe { self.core() };
         if self.body_run_ok(&ds) {
+            core.mark_internal(ds.page, false);
             if let Err(e) = core.free_at(ds.page, 0) {
                 log::error!(
                     "zone \"{}\": cache slot {i}: its body at page {} could not be freed: {e}",
@@ -639,6 +679,7 @@ impl Pool {
             && (ds.page as usize) + BODY_PAGES <= d.len()
             && d[ds.page as usize].prev.tag() == Link::RUN
             && d[ds.page as usize].slab == BODY_PAGES as u64
+            && d[ds.page as usize].next == INTERNAL
     }
 
     /// The slot body of directory entry `ds`, if its run and token are right.
@@ -725,7 +766,9 @@ impl Pool {
         let in_page = off & (SLAB_PAGE - 1);
         if c >= NCLASSES {
             let (prev, slab) = self.desc_racy(idx);
-            let run = prev.tag() == Link::RUN && slab == (c - NCLASSES + 1) as u64;
+            let run = prev.tag() == Link::RUN
+                && slab == (c - NCLASSES + 1) as u64
+                && self.desc_next_racy(idx) != INTERNAL;
             return (run && in_page == 0).then_some((idx as u32, 0));
         }
         let (cls, first, o, slab) = self.slab_racy(idx, in_page)?;
@@ -812,8 +855,21 @@ impl Pool {
             self.in_slab_of(idx, c)
         } else {
             let (prev, slab) = self.desc_racy(idx);
-            prev.tag() == Link::RUN && slab == (c - NCLASSES + 1) as u64
+            prev.tag() == Link::RUN
+                && slab == (c - NCLASSES + 1) as u64
+                && self.desc_next_racy(idx) != INTERNAL
         }
+    }
+
+    /// Page `idx`'s `next` word, read with an atomic load.
+    #[inline(always)]
+    fn desc_next_racy(&self, idx: usize) -> u32 {
+        let q = self
+            .base
+            .as_ptr()
+            .wrapping_add(self.desc_off + idx * std::mem::size_of::<Desc>() + 8);
+        // SAFETY: idx < npages (callers): inside the pool, 4-aligned.
+        unsafe { AtomicU32::from_ptr(q.cast::<u32>()) }.load(Ordering::Relaxed)
     }
 
     /// Page `idx`'s tag word and `slab` word, read with atomic loads.
@@ -893,14 +949,15 @@ impl Pool {
         let w = m.word.load(Ordering::Relaxed);
         let n = w as u32;
         let cap = m.cap.load(Ordering::Relaxed);
-        if n >= cap {
-            return if cap == 0 { Push::No } else { Push::Full(c) };
-        }
         let e = ((((idx as usize) << PAGE_SHIFT) + in_page) >> 3) as u32;
         // Already in this magazine? Entries above the count are EMPTY, so
-        // a compare of all of them at once tells.
+        // a compare of all of them at once tells. Checked before `Full`,
+        // so that a refused double free flushes nothing.
         if in_mag(&m.e, e) {
             return Push::Twice(FreeError::ChunkAlreadyFree);
+        }
+        if n >= cap {
+            return if cap == 0 { Push::No } else { Push::Full(c) };
         }
         m.e[n as usize].store(e, Ordering::Relaxed);
         killpoint::point();
@@ -923,17 +980,21 @@ impl Pool {
         if prev.tag() != Link::RUN || in_page != 0 || slab == 0 || slab > RUN_MAGS as u64 {
             return Push::No;
         }
+        if self.desc_next_racy(idx as usize) == INTERNAL {
+            // A cache's slot body: the locked path refuses it.
+            return Push::No;
+        }
         let c = NCLASSES + slab as usize - 1;
         let m = self.mag(slot, c);
         let w = m.word.load(Ordering::Relaxed);
         let n = w as u32;
         let cap = m.cap.load(Ordering::Relaxed);
-        if n >= cap {
-            return if cap == 0 { Push::No } else { Push::Full(c) };
-        }
         let e = (((idx as usize) << PAGE_SHIFT) >> 3) as u32;
         if in_mag(&m.e, e) {
             return Push::Twice(FreeError::PageAlreadyFree);
+        }
+        if n >= cap {
+            return if cap == 0 { Push::No } else { Push::Full(c) };
         }
         m.e[n as usize].store(e, Ordering::Relaxed);
         killpoint::point();
@@ -1153,23 +1214,32 @@ impl Pool {
     }
 
     /// Gives every chunk in the calling thread's cache back to the slab
-    /// (the cache and its slot stay).
+    /// (the cache and its slot stay; if caching was turned off meanwhile,
+    /// the slot goes too).
     pub fn flush_cache(&self) {
+        // Follows the epoch too (a change flushes everything already).
+        let Some(slot) = self.my_slot_no_claim() else {
+            return;
+        };
+        if let Some(g) = self.lock_op(FREE_BUDGET) {
+            for c in 0..NMAGS {
+                self.flush_mag(slot, c, 0);
+            }
+            drop(g);
+        }
+    }
+
+    /// Gives this thread's cache back entirely: its chunks to the slab and
+    /// its slot (the next allocation claims one again). For a thread about
+    /// to end, or before measuring the pool.
+    pub fn release_cache(&self) {
         if !self.cache_ok {
             return;
         }
-        let h = MRU.with(Cell::get);
-        let held = if h.base == self.base.as_ptr() as usize {
-            Some(h)
-        } else {
-            HELD.with(|v| {
-                v.borrow()
-                    .iter()
-                    .find(|o| o.base == self.base.as_ptr() as usize)
-                    .copied()
-            })
-        };
+        let base = self.base.as_ptr() as usize;
+        let held = HELD.with(|v| v.borrow().iter().find(|o| o.base == base).copied());
         let Some(h) = held else { return };
+        self.forget_held(base);
         if h.slot >= self.len || h.pid != current_pid() {
             return;
         }
@@ -1183,6 +1253,9 @@ impl Pool {
         if let Some(g) = self.lock_op(FREE_BUDGET) {
             for c in 0..NMAGS {
                 self.flush_mag(slot, c, 0);
+            }
+            if let Some(i) = self.slot_index(slot) {
+                self.release_slot(i);
             }
             drop(g);
         }
@@ -1327,6 +1400,7 @@ impl Pool {
                     cs.chunks += n;
                 } else {
                     cs.runs += n;
+                    cs.run_pages += n as usize * (c - NCLASSES + 1);
                 }
                 cs.bytes += n * mag_size(c) as u64;
             }

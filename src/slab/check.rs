@@ -3,7 +3,9 @@
 
 use std::fmt;
 
-use super::layout::{Desc, Link, State, CLASS, FIRST_DESC_BITMAP_CLASS, NCLASSES, NIL, SLAB_PAGE};
+use super::layout::{
+    Desc, Link, State, CLASS, FIRST_DESC_BITMAP_CLASS, INTERNAL, NCLASSES, NIL, SLAB_PAGE,
+};
 use super::{Pool, PoolGuard};
 
 /// The first broken invariant that [`Pool::check`](super::Pool::check) found.
@@ -108,7 +110,11 @@ pub(crate) fn check(st: &State, d: &[Desc], pages: *const u8) -> Result<(), Chec
             }
             Link::RUN => {
                 let len = p.slab;
-                if len == 0 || len > (npages - i) as u64 || p.prev.idx() != NIL || p.next != NIL {
+                if len == 0
+                    || len > (npages - i) as u64
+                    || p.prev.idx() != NIL
+                    || (p.next != NIL && p.next != INTERNAL)
+                {
                     return fail("page run head malformed", i, len, 1);
                 }
                 let len = len as u32;

@@ -5,7 +5,9 @@
 //! The input bytes are a program: the first byte sizes the pool (8..=135
 //! pages), then each operation is an opcode byte and two argument bytes:
 //! alloc, calloc, free (of a live chunk, checking its fill pattern), double
-//! free, free of an arbitrary address, and a stats-against-model check.
+//! free, free of an arbitrary address, a stats-against-model check, and
+//! for pools big enough to cache (first byte >= 128) flushing this thread's
+//! cache and turning caching off and on.
 //! After every operation `check()` must pass; a refused free must leave the
 //! stats unchanged. At the end everything is freed and the whole free
 //! space must come back as one allocation.
@@ -69,7 +71,13 @@ pub fn run(data: &[u8]) {
     let Some((&first, mut rest)) = data.split_first() else {
         return;
     };
-    let npages = 8 + (first % 128) as usize;
+    // Pools of 8..=135 pages have no per-thread caches; first bytes of 128
+    // and up give pools of 256..=319 pages, which cache.
+    let npages = if first < 128 {
+        8 + first as usize
+    } else {
+        256 + (first % 64) as usize
+    };
     let len = npages * SLAB_PAGE;
     let buf = Buffer::new(len);
     // SAFETY: the buffer is ours, page-aligned and `len` long; it outlives
@@ -161,6 +169,16 @@ pub fn run(data: &[u8]) {
                 bad_free(&pool, &live, addr, expect.filter(|_| addr % 8 != 0));
             }
             5 if a % 2 == 0 => model_stats(&pool, &live),
+            5 if a % 8 == 1 => {
+                pool.flush_cache();
+                assert_eq!(pool.stats().cache.chunks + pool.stats().cache.runs, 0);
+            }
+            5 if a % 8 == 3 => {
+                pool.set_cache(b % 2 == 0);
+                // This thread follows at once (else its next call does,
+                // which a refused free must not: see bad_free).
+                pool.flush_cache();
+            }
             5 => section_rolled_back(&pool, &live, a, b),
             _ => {}
         }
@@ -373,6 +391,7 @@ pub fn full_snapshot(pool: &Pool) -> Vec<u8> {
         zero(base + offset_of!(ClassState, reqs), 8);
         zero(base + offset_of!(ClassState, fails), 8);
         zero(base + offset_of!(ClassState, bytes_requested), 8);
+        zero(base + offset_of!(ClassState, to_caches), 8);
     }
     zero(offset_of!(State, page_reqs), 8);
     zero(offset_of!(State, page_fails), 8);

@@ -358,6 +358,10 @@ impl<'a> PoolGuard<'a> {
                 .bytes_handed_out
                 .wrapping_add(reqs[c].wrapping_mul(cs.size as u64));
         }
+        // Users' runs only: the caches' runs and slot bodies are theirs.
+        s.pages_in_runs = s
+            .pages_in_runs
+            .saturating_sub(cache.pages + cache.run_pages);
         s.cache = cache;
         let j = self.pool.journal.stats();
         s.rollbacks = j.rollbacks;

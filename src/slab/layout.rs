@@ -51,6 +51,10 @@ pub const NAME_MAX: usize = 63;
 
 /// "No page": the end of a list, or no cached page.
 pub(crate) const NIL: u32 = Link::IDX_MASK;
+/// The `next` word of an allocated run's first page that the pool uses
+/// itself (a per-thread cache's slot body): no user's free may take it.
+/// Never a page index (those stay below `MAX_PAGES`).
+pub(crate) const INTERNAL: u32 = NIL - 1;
 /// The most pages one pool can hold (the index must fit in
 /// [`Link::IDX_BITS`] = 24 bits: 16,777,214 pages, 64 GiB less 8 KiB);
 /// `geometry` leaves the pages of a larger range unused.
@@ -593,7 +597,8 @@ pub(crate) fn geometry(len: usize) -> Option<Geometry> {
 
 fn geometry_with(len: usize, dir: usize) -> Option<Geometry> {
     let jwords = journal_words(len);
-    let cache_off = JOURNAL_OFF + jwords * 8;
+    // The directory is 64-aligned (its lines are the caches' hot ones).
+    let cache_off = (JOURNAL_OFF + jwords * 8).next_multiple_of(64);
     let hdr = cache_off + dir;
     let per_page = SLAB_PAGE + std::mem::size_of::<Desc>();
     let mut npages = len.checked_sub(hdr)? / per_page;
@@ -670,6 +675,15 @@ mod tests {
             for size in (align..=MAX_CHUNK).step_by(align) {
                 assert_eq!(class_size(class_of(size)) % align, 0, "{size}");
             }
+        }
+    }
+
+    #[test]
+    fn cache_directory_is_aligned() {
+        for pages in 250..400 {
+            let g = geometry(pages * SLAB_PAGE).unwrap();
+            assert_eq!(g.cache_off % 64, 0, "{pages} pages");
+            assert!(g.desc_off >= g.cache_off);
         }
     }
 

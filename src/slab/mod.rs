@@ -422,6 +422,9 @@ impl Pool {
 
     #[inline(never)]
     fn alloc_slow(&self, size: usize) -> Option<NonNull<u8>> {
+        if self.cache_off_quick() {
+            return self.alloc_uncached(size);
+        }
         if let Some(c) = cache::mag_of(size) {
             if let Some(slot) = self.my_slot() {
                 if let Some(off) = self.cache_pop(slot, c, size) {
@@ -550,8 +553,10 @@ impl Pool {
     /// As [`Pool::free`].
     #[inline(never)]
     unsafe fn free_slow(&self, p: *mut u8) -> Result<(), FreeError> {
+        let quick = self.cache_off_quick();
         let r = match self.locate(p) {
-            Ok((idx, off)) => match self.my_slot() {
+            Ok((idx, off)) if quick => self.free_uncached(idx, off),
+            Ok((idx, off)) => match self.my_slot_no_claim() {
                 Some(slot) => match self.cache_push(slot, idx, off) {
                     cache::Push::Done => return Ok(()),
                     cache::Push::Full(c) => self.free_flush(slot, c, idx, off),
@@ -679,8 +684,8 @@ impl Pool {
 
     /// The biggest size one allocation can get now: the longest free run,
     /// or if there is none, the largest class with a free chunk. Gives back
-    /// this thread's cache, dead threads' caches and the classes' kept
-    /// empty pages first (see [`Pool::trim`]).
+    /// this thread's cache and slot, dead threads' caches and the classes'
+    /// kept empty pages first (see [`Pool::trim`]).
     ///
     /// ```
     /// # use shmzone::{Pool, Region};
@@ -696,17 +701,18 @@ impl Pool {
     /// # Ok::<(), shmzone::Error>(())
     /// ```
     pub fn largest_alloc(&self) -> usize {
-        self.flush_cache();
+        self.release_cache();
         self.reclaim_caches();
         self.lock().largest_alloc_locked()
     }
 
-    /// Gives back this thread's cached chunks, dead threads' caches (see
+    /// Gives back this thread's cache and slot (see
+    /// [`Pool::release_cache`]), dead threads' caches (see
     /// [`Pool::reclaim_caches`]) and the empty page each class keeps for
     /// speed, so that the free pages coalesce; after everything was freed, the pool is then in
     /// its freshly formatted state.
     pub fn trim(&self) {
-        self.flush_cache();
+        self.release_cache();
         self.reclaim_caches();
         let g = self.lock();
         if !g.pool().is_fenced() && self.journal.fits(TRIM_BUDGET) {

@@ -11,7 +11,7 @@
 use super::error::FreeError;
 use super::layout::{
     chunk_at, class_size, pages_for, ClassState, Desc, Header, Link, State, CLASS,
-    FIRST_DESC_BITMAP_CLASS, JOURNAL_OFF, NCLASSES, NIL, PAGE_SHIFT, SLAB_PAGE,
+    FIRST_DESC_BITMAP_CLASS, INTERNAL, JOURNAL_OFF, NCLASSES, NIL, PAGE_SHIFT, SLAB_PAGE,
 };
 use crate::journal::{record_words, Journal, JournalHeader};
 use crate::killpoint;
@@ -90,6 +90,15 @@ impl Core<'_> {
     #[inline]
     pub(crate) fn save_words<const W: usize>(&self, p: *const u64) {
         self.save::<W>(p);
+    }
+
+    /// Marks the allocated run at page `i` as the pool's own (`on`), or a
+    /// plain run again; journaled.
+    pub(crate) fn mark_internal(&mut self, i: u32, on: bool) {
+        if (i as usize) < self.d.len() {
+            self.save_links(i);
+            self.d[i as usize].next = if on { INTERNAL } else { NIL };
+        }
     }
 
     #[inline(always)]
@@ -234,7 +243,7 @@ impl Core<'_> {
 
     /// A chunk of class `c`, as an offset from the first page. The caller
     /// checked that [`ALLOC_BUDGET`] journal words fit.
-    #[inline]
+    #[inline(always)]
     pub fn alloc_chunk(&mut self, c: usize, size: usize) -> Option<usize> {
         self.alloc_in::<false>(c, size)
     }
@@ -243,7 +252,7 @@ impl Core<'_> {
     /// when a multi-page class can have no new slab, a page run of the
     /// request's own size (see [`Core::no_slab`]). The caller checked that
     /// [`ALLOC_BUDGET`] journal words fit.
-    #[inline]
+    #[inline(always)]
     pub fn alloc_class(&mut self, c: usize, size: usize) -> Option<usize> {
         self.alloc_in::<true>(c, size)
     }
@@ -673,7 +682,7 @@ impl Core<'_> {
     /// Frees the chunk or run at byte `off` of page `idx`; on error nothing
     /// is changed. The caller checked that [`FREE_BUDGET`] journal words
     /// fit.
-    #[inline]
+    #[inline(always)]
     pub fn free_at(&mut self, idx: u32, off: usize) -> Result<(), FreeError> {
         let desc = self.d[idx as usize];
         let Some(c) = desc.prev.class() else {
@@ -799,6 +808,8 @@ impl Core<'_> {
     fn free_run(&mut self, idx: u32, off: usize, desc: Desc) -> Result<(), FreeError> {
         match desc.prev.tag() {
             Link::RUN if off != 0 => Err(FreeError::WrongChunk),
+            // The pool's own (a cache's slot body): never a user's block.
+            Link::RUN if desc.next == INTERNAL => Err(FreeError::WrongPage),
             Link::RUN if desc.slab == 0 => Err(FreeError::WrongPage),
             Link::RUN if desc.slab > (self.d.len() - idx as usize) as u64 => {
                 // A run length past the pool's end: only a corrupt pool.

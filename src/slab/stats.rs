@@ -56,8 +56,9 @@ pub struct PoolStats {
     /// The pool is fenced: inconsistent after a recovery, allocations fail
     /// until it is re-initialised.
     pub fenced: bool,
-    /// The per-thread caches (their chunks are counted in `cached`, their
-    /// slot bodies' pages in `pages_in_runs`).
+    /// The per-thread caches (their chunks are counted in each class's
+    /// `cached`; their runs and slot bodies are not in `pages_in_runs`,
+    /// nor in [`PoolStats::bytes_in_use`]).
     pub cache: CacheStats,
 }
 
