@@ -6,7 +6,7 @@
 //!                 each class on lines of their own)
 //!         journal records (journal_words(len) × 8 B: the undo log of the
 //!                 section open under the lock, see crate::journal)
-//!         CacheDir (1088 B: the per-thread caches' directory, see cache.rs)
+//!         CacheDir (1088 B: the per-thread caches' directory, see cache/mod.rs)
 //!         Desc[npages]   (16 B each, u32 links)
 //!         padding to a SLAB_PAGE boundary
 //! start ─► page 0, page 1, ... page npages-1 (SLAB_PAGE each)
@@ -579,7 +579,7 @@ pub(crate) struct Geometry {
 pub(crate) const JOURNAL_OFF: usize = std::mem::size_of::<Header>();
 
 /// The layout of a pool of `len` bytes, or None if it holds no page.
-/// Pools big enough for per-thread caches (see `cache.rs`) hold the
+/// Pools big enough for per-thread caches (see `cache/mod.rs`) hold the
 /// caches' directory between the journal records and the descriptors;
 /// smaller ones do not spend those bytes.
 pub(crate) fn geometry(len: usize) -> Option<Geometry> {
