@@ -94,6 +94,16 @@ pub(crate) struct DirSlot {
     pub npages: u32,
 }
 
+impl DirSlot {
+    /// A free slot.
+    pub const FREE: DirSlot = DirSlot {
+        pid: 0,
+        tid: 0,
+        page: 0,
+        npages: 0,
+    };
+}
+
 /// The caches' directory, after the journal records.
 #[repr(C, align(64))]
 pub(crate) struct CacheDir {
@@ -278,12 +288,7 @@ pub(crate) unsafe fn init_dir(dir: *mut CacheDir, npages: usize) {
             reclaims: AtomicU64::new(0),
             pressure: AtomicU64::new(0),
             _pad: [0; 3],
-            slots: [DirSlot {
-                pid: 0,
-                tid: 0,
-                page: 0,
-                npages: 0,
-            }; NSLOTS],
+            slots: [DirSlot::FREE; NSLOTS],
         })
     };
 }
@@ -672,16 +677,23 @@ impl Pool {
         if !self.chunk_set_racy(c, first, o, slab) {
             return Push::No;
         }
+        let e = ((((idx as usize) << PAGE_SHIFT) + in_page) >> 3) as u32;
+        self.mag_push(slot, c, e, FreeError::ChunkAlreadyFree)
+    }
+
+    /// Pushes entry `e` onto magazine `c`: refused as `twice` if it is
+    /// already there, `Full` (or `No` for an uncached class) if no room.
+    #[inline(always)]
+    fn mag_push(&self, slot: NonNull<SlotHead>, c: usize, e: u32, twice: FreeError) -> Push {
         let m = self.mag(slot, c);
         let w = m.word.load(Ordering::Relaxed);
         let n = w as u32;
         let cap = m.cap.load(Ordering::Relaxed);
-        let e = ((((idx as usize) << PAGE_SHIFT) + in_page) >> 3) as u32;
         // Already in this magazine? Entries above the count are EMPTY, so
         // a compare of all of them at once tells. Checked before `Full`,
         // so that a refused double free flushes nothing.
         if in_mag(&m.e, e) {
-            return Push::Twice(FreeError::ChunkAlreadyFree);
+            return Push::Twice(twice);
         }
         if n >= cap {
             return if cap == 0 { Push::No } else { Push::Full(c) };
@@ -712,22 +724,8 @@ impl Pool {
             return Push::No;
         }
         let c = NCLASSES + slab as usize - 1;
-        let m = self.mag(slot, c);
-        let w = m.word.load(Ordering::Relaxed);
-        let n = w as u32;
-        let cap = m.cap.load(Ordering::Relaxed);
         let e = (((idx as usize) << PAGE_SHIFT) >> 3) as u32;
-        if in_mag(&m.e, e) {
-            return Push::Twice(FreeError::PageAlreadyFree);
-        }
-        if n >= cap {
-            return if cap == 0 { Push::No } else { Push::Full(c) };
-        }
-        m.e[n as usize].store(e, Ordering::Relaxed);
-        killpoint::point();
-        m.word
-            .store(((w >> 32) + 1) << 32 | (n + 1) as u64, Ordering::Release);
-        Push::Done
+        self.mag_push(slot, c, e, FreeError::PageAlreadyFree)
     }
 }
 

@@ -189,14 +189,7 @@ impl Pool {
         core.save_words::<2>(self.dir_slot(i).cast::<u64>());
         killpoint::point();
         // SAFETY: lock held; recorded above.
-        unsafe {
-            self.dir_slot(i).write(DirSlot {
-                pid: 0,
-                tid: 0,
-                page: 0,
-                npages: 0,
-            })
-        };
+        unsafe { self.dir_slot(i).write(DirSlot::FREE) };
         self.journal.commit();
     }
 
@@ -282,6 +275,35 @@ impl Pool {
         }
     }
 
+    /// Takes up to `want` blocks from `take` (while the journal has room
+    /// for another): the first is the caller's (`got`), the others go on
+    /// top of magazine `m` (entries only: the caller stores the count).
+    /// How many were taken.
+    fn refill_from(
+        &self,
+        m: &Mag,
+        n: &mut u32,
+        got: &mut Option<usize>,
+        want: u32,
+        mut take: impl FnMut() -> Option<usize>,
+    ) -> u32 {
+        let mut k = 0;
+        while k < want && self.journal.fits(ALLOC_BUDGET + 2) {
+            let Some(off) = take() else {
+                break;
+            };
+            killpoint::point();
+            if got.is_none() {
+                *got = Some(off);
+            } else {
+                m.e[*n as usize].store((off >> 3) as u32, Ordering::Relaxed);
+                *n += 1;
+            }
+            k += 1;
+        }
+        k
+    }
+
     /// The slow part of a cached allocation: the magazine was empty (or its
     /// top entry bad). Under the lock: drop bad entries, refill half the
     /// magazine from the slab, hand out one chunk.
@@ -323,22 +345,10 @@ impl Pool {
                 core.st.run_bytes_requested,
                 core.st.run_bytes,
             );
-            let mut k = 0;
-            while k < want && self.journal.fits(ALLOC_BUDGET + 2) {
-                let Some(off) =
-                    core.alloc_run_checked(pages, pages * SLAB_PAGE, self.npages as usize)
-                else {
-                    break;
-                };
-                killpoint::point();
-                if got.is_none() {
-                    got = Some(off);
-                } else {
-                    m.e[n as usize].store((off >> 3) as u32, Ordering::Relaxed);
-                    n += 1;
-                }
-                k += 1;
-            }
+            let npages = self.npages as usize;
+            self.refill_from(m, &mut n, &mut got, want, || {
+                core.alloc_run_checked(pages, pages * SLAB_PAGE, npages)
+            });
             // Runs moved to a cache are no user's requests (the cache
             // counts the one handed out below).
             (
@@ -351,20 +361,9 @@ impl Pool {
         if got.is_none() && c < NCLASSES {
             let want = (cap / 2).max(1);
             let cs = core.st.classes[c];
-            let mut k = 0;
-            while k < want && self.journal.fits(ALLOC_BUDGET + 2) {
-                let Some(off) = core.alloc_chunk(c, mag_size(c)) else {
-                    break;
-                };
-                killpoint::point();
-                if got.is_none() {
-                    got = Some(off);
-                } else {
-                    m.e[n as usize].store((off >> 3) as u32, Ordering::Relaxed);
-                    n += 1;
-                }
-                k += 1;
-            }
+            let k = self.refill_from(m, &mut n, &mut got, want, || {
+                core.alloc_chunk(c, mag_size(c))
+            });
             // Chunks moved to a cache are the slab's requests (its `reqs`
             // counts them), not the user's: counted apart, no bytes asked.
             let st = &mut core.st.classes[c];
@@ -761,14 +760,7 @@ impl Pool {
                 }
             }
             // SAFETY: as above.
-            unsafe {
-                self.dir_slot(i).write(DirSlot {
-                    pid: 0,
-                    tid: 0,
-                    page: 0,
-                    npages: 0,
-                })
-            };
+            unsafe { self.dir_slot(i).write(DirSlot::FREE) };
         }
         let e = self.dir().epoch.load(Ordering::Relaxed);
         self.dir().epoch.store(e.wrapping_add(2), Ordering::Release);
