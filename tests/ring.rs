@@ -177,6 +177,9 @@ fn four_producers_two_readers_read_everything_once_in_order() {
     assert_eq!(st.producers, 0, "slots given back on exit");
 }
 
+/// Board slots where the lapped test's readers say they are ready.
+const READY: usize = 10;
+
 #[test]
 fn lapped_readers_count_every_gap_and_never_see_a_torn_record() {
     const K: u64 = 50_000;
@@ -197,11 +200,23 @@ fn lapped_readers_count_every_gap_and_never_see_a_torn_record() {
             let (ring, board) = (&ring, &board);
             fork_child(move || {
                 let mut reader = ring.reader(Start::Oldest);
+                // Ready before any producer starts: from here every record
+                // is either read or counted lost (a reader made after a
+                // slot was overwritten never saw the first records).
+                board.at(READY + r).store(1, Ordering::SeqCst);
                 let mut next = [0u64; 4];
                 let mut gaps = 0;
                 let deadline = Instant::now() + Duration::from_secs(60);
                 while reader.read() + reader.lost() < 4 * K {
                     if Instant::now() > deadline {
+                        let msg = format!(
+                            "reader {r}: read {} lost {} next {next:?} stats {:?}\n",
+                            reader.read(),
+                            reader.lost(),
+                            reader.stats()
+                        );
+                        // SAFETY: writes our own buffer to stderr.
+                        unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
                         return 2;
                     }
                     match reader.next_record() {
@@ -229,6 +244,13 @@ fn lapped_readers_count_every_gap_and_never_see_a_torn_record() {
             })
         })
         .collect();
+    let ready_by = Instant::now() + Duration::from_secs(20);
+    while board.at(READY).load(Ordering::SeqCst) == 0
+        || board.at(READY + 1).load(Ordering::SeqCst) == 0
+    {
+        assert!(Instant::now() < ready_by, "the readers never got ready");
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let producers: Vec<_> = (0..4u64)
         .map(|p| {
             let ring = &ring;
