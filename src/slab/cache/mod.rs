@@ -441,7 +441,7 @@ impl Pool {
                     if sh.seen.load(Ordering::Relaxed) != epoch {
                         // Caching was turned off, or memory ran short, or
                         // the pool was re-initialised: give everything back.
-                        if !self.sync_epoch(slot, epoch) {
+                        if !self.sync_epoch(slot) {
                             return None;
                         }
                     }

@@ -10,30 +10,41 @@ impl Pool {
     /// After the epoch changed: flush everything (lock), then follow it:
     /// keep the slot (caching on) or release it (off). Whether the slot is
     /// still usable.
-    pub(super) fn sync_epoch(&self, slot: NonNull<SlotHead>, epoch: u64) -> bool {
+    pub(super) fn sync_epoch(&self, slot: NonNull<SlotHead>) -> bool {
         let base = self.base.as_ptr() as usize;
         let Some(g) = self.lock_op(FREE_BUDGET) else {
             return false;
         };
-        for c in 0..NMAGS {
-            self.flush_mag(slot, c, 0);
-        }
+        self.flush_all(slot);
         // SAFETY: our slot (token checked by the caller).
         let sh = unsafe { slot.as_ref() };
         let now = self.dir().epoch.load(Ordering::Acquire);
         if now & 1 == 1 {
-            let i = self.slot_index(slot);
-            if let Some(i) = i {
+            if let Some(i) = self.slot_index(slot) {
                 self.release_slot(i);
             }
             drop(g);
             self.forget_held(base);
-            let _ = epoch;
             return false;
         }
         sh.seen.store(now, Ordering::Relaxed);
         drop(g);
         true
+    }
+
+    /// Gives every magazine of `slot` back to the slab (lock held).
+    fn flush_all(&self, slot: NonNull<SlotHead>) {
+        for c in 0..NMAGS {
+            self.flush_mag(slot, c, 0);
+        }
+    }
+
+    /// The first free directory slot (lock held).
+    fn free_slot(&self) -> Option<usize> {
+        (0..NSLOTS).find(|&i| {
+            // SAFETY: i < NSLOTS, lock held.
+            unsafe { self.dir_slot(i).read() }.pid == 0
+        })
     }
 
     /// The directory index of our slot body.
@@ -65,26 +76,18 @@ impl Pool {
         if epoch & 1 == 1 {
             return None;
         }
-        let mut free = (0..NSLOTS).find(|&i| {
-            // SAFETY: i < NSLOTS, lock held.
-            unsafe { self.dir_slot(i).read() }.pid == 0
-        });
-        if free.is_none() {
-            drop(g);
-            self.reclaim_caches();
-            let g2 = self.lock_op(ALLOC_BUDGET)?;
-            free = (0..NSLOTS).find(|&i| {
-                // SAFETY: i < NSLOTS, lock held.
-                unsafe { self.dir_slot(i).read() }.pid == 0
-            });
-            let Some(i) = free else {
-                drop(g2);
-                self.remember(refused);
-                return None;
-            };
-            return self.claim_at(i, pid, tid, g2);
+        if let Some(i) = self.free_slot() {
+            return self.claim_at(i, pid, tid, g);
         }
-        let i = free?;
+        // All taken: return dead threads' slots, then look again.
+        drop(g);
+        self.reclaim_caches();
+        let g = self.lock_op(ALLOC_BUDGET)?;
+        let Some(i) = self.free_slot() else {
+            drop(g);
+            self.remember(refused);
+            return None;
+        };
         self.claim_at(i, pid, tid, g)
     }
 
@@ -445,33 +448,25 @@ impl Pool {
         }
         self.flush_cache();
         self.reclaim_caches();
-        if self.cached_elsewhere() {
-            let g = self.lock();
-            let e = self.dir().epoch.load(Ordering::Relaxed);
-            self.dir().epoch.store(e.wrapping_add(2), Ordering::Release);
+        // In sync with the epoch after flush_cache, if it has a slot.
+        let mine = self.my_slot_fast();
+        let g = self.lock();
+        if self.cached_elsewhere(mine) {
+            let e = self.dir().epoch.load(Ordering::Relaxed).wrapping_add(2);
+            self.dir().epoch.store(e, Ordering::Release);
             self.dir().pressure.fetch_add(1, Ordering::Relaxed);
-            drop(g);
-            // Our own cache follows the new epoch at once.
-            let base = self.base.as_ptr() as usize;
-            let h = MRU.with(Cell::get);
-            if h.base == base && h.slot < self.len {
-                let s = self.base.as_ptr().wrapping_add(h.slot).cast::<SlotHead>();
-                // SAFETY: inside the pool; our slot (token checked next).
-                let sh = unsafe { &*s };
-                if sh.token.load(Ordering::Relaxed) == h.token {
-                    sh.seen.store(e.wrapping_add(2), Ordering::Relaxed);
-                }
+            // Our own cache (just flushed) follows the new epoch at once.
+            if let Some(slot) = mine {
+                // SAFETY: our slot, checked by my_slot_fast.
+                unsafe { slot.as_ref() }.seen.store(e, Ordering::Relaxed);
             }
         }
+        drop(g);
     }
 
-    /// Whether some other slot holds chunks (read racily).
-    fn cached_elsewhere(&self) -> bool {
-        let mine = {
-            let h = MRU.with(Cell::get);
-            (h.base == self.base.as_ptr() as usize).then_some(h.slot)
-        };
-        let g = self.lock();
+    /// Whether a slot other than `mine` holds chunks (lock held; counts
+    /// read racily).
+    fn cached_elsewhere(&self, mine: Option<NonNull<SlotHead>>) -> bool {
         let mut any = false;
         for i in 0..NSLOTS {
             // SAFETY: i < NSLOTS, lock held.
@@ -482,12 +477,11 @@ impl Pool {
             let Some(body) = self.body_of(i, &ds) else {
                 continue;
             };
-            if Some(body.as_ptr() as usize - self.base.as_ptr() as usize) == mine {
+            if Some(body) == mine {
                 continue;
             }
             any |= (0..NMAGS).any(|c| self.mag(body, c).word.load(Ordering::Relaxed) as u32 != 0);
         }
-        drop(g);
         any
     }
 
@@ -500,9 +494,7 @@ impl Pool {
             return;
         };
         if let Some(g) = self.lock_op(FREE_BUDGET) {
-            for c in 0..NMAGS {
-                self.flush_mag(slot, c, 0);
-            }
+            self.flush_all(slot);
             drop(g);
         }
     }
@@ -511,27 +503,13 @@ impl Pool {
     /// its slot (the next allocation claims one again). For a thread about
     /// to end, or before measuring the pool.
     pub fn release_cache(&self) {
-        if !self.cache_ok {
+        // Follows the epoch first (caching off: the slot is gone already).
+        let Some(slot) = self.my_slot_no_claim() else {
             return;
-        }
-        let base = self.base.as_ptr() as usize;
-        let held = HELD.with(|v| v.borrow().iter().find(|o| o.base == base).copied());
-        let Some(h) = held else { return };
-        self.forget_held(base);
-        if h.slot >= self.len || h.pid != current_pid() {
-            return;
-        }
-        let s = self.base.as_ptr().wrapping_add(h.slot).cast::<SlotHead>();
-        // SAFETY: inside the pool, 64-aligned (set by claim).
-        if unsafe { &*s }.token.load(Ordering::Relaxed) != h.token {
-            return;
-        }
-        // SAFETY: non-null.
-        let slot = unsafe { NonNull::new_unchecked(s) };
+        };
+        self.forget_held(self.base.as_ptr() as usize);
         if let Some(g) = self.lock_op(FREE_BUDGET) {
-            for c in 0..NMAGS {
-                self.flush_mag(slot, c, 0);
-            }
+            self.flush_all(slot);
             if let Some(i) = self.slot_index(slot) {
                 self.release_slot(i);
             }
@@ -587,9 +565,7 @@ impl Pool {
                 continue;
             }
             if let Some(body) = self.body_of(i, &ds) {
-                for c in 0..NMAGS {
-                    self.flush_mag(body, c, 0);
-                }
+                self.flush_all(body);
             } else {
                 log::error!(
                     "zone \"{}\": cache slot {i} of process {} is damaged; its cached chunks \
