@@ -63,6 +63,9 @@ fn fail_pool(invariant: &'static str, found: u64, expected: u64) -> Result<(), C
     Err(CheckError::new(invariant, None, found, expected))
 }
 
+/// The largest request counter `check` accepts.
+const MAX_REQS: u64 = 1 << 62;
+
 /// Walks the whole pool. `pages` is the first data page in this process.
 pub(crate) fn check(st: &State, d: &[Desc], pages: *const u8) -> Result<(), CheckError> {
     let npages = d.len() as u32;
@@ -250,6 +253,11 @@ pub(crate) fn check(st: &State, d: &[Desc], pages: *const u8) -> Result<(), Chec
             );
         }
         let s = &st.classes[c];
+        if s.reqs > MAX_REQS {
+            // No pool makes 2^62 requests (146 years at 10^9 a second): a
+            // garbage counter, which the next allocation would wrap.
+            return fail_pool("class request counter out of range", s.reqs, MAX_REQS);
+        }
         if s.fails > s.reqs || s.used > s.reqs - s.fails {
             return fail_pool(
                 "class requests fewer than failures plus chunks in use",

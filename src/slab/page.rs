@@ -269,7 +269,7 @@ impl Core<'_> {
         // from the pages after a rollback, and the statistics (requests,
         // failures, bytes asked for) count a rolled-back call as made.
         let cs = &mut self.st.classes[c];
-        cs.reqs += 1;
+        cs.reqs = cs.reqs.wrapping_add(1);
         let head = cs.head;
         // NIL (like any index out of range) is past the descriptors' end,
         // and so is any slab that would not fit (one compare for both).
@@ -335,7 +335,7 @@ impl Core<'_> {
         };
         let cs = &mut self.st.classes[c];
         cs.used += 1;
-        cs.bytes_requested += size as u64;
+        cs.bytes_requested = cs.bytes_requested.wrapping_add(size as u64);
         Some(((idx as usize) << PAGE_SHIFT) + bit as usize * info.size as usize)
     }
 
@@ -348,10 +348,12 @@ impl Core<'_> {
     fn no_slab<const RUN: bool>(&mut self, c: usize, size: usize) -> Option<usize> {
         let n = pages_for(size).max(1);
         if RUN && n < self.cls[c].pages as usize {
-            self.st.classes[c].reqs -= 1;
+            let cs = &mut self.st.classes[c];
+            cs.reqs = cs.reqs.wrapping_sub(1);
             return self.alloc_run(n, size);
         }
-        self.st.classes[c].fails += 1;
+        let cs = &mut self.st.classes[c];
+        cs.fails = cs.fails.wrapping_add(1);
         None
     }
 
@@ -367,7 +369,7 @@ impl Core<'_> {
         };
         let cs = &mut self.st.classes[c];
         cs.used += 1;
-        cs.bytes_requested += size as u64;
+        cs.bytes_requested = cs.bytes_requested.wrapping_add(size as u64);
         Some(((idx as usize) << PAGE_SHIFT) + bit as usize * class_size(c))
     }
 
@@ -446,8 +448,8 @@ impl Core<'_> {
     #[inline]
     pub fn alloc_run_checked(&mut self, n: usize, size: usize, npages: usize) -> Option<usize> {
         if n > npages {
-            self.st.page_reqs += 1;
-            self.st.page_fails += 1;
+            self.st.page_reqs = self.st.page_reqs.wrapping_add(1);
+            self.st.page_fails = self.st.page_fails.wrapping_add(1);
             return None;
         }
         self.alloc_run(n, size)
@@ -456,9 +458,9 @@ impl Core<'_> {
     /// A run of `n` pages, as an offset from the first page.
     #[inline]
     fn alloc_run(&mut self, n: usize, size: usize) -> Option<usize> {
-        self.st.page_reqs += 1;
+        self.st.page_reqs = self.st.page_reqs.wrapping_add(1);
         let Some(first) = self.alloc_pages_or_trim(n) else {
-            self.st.page_fails += 1;
+            self.st.page_fails = self.st.page_fails.wrapping_add(1);
             return None;
         };
         let n32 = n as u32;
@@ -476,8 +478,8 @@ impl Core<'_> {
         }
         let st = &mut *self.st;
         st.run_pages += n32;
-        st.run_bytes_requested += size as u64;
-        st.run_bytes += (n * SLAB_PAGE) as u64;
+        st.run_bytes_requested = st.run_bytes_requested.wrapping_add(size as u64);
+        st.run_bytes = st.run_bytes.wrapping_add((n * SLAB_PAGE) as u64);
         Some(first as usize * SLAB_PAGE)
     }
 

@@ -651,10 +651,12 @@ impl Pool {
             .store(((w >> 32) + 1) << 32 | (n - 1) as u64, Ordering::Relaxed);
         killpoint::point();
         top.store(EMPTY, Ordering::Relaxed);
-        m.reqs
-            .store(m.reqs.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        m.reqs.store(
+            m.reqs.load(Ordering::Relaxed).wrapping_add(1),
+            Ordering::Relaxed,
+        );
         m.bytes.store(
-            m.bytes.load(Ordering::Relaxed) + size as u64,
+            m.bytes.load(Ordering::Relaxed).wrapping_add(size as u64),
             Ordering::Relaxed,
         );
         Some(off)

@@ -393,10 +393,12 @@ impl Pool {
         }
         match got {
             Some(off) => {
-                m.reqs
-                    .store(m.reqs.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+                m.reqs.store(
+                    m.reqs.load(Ordering::Relaxed).wrapping_add(1),
+                    Ordering::Relaxed,
+                );
                 m.bytes.store(
-                    m.bytes.load(Ordering::Relaxed) + size as u64,
+                    m.bytes.load(Ordering::Relaxed).wrapping_add(size as u64),
                     Ordering::Relaxed,
                 );
                 Some(self.data_ptr(off))
@@ -648,8 +650,10 @@ impl Pool {
                 let m = self.mag(body, c);
                 let n = (m.word.load(Ordering::Acquire) as u32).min(MAG as u32) as u64;
                 chunks[c] += n;
-                reqs[c] += m.reqs.load(Ordering::Relaxed);
-                bytes[c] += m.bytes.load(Ordering::Relaxed);
+                // Statistics words: whatever a dead or broken owner left,
+                // added without overflow checks.
+                reqs[c] = reqs[c].wrapping_add(m.reqs.load(Ordering::Relaxed));
+                bytes[c] = bytes[c].wrapping_add(m.bytes.load(Ordering::Relaxed));
                 if c < NCLASSES {
                     cs.chunks += n;
                 } else {
