@@ -79,6 +79,7 @@ mod list;
 mod ops;
 mod read;
 mod section;
+mod update;
 mod value;
 
 use std::marker::PhantomData;
@@ -87,6 +88,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 pub use check::{DumpEntry, KeysPage};
 pub use error::{DictError, ZoneProblem};
 pub use layout::MAX_KEY;
+pub use update::{Current, Update};
 pub use value::{OwnedValue, Value};
 
 use layout::{Header, BYTES_PER_BUCKET, MAGIC, MAX_STRIPES, STAT_SLOTS, VERSION};
