@@ -441,14 +441,8 @@ impl<'a> App<'a> {
         let c = &self.shared.config;
         let now = self.shared.epoch.elapsed().as_millis() as u64;
         let (status, allowed, excess) = match kv::limit(d, key, now, c.rate.milli, c.burst) {
-            Ok(Some(Verdict::Allowed(e))) => (StatusCode::OK, true, e),
-            Ok(Some(Verdict::Refused(e))) => (StatusCode::TOO_MANY_REQUESTS, false, e),
-            Ok(None) => {
-                return text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "limiter: too much contention\n",
-                )
-            }
+            Ok(Verdict::Allowed(e)) => (StatusCode::OK, true, e),
+            Ok(Verdict::Refused(e)) => (StatusCode::TOO_MANY_REQUESTS, false, e),
             Err(e) => return text(StatusCode::SERVICE_UNAVAILABLE, format!("limiter: {e}\n")),
         };
         json(
