@@ -114,7 +114,9 @@ fn update(
             1 => Update::Set(v.as_value()),
             2 => Update::Delete,
             // An integer: no borrow of the closure's own data needed.
-            3 => Update::Set(Value::Int(next.as_ref().and_then(OwnedValue::as_int).unwrap_or(0))),
+            3 => Update::Set(Value::Int(
+                next.as_ref().and_then(OwnedValue::as_int).unwrap_or(0),
+            )),
             _ => Update::Put {
                 value: v.as_value(),
                 ttl_ms: 0,

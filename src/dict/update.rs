@@ -357,7 +357,9 @@ mod tests {
         let d = Dict::open(&z.get("d").unwrap()).unwrap();
         d.set(b"k", 1i64, 0, 0).unwrap();
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            d.update(b"k", |_| -> (Update<'static>, ()) { panic!("decided to panic") })
+            d.update(b"k", |_| -> (Update<'static>, ()) {
+                panic!("decided to panic")
+            })
         }));
         assert!(r.is_err());
         assert_eq!(d.zone_name(), "d");
