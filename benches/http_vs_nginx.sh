@@ -101,6 +101,7 @@ run() {
 
 median() { tr ' ' '\n' | grep . | sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 
+load0=$(cut -d' ' -f1 /proc/loadavg)
 printf '%-14s %5s %11s %8s %7s %11s %8s %7s %7s %6s\n' workload conns "nginx req/s" "p99 ms" "cpu us" "ours req/s" "p99 ms" "cpu us" ratio "p99"
 for c in $CONNS; do
     for p in "${paths[@]}"; do
@@ -117,4 +118,4 @@ for c in $CONNS; do
             printf "%-14s %5d %11.0f %8.2f %7.1f %11.0f %8.2f %7.1f %6.2fx %6s\n", w, c, nr, np, nc, or, op, oc, or / nr, (op <= np) ? "ok" : "worse" }'
     done
 done
-echo "(medians of $ROUNDS round(s) of wrk -t2 -d$DUR, nginx and ours alternated; cpu us: worker CPU time per request; ratio: ours/nginx req/s)"
+echo "(medians of $ROUNDS round(s) of wrk -t2 -d$DUR, nginx and ours alternated; cpu us: worker CPU time per request; ratio: ours/nginx req/s; ours: $BIN --workers 4 $SHMZONE_ARGS; load average $load0 at the start, $(cut -d' ' -f1 /proc/loadavg) at the end)"
