@@ -78,6 +78,7 @@ pub fn worker(shared: &Shared, w: &Worker) -> i32 {
     let done = AtomicBool::new(false);
     let live = Arc::new(Live {
         count: AtomicU32::new(0),
+        handed: AtomicU32::new(0),
         max: app.shared.config.connections,
         closed: Notify::new(),
         acceptor: OnceLock::new(),
@@ -102,10 +103,13 @@ pub fn worker(shared: &Shared, w: &Worker) -> i32 {
 }
 
 /// Live connections of this worker (counted by the accept thread, which
-/// stops accepting at `max`), a wake-up for the runtime when one closes,
-/// and the accept thread to unpark when the count falls below `max`.
+/// stops accepting at `max`), connections handed to the runtime and not
+/// started yet, a wake-up for the runtime when one closes, and the accept
+/// thread to unpark when the count falls below `max` or the runtime has
+/// started what it was handed.
 struct Live {
     count: AtomicU32,
+    handed: AtomicU32,
     max: u32,
     closed: Notify,
     acceptor: OnceLock<std::thread::Thread>,
@@ -126,6 +130,13 @@ impl Drop for LiveGuard {
     }
 }
 
+/// Connections the accept thread hands over before it waits for the
+/// runtime to start them: a runtime that is stuck holds at most this many
+/// connections it has not started (waiting for the runtime after each one
+/// spreads connections worse: the accept thread is then often not waiting
+/// in accept when a connection comes).
+const HANDOFF_MAX: u32 = 16;
+
 /// The accept thread: a blocking `accept` on the listening socket, handing
 /// each connection to the runtime. The kernel wakes one blocked acceptor
 /// per connection, the one that has waited longest: with one socket shared
@@ -141,15 +152,20 @@ fn accept_loop(
     tx: mpsc::UnboundedSender<std::net::TcpStream>,
 ) {
     while !done.load(Ordering::Relaxed) {
-        if live.count.load(Ordering::Acquire) >= live.max {
-            // At the cap: leave new connections to the other workers until
-            // one of ours closes (LiveGuard unparks us).
+        // At the cap, or while the runtime has not started HANDOFF_MAX
+        // connections it was handed (it is stuck): leave new connections to
+        // the other workers until one of ours closes or the runtime takes
+        // what it was handed (both unpark us).
+        if live.count.load(Ordering::Acquire) >= live.max
+            || live.handed.load(Ordering::Acquire) >= HANDOFF_MAX
+        {
             std::thread::park_timeout(Duration::from_millis(100));
             continue;
         }
         match listener.accept() {
             Ok((stream, _)) => {
                 live.count.fetch_add(1, Ordering::AcqRel);
+                live.handed.fetch_add(1, Ordering::AcqRel);
                 if tx.send(stream).is_err() {
                     return;
                 }
@@ -215,6 +231,11 @@ fn start(
     live: &Arc<Live>,
 ) {
     let guard = LiveGuard(live.clone());
+    if live.handed.fetch_sub(1, Ordering::AcqRel) == HANDOFF_MAX {
+        if let Some(t) = live.acceptor.get() {
+            t.unpark();
+        }
+    }
     app.event(Event::Accepted);
     let stream = match s
         .set_nonblocking(true)
