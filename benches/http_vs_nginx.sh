@@ -9,6 +9,10 @@
 #   benches/http_vs_nginx.sh               # -d10s, one round
 #   DUR=3s ROUNDS=2 benches/http_vs_nginx.sh
 #   SHMZONE_ARGS="--reuseport" benches/http_vs_nginx.sh
+#   BIN=/tmp/prefork_http-old benches/http_vs_nginx.sh   # another build
+#
+# ROUNDS > 1 alternates nginx and ours that many times per row and prints
+# medians; on a shared machine compare the ratios, not the absolute figures.
 #
 # Installs what is missing (Debian): nginx-light, libnginx-mod-http-lua, wrk.
 set -euo pipefail
@@ -27,8 +31,10 @@ if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null \
     DEBIAN_FRONTEND=noninteractive apt-get install -y nginx-light libnginx-mod-http-lua wrk
 fi
 
-cargo build --release --example prefork_http >&2
-BIN=target/release/examples/prefork_http
+if [ -z "${BIN:-}" ]; then
+    cargo build --release --example prefork_http >&2
+    BIN=target/release/examples/prefork_http
+fi
 
 tmp=$(mktemp -d)
 mkdir -p "$tmp/logs"

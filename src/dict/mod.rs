@@ -39,6 +39,9 @@
 //!   old value when the new one does not fit; here the old value stays
 //!   (the section is rolled back to its savepoint), and so do the entries
 //!   `set` had evicted while looking for room.
+//! - [`Dict::update`] reads a key's live value, lets a closure decide
+//!   (keep, set, put with TTL and flags, delete) and applies it, all in one
+//!   hold of the lock: read-modify-write without a `cas` retry loop.
 //! - `flush_all` makes every entry expired in one store (a generation
 //!   bump); `flush_expired` frees expired entries, a batch per lock hold.
 //!
