@@ -278,17 +278,17 @@ impl<'a> App<'a> {
     /// Answers one request.
     pub async fn handle(&self, req: Request<Incoming>) -> Reply {
         let route = Route::of(req.uri().path());
-        let start = Instant::now();
-        // The access log's line starts before the request is consumed.
+        // The access log's line starts before the request is consumed (the
+        // clock is read only for it).
         let line = self
             .log
             .as_ref()
-            .map(|_| format!("{} {}", req.method(), req.uri()));
+            .map(|_| (format!("{} {}", req.method(), req.uri()), Instant::now()));
         let r = self.answer(route, req).await;
         if let Some(c) = self.counters {
             c.request(self.slot, route, r.status().as_u16());
         }
-        if let (Some(mut line), Some(p)) = (line, self.log.as_ref()) {
+        if let (Some((mut line, start)), Some(p)) = (line, self.log.as_ref()) {
             use std::fmt::Write as _;
             let _ = write!(
                 line,
