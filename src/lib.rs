@@ -27,7 +27,7 @@
 //! | os | `os` (private) | every system call: mappings, futex, pids, signals |
 //! | lock | [`shmtx`] | one word in shared memory holding the holder's pid |
 //! | journal | [`journal`] | crash-atomic sections: what a holder wrote, how to undo it |
-//! | slab | [`slab`] | 4 KiB pages, 39 size classes 8..7168 B (some multi-page slabs above 1 KiB), bitmaps, page runs |
+//! | slab | [`slab`] | 4 KiB pages, 62 size classes 8..7168 B (multi-page slabs for some), bitmaps, page runs |
 //! | zone | [`zone`] | the region header, the zone directory, init and reload |
 //! | structures | [`ring`] | a log ring: one single-producer ring per worker slot, any number of readers |
 //! | prefork | [`prefork`] | fork, waitid, signals, respawn |
@@ -41,9 +41,10 @@
 //! backend, another process) works the same.
 //!
 //! The slab follows nginx's `ngx_slab.c`, with finer classes: requests up
-//! to 7 KiB round up to one of 39 size classes (8-byte steps up to 128 B,
-//! then four per power of two) and share slabs of that class (one page, or
-//! a few for some classes above 1 KiB), tracked by
+//! to 7 KiB round up to one of 62 size classes (8-byte steps up to 128 B,
+//! then eight per power of two: at most 11 % lost to rounding) and share
+//! slabs of that class (one page, or a few for sizes that do not divide a
+//! page well), tracked by
 //! bitmaps; larger ones take runs of whole pages, and free runs coalesce
 //! with both neighbours. Frees are validated: a pointer outside the pool,
 //! into the middle of a chunk, or to a chunk or page already free is an

@@ -121,7 +121,7 @@ fn readers_finish_while_writers_are_killed_mid_operation() {
 fn one_dictionary_through_two_mappings_of_a_named_region() {
     for kind in KINDS {
         let f = Fresh::new(kind);
-        let a = Zones::create_named(Zones::builder().dict("d", 256 << 10), &f.spec()).unwrap();
+        let a = Zones::create_named(Zones::builder().dict("d", 512 << 10), &f.spec()).unwrap();
         let b = Zones::attach(&f.spec()).unwrap();
         assert_ne!(a.region().as_ptr(), b.region().as_ptr());
         let da = Dict::open(&a.get("d").unwrap()).unwrap();

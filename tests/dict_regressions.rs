@@ -7,6 +7,14 @@
 /// the savepoint, so the chain kept the revived list's nodes and a later
 /// store freed them under the live list (for some hash seeds: the replay
 /// runs each input with 16 seeds' worth of runs).
+///
+/// `small-page-bitmap-revived` (found by `dict::tests::fuzz_programs`
+/// when the size classes changed): a push evicted the last entries of a
+/// small-chunk page, the page was given back and cut for the new entry,
+/// whose header (fresh memory, written without a record) overwrote the
+/// second word of the old page's in-page bitmap; the push then failed and
+/// rolled back, reviving the page with a torn bitmap. Giving back a small
+/// page now saves its whole bitmap.
 #[test]
 fn dict_ops_regressions_replay() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions/dict_ops");

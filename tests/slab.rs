@@ -51,8 +51,22 @@ fn class_index(pool: &Pool, size: usize) -> usize {
 /// chunk's offset, alignment (the largest power of two dividing the size),
 /// and stats.total growing by one slab's worth.
 fn one_slab_kind(size: usize, per_slab: usize, pages: usize, first_off: usize) {
-    let buf = Buf::new(40 * SLAB_PAGE);
+    one_slab_kind_in(40, size, per_slab, pages, first_off);
+}
+
+/// As `one_slab_kind`, in a pool of `pool_pages` pages.
+fn one_slab_kind_in(
+    pool_pages: usize,
+    size: usize,
+    per_slab: usize,
+    pages: usize,
+    first_off: usize,
+) {
+    let buf = Buf::new(pool_pages * SLAB_PAGE);
     let pool = buf.pool("kind");
+    // A large pool caches per thread: chunks would go to a magazine a
+    // refill at a time, not one by one from the slab.
+    pool.set_cache(false);
     let c = class_index(&pool, size);
     assert_eq!(pool.stats().classes[c].size, size);
     let align = 1 << size.trailing_zeros();
@@ -120,7 +134,9 @@ fn big_pages() {
         (160, 25),
         (192, 21),
         (256, 16),
+        (288, 14),
         (320, 12),
+        (832, 4),
         (896, 4),
         (512, 8),
         (1024, 4),
@@ -143,6 +159,23 @@ fn multi_page_slabs() {
         (7168, 4, 7),
     ] {
         one_slab_kind(size, n, pages, 0);
+    }
+}
+
+/// Pools of 8 MiB or more cut multi-page slabs for classes up to 1 KiB too
+/// (their tails lose at most 1/32 instead of up to 3/16).
+#[test]
+fn wide_pools_cut_multi_page_slabs_below_a_page() {
+    for (size, n, pages) in [
+        (208, 39, 2),
+        (320, 25, 2),
+        (416, 29, 3),
+        (832, 24, 5),
+        (896, 9, 2),
+        (1280, 16, 5),
+        (512, 8, 1),
+    ] {
+        one_slab_kind_in(2100, size, n, pages, 0);
     }
 }
 
@@ -189,7 +222,7 @@ fn sizes_round_to_classes() {
         (9, 16),
         (24, 24),
         (100, 104),
-        (129, 160),
+        (129, 144),
         (1000, 1024),
         (2048, 2048),
         (3000, 3072),
@@ -208,7 +241,7 @@ fn sizes_round_to_classes() {
     );
     assert_eq!(
         s.bytes_handed_out,
-        8 + 8 + 8 + 16 + 24 + 104 + 160 + 1024 + 2048 + 3072
+        8 + 8 + 8 + 16 + 24 + 104 + 144 + 1024 + 2048 + 3072
     );
 }
 
@@ -657,8 +690,8 @@ fn kept_empty_page_and_its_stale_hint() {
     free(a);
     // The page stays with the class (one page out of the free pages).
     assert_eq!(pool.stats().pages_free, total - 1);
-    assert_eq!(pool.stats().classes[31].total, 2);
-    assert_eq!(pool.stats().classes[31].size, 2048);
+    assert_eq!(pool.stats().classes[class_index(&pool, 2048)].total, 2);
+    assert_eq!(pool.stats().classes[class_index(&pool, 2048)].size, 2048);
     let a = pool.alloc(2048).unwrap();
     let b = pool.alloc(2048).unwrap();
     let c = pool.alloc(2048).unwrap();
@@ -674,7 +707,7 @@ fn kept_empty_page_and_its_stale_hint() {
     let e = pool.alloc(2048).unwrap();
     pool.trim();
     pool.check().unwrap();
-    assert_eq!(pool.stats().classes[31].used, 3);
+    assert_eq!(pool.stats().classes[class_index(&pool, 2048)].used, 3);
     for p in [c, d, e] {
         free(p);
     }

@@ -54,7 +54,8 @@ impl<'z> Dict<'z> {
         for b in 0..=self.mask {
             self.each_in_bucket(b, |e| {
                 // SAFETY: a checked entry, under the lock.
-                let (kind, flags, exp) = unsafe { ((*e).kind, (*e).flags, (*e).expires) };
+                let (kind, flags, exp) =
+                    unsafe { (u32::from((*e).kind), (*e).flags, (*e).expires) };
                 let mut d = DumpEntry {
                     key: Self::key_of(e),
                     kind,
@@ -136,8 +137,10 @@ impl<'z> Dict<'z> {
     pub(super) fn check_inner(&self) -> Result<(), DictError> {
         let g = self.pool.lock();
         let s = self.section(&g)?;
-        s.g.check_locked()
-            .map_err(|_| self.corrupt("the zone's slab pool fails its check"))?;
+        s.g.check_locked().map_err(|e| {
+            log::error!("dictionary in shared zone \"{}\": {e}", self.name);
+            self.corrupt("the zone's slab pool fails its check")
+        })?;
         let h = s.hdr();
         // SAFETY: header words, under the lock.
         let (entries, bytes, np, garbage, ngarbage) = unsafe {
@@ -197,8 +200,7 @@ impl<'z> Dict<'z> {
     fn check_entry(&self, _s: &Sec<'_, '_, 'z>, e: *mut Entry, b: u32) -> Result<u64, DictError> {
         let key = Self::key_of(e);
         // SAFETY: checked entry, under the lock.
-        let (eh, kind, vlen, lbytes) =
-            unsafe { ((*e).hash, (*e).kind, (*e).vlen, (*e).list_bytes) };
+        let (eh, kind, vlen) = unsafe { ((*e).hash, u32::from((*e).kind), (*e).vlen) };
         if hash(self.seed, &key) != eh || eh & self.mask != b {
             return Err(self.corrupt("an entry whose hash or bucket does not match its key"));
         }
@@ -220,6 +222,7 @@ impl<'z> Dict<'z> {
                 .cast::<super::layout::ListHead>()
                 .read()
         };
+        let lbytes = l.bytes;
         let (mut at, mut prev, mut n, mut sum) = (l.head, 0u32, 0u32, 0u64);
         while at != 0 {
             let node = self
@@ -279,8 +282,14 @@ impl<'z> Dict<'z> {
                 self.each_in_bucket(b as u32, |e| {
                     if s.live(e) {
                         // SAFETY: checked entry.
-                        let (k, v, l, kind) =
-                            unsafe { ((*e).klen, (*e).vlen, (*e).list_bytes, (*e).kind) };
+                        let (k, v, l, kind) = unsafe {
+                            (
+                                (*e).klen,
+                                (*e).vlen,
+                                super::layout::list_bytes(e),
+                                u32::from((*e).kind),
+                            )
+                        };
                         let size = k as usize
                             + if kind == K_LIST {
                                 l as usize

@@ -10,7 +10,7 @@ use static_assertions::{assert_eq_align, assert_eq_size, const_assert};
 /// "shmzDICT", little-endian.
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"shmzDICT");
 /// Bumped whenever a shared structure below changes.
-pub(crate) const VERSION: u32 = 1;
+pub(crate) const VERSION: u32 = 2;
 
 /// The longest key, as shdict: 64 KiB - 1.
 pub const MAX_KEY: usize = 65_535;
@@ -117,23 +117,48 @@ pub(crate) struct Entry {
     /// Next entry in the bucket's chain (off8), 0 at the end.
     pub next: AtomicU32,
     pub hash: u32,
-    pub klen: u32,
+    /// The key's length (at most [`MAX_KEY`]).
+    pub klen: u16,
+    /// The value's kind (`K_*`).
+    pub kind: u16,
     pub vlen: u32,
-    pub kind: u32,
     pub flags: u32,
     /// The flush generation it was stored under.
     pub gen: u32,
-    /// The total bytes of a list's items (lists only).
-    pub list_bytes: u32,
     /// Expiry, ms on the shared clock; 0 never.
     pub expires: u64,
 }
-assert_eq_size!(Entry, [u8; 40]);
+assert_eq_size!(Entry, [u8; 32]);
 assert_eq_align!(Entry, u64);
+const_assert!(MAX_KEY <= u16::MAX as usize);
 
 /// Offsets of the entry words a section saves before rewriting a value in
-/// place: `kind` to the end of the value.
-pub(crate) const ENTRY_MUT_FROM: usize = 16;
+/// place: the `klen`/`kind` word to the end of the header.
+pub(crate) const ENTRY_MUT_FROM: usize = 8;
+const_assert!(std::mem::offset_of!(Entry, kind) >= ENTRY_MUT_FROM);
+const_assert!(std::mem::offset_of!(Entry, kind) < 16);
+
+/// The total bytes of a list entry's items (its [`ListHead`]'s `bytes`);
+/// 0 for other kinds.
+///
+/// # Safety
+/// `e` is a checked entry whose value (16 bytes for a list) lies inside
+/// the zone, read under the lock.
+#[inline]
+pub(crate) unsafe fn list_bytes(e: *const Entry) -> u32 {
+    // SAFETY: the caller's promise.
+    unsafe {
+        if u32::from((*e).kind) != K_LIST || ((*e).vlen as usize) < std::mem::size_of::<ListHead>()
+        {
+            return 0;
+        }
+        let lh = e
+            .cast::<u8>()
+            .add(value_at((*e).klen as usize))
+            .cast::<ListHead>();
+        std::ptr::addr_of!((*lh).bytes).read()
+    }
+}
 
 /// A list entry's value.
 #[repr(C)]
@@ -142,7 +167,8 @@ pub(crate) struct ListHead {
     pub head: u32,
     pub tail: u32,
     pub len: u32,
-    pub _pad: u32,
+    /// The total bytes of the items.
+    pub bytes: u32,
 }
 assert_eq_size!(ListHead, [u8; 16]);
 
@@ -236,7 +262,8 @@ mod tests {
 
     #[test]
     fn sizes() {
-        assert_eq!(entry_size(2, 8), 56);
-        assert_eq!(value_at(9), 56);
+        // A 32-byte header, the key padded to 8, the value.
+        assert_eq!(entry_size(2, 8), 48);
+        assert_eq!(value_at(9), 48);
     }
 }

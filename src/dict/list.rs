@@ -42,7 +42,7 @@ impl<'z> Dict<'z> {
         let live = found.filter(|f| s.live(f.e));
         if let Some(f) = live {
             // SAFETY: a checked entry.
-            let kind = unsafe { (*f.e).kind };
+            let kind = unsafe { u32::from((*f.e).kind) };
             if kind != K_LIST {
                 return Err(DictError::WrongType {
                     found: kind_name(kind),
@@ -131,13 +131,10 @@ impl<'z> Dict<'z> {
             l.tail = me;
         }
         l.len += 1;
-        // SAFETY: the ListHead and list_bytes words are inside the checked
-        // entry, written under the lock.
-        unsafe {
-            s.g.write(lh, l)?;
-            let lb = std::ptr::addr_of_mut!((*e).list_bytes);
-            s.g.write(lb, lb.read().wrapping_add(bytes.len() as u32))?;
-        }
+        l.bytes = l.bytes.wrapping_add(bytes.len() as u32);
+        // SAFETY: the ListHead is inside the checked entry, written under
+        // the lock.
+        unsafe { s.g.write(lh, l)? };
         s.totals(0, bytes.len() as i64)?;
         Ok(l.len as usize)
     }
@@ -156,7 +153,7 @@ impl<'z> Dict<'z> {
             return Ok(None);
         };
         // SAFETY: a checked entry.
-        let kind = unsafe { (*f.e).kind };
+        let kind = unsafe { u32::from((*f.e).kind) };
         if kind != K_LIST {
             return Err(DictError::WrongType {
                 found: kind_name(kind),
@@ -213,23 +210,21 @@ impl<'z> Dict<'z> {
             l.tail = 0;
         }
         l.len = l.len.saturating_sub(1);
+        l.bytes = if l.len == 0 {
+            0
+        } else {
+            l.bytes.wrapping_sub(nd.len)
+        };
         s.free(node.cast(), std::mem::size_of::<Node>() + nd.len as usize)?;
         s.totals(0, -(nd.len as i64))?;
         if l.len == 0 {
-            // SAFETY: writes inside the checked entry, under the lock.
-            unsafe {
-                s.g.write(lh, l)?;
-                s.g.write(std::ptr::addr_of_mut!((*e).list_bytes), 0)?;
-            }
+            // SAFETY: a write inside the checked entry, under the lock.
+            unsafe { s.g.write(lh, l)? };
             s.unlink(f)?;
             s.free_entry(e)?;
         } else {
             // SAFETY: as above.
-            unsafe {
-                s.g.write(lh, l)?;
-                let lb = std::ptr::addr_of_mut!((*e).list_bytes);
-                s.g.write(lb, lb.read().wrapping_sub(nd.len))?;
-            }
+            unsafe { s.g.write(lh, l)? };
         }
         Ok(Some(value))
     }
@@ -244,7 +239,7 @@ impl<'z> Dict<'z> {
             return Ok(0);
         };
         // SAFETY: a checked entry.
-        let kind = unsafe { (*f.e).kind };
+        let kind = unsafe { u32::from((*f.e).kind) };
         if kind != K_LIST {
             return Err(DictError::WrongType {
                 found: kind_name(kind),

@@ -90,7 +90,7 @@ impl<'z> Dict<'z> {
         let bytes = v.as_slice();
         if let Some(f) = found {
             // SAFETY: a checked entry, under the lock.
-            let (kind, vlen) = unsafe { ((*f.e).kind, (*f.e).vlen as usize) };
+            let (kind, vlen) = unsafe { (u32::from((*f.e).kind), (*f.e).vlen as usize) };
             if kind != K_LIST && vlen == bytes.len() && vlen <= IN_PLACE_MAX {
                 self.rewrite(s, &f, v.kind, bytes, flags, exp)?;
                 return Ok(Stored::default());
@@ -147,10 +147,14 @@ impl<'z> Dict<'z> {
         // only lock holders write them; each is saved before it is written.
         unsafe {
             // Most rewrites change only the value: then one record.
-            if (*e).kind != kind || (*e).flags != flags || (*e).gen != gen || (*e).expires != exp {
+            if u32::from((*e).kind) != kind
+                || (*e).flags != flags
+                || (*e).gen != gen
+                || (*e).expires != exp
+            {
                 let from = e.cast::<u8>().add(ENTRY_MUT_FROM);
                 s.g.save(from, std::mem::size_of::<Entry>() - ENTRY_MUT_FROM)?;
-                (*e).kind = kind;
+                (*e).kind = kind as u16;
                 (*e).flags = flags;
                 (*e).gen = gen;
                 (*e).expires = exp;
@@ -203,7 +207,8 @@ impl<'z> Dict<'z> {
         if let Some(f) = found.filter(|f| s.live(f.e)) {
             let e = f.e;
             // SAFETY: a checked entry, under the lock.
-            let (kind, klen, vlen) = unsafe { ((*e).kind, (*e).klen as usize, (*e).vlen) };
+            let (kind, klen, vlen) =
+                unsafe { (u32::from((*e).kind), (*e).klen as usize, (*e).vlen) };
             if kind != K_INT || vlen != 8 {
                 return Err(DictError::WrongType {
                     found: kind_name(kind),
@@ -266,13 +271,13 @@ impl<'z> Dict<'z> {
         // SAFETY: a checked entry (its value lies inside the zone), read
         // under the lock.
         unsafe {
-            if (*e).kind == K_LIST {
+            if u32::from((*e).kind) == K_LIST {
                 return None;
             }
             let klen = (*e).klen as usize;
             let vp = e.cast::<u8>().add(value_at(klen));
             Some((
-                (*e).kind,
+                u32::from((*e).kind),
                 (*e).flags,
                 std::slice::from_raw_parts(vp, (*e).vlen as usize).to_vec(),
             ))

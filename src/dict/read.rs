@@ -145,7 +145,7 @@ impl<'z> Dict<'z> {
         // SAFETY: the header is inside the zone (caller).
         let (kind, flags, expires, gen, vlen) = unsafe {
             (
-                std::ptr::addr_of!((*e).kind).read_volatile(),
+                u32::from(std::ptr::addr_of!((*e).kind).read_volatile()),
                 std::ptr::addr_of!((*e).flags).read_volatile(),
                 std::ptr::addr_of!((*e).expires).read_volatile(),
                 std::ptr::addr_of!((*e).gen).read_volatile(),

@@ -344,8 +344,14 @@ impl<'g, 'd, 'z> Sec<'g, 'd, 'z> {
     /// and takes it off the totals.
     pub fn free_entry(&self, e: *mut Entry) -> Result<(), DictError> {
         // SAFETY: checked entry, under the lock.
-        let (kind, klen, vlen, lbytes) =
-            unsafe { ((*e).kind, (*e).klen, (*e).vlen, (*e).list_bytes) };
+        let (kind, klen, vlen, lbytes) = unsafe {
+            (
+                u32::from((*e).kind),
+                (*e).klen,
+                (*e).vlen,
+                super::layout::list_bytes(e),
+            )
+        };
         let bytes = if kind == K_LIST {
             self.list_to_garbage(e)?;
             klen as u64 + lbytes as u64
@@ -467,12 +473,11 @@ impl<'g, 'd, 'z> Sec<'g, 'd, 'z> {
             e.write(Entry {
                 next: AtomicU32::new(bucket.head.load(Ordering::Relaxed)),
                 hash,
-                klen: key.len() as u32,
+                klen: key.len() as u16,
+                kind: kind as u16,
                 vlen: value.len() as u32,
-                kind,
                 flags,
                 gen,
-                list_bytes: 0,
                 expires,
             });
             let k = p.add(value_at(0));

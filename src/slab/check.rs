@@ -66,6 +66,7 @@ fn fail_pool(invariant: &'static str, found: u64, expected: u64) -> Result<(), C
 /// Walks the whole pool. `pages` is the first data page in this process.
 pub(crate) fn check(st: &State, d: &[Desc], pages: *const u8) -> Result<(), CheckError> {
     let npages = d.len() as u32;
+    let cls = super::layout::classes_for(d.len());
     let mut free_pages = 0u64;
     let mut free_runs = 0u64;
     let mut run_pages = 0u64;
@@ -137,7 +138,7 @@ pub(crate) fn check(st: &State, d: &[Desc], pages: *const u8) -> Result<(), Chec
                     };
                     return fail(what, i, p.prev.tag() as u64, 0);
                 };
-                let info = &CLASS[c];
+                let info = &cls[c];
                 if info.pages > npages - i {
                     return fail("slab past the pool's end", i, info.pages as u64, 0);
                 }
@@ -238,7 +239,7 @@ pub(crate) fn check(st: &State, d: &[Desc], pages: *const u8) -> Result<(), Chec
                 } else {
                     q.slab.count_ones() as u64
                 };
-                n < CLASS[c].cap as u64
+                n < cls[c].cap as u64
             }
         })?;
         if listed != open[c] {

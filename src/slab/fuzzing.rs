@@ -126,7 +126,8 @@ pub fn run(data: &[u8]) {
                         let c = &s.classes[k];
                         // No slab, nor (for a multi-page class) the
                         // smaller run the request falls back to.
-                        let slab = (CLASS[k].pages as usize).min(size.div_ceil(SLAB_PAGE).max(1));
+                        let slab =
+                            (pool.cls[k].pages as usize).min(size.div_ceil(SLAB_PAGE).max(1));
                         assert!(
                             s.largest_free_run < slab,
                             "alloc({size}) failed with a free run of {} pages",

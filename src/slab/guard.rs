@@ -7,7 +7,7 @@ use std::ptr::NonNull;
 use super::check::{self, CheckError};
 use super::error::FreeError;
 use super::layout::{
-    class_of, class_size, pages_for, Desc, State, CLASS, MAX_CHUNK, NCLASSES, NIL, SLAB_PAGE,
+    class_of, class_size, pages_for, Desc, State, MAX_CHUNK, NCLASSES, NIL, SLAB_PAGE,
 };
 use super::page::{Core, ALLOC_BUDGET, FREE_BUDGET, TRIM_BUDGET};
 use super::stats::PoolStats;
@@ -316,7 +316,7 @@ impl<'a> PoolGuard<'a> {
             idx
         };
         let c = d.get(first as usize)?.prev.class()?;
-        let info = &CLASS[c];
+        let info = &self.pool.cls[c];
         if first > idx || idx - first >= info.pages {
             return None;
         }

@@ -57,6 +57,7 @@ impl Pool {
             desc_off: g.desc_off,
             cache_off: g.cache_off,
             cache_ok: super::cache::cacheable(g.npages),
+            cls: super::layout::classes_for(g.npages),
             journal,
         }
     }

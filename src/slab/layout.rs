@@ -2,7 +2,7 @@
 //! descriptors, and the size-class tables.
 //!
 //! ```text
-//! base ─► Header (2816 B: identity, name, the lock, the journal header and
+//! base ─► Header (4288 B: identity, name, the lock, the journal header and
 //!                 each class on lines of their own)
 //!         journal records (journal_words(len) × 8 B: the undo log of the
 //!                 section open under the lock, see crate::journal)
@@ -28,24 +28,28 @@ pub const SLAB_PAGE: usize = 4096;
 /// log2 of [`SLAB_PAGE`].
 pub(crate) const PAGE_SHIFT: u32 = 12;
 /// The number of size classes: 8, 16, ... 128 bytes (8-byte steps), then
-/// four classes per power of two up to 2048 (160, 192, 224, 256, 320, ...),
-/// then the multi-page classes 2560, 3072, 3584, 4096, 5120, 6144, 7168.
-pub const NCLASSES: usize = 39;
+/// eight classes per power of two (144, 160, ... 256, 288, 320, ...) up to
+/// 7168: a request rounds up by at most a ninth of its chunk (11 %).
+pub const NCLASSES: usize = 62;
 /// The largest chunk size served by a class. Larger requests take page runs.
 pub const MAX_CHUNK: usize = 7168;
 /// Classes below this (chunks under 64 bytes: more than 64 chunks in a page)
 /// keep their bitmap in the page's first chunks (nginx's SMALL pages); the
 /// others keep it in the descriptor's `slab` word (at most 64 chunks a slab).
 pub(crate) const FIRST_DESC_BITMAP_CLASS: usize = 7;
-/// Classes up to this size cut one-page slabs.
-pub(crate) const MAX_ONE_PAGE_CHUNK: usize = 1024;
+/// Classes up to this size cut one-page slabs in pools of fewer than
+/// [`WIDE_PAGES`] pages.
+pub(crate) const MAX_NARROW_CHUNK: usize = 1024;
+/// Pools of this many pages (8 MiB) or more cut the classes' slabs from
+/// the wide table (see `slab_pages`).
+pub(crate) const WIDE_PAGES: usize = 2048;
 /// The most pages one slab of a class spans.
 pub(crate) const MAX_SLAB_PAGES: u32 = 8;
 
 /// "SHMZSLAB" read as a little-endian u64.
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"SHMZSLAB");
 /// Bumped whenever the layout below changes.
-pub(crate) const VERSION: u32 = 4;
+pub(crate) const VERSION: u32 = 5;
 /// The longest zone name kept in the header, in bytes.
 pub const NAME_MAX: usize = 63;
 
@@ -63,8 +67,12 @@ pub(crate) const MAX_PAGES: usize = (Link::IDX_MASK - 1) as usize;
 /// The chunk sizes, by class.
 const SIZES: [u32; NCLASSES] = [
     8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120, 128, //
-    160, 192, 224, 256, 320, 384, 448, 512, 640, 768, 896, 1024, //
-    1280, 1536, 1792, 2048, 2560, 3072, 3584, 4096, 5120, 6144, 7168,
+    144, 160, 176, 192, 208, 224, 240, 256, //
+    288, 320, 352, 384, 416, 448, 480, 512, //
+    576, 640, 704, 768, 832, 896, 960, 1024, //
+    1152, 1280, 1408, 1536, 1664, 1792, 1920, 2048, //
+    2304, 2560, 2816, 3072, 3328, 3584, 3840, 4096, //
+    4608, 5120, 5632, 6144, 6656, 7168,
 ];
 
 /// Per-class constants, indexed by class.
@@ -103,18 +111,20 @@ pub(crate) struct ClassInfo {
     pub full: u64,
 }
 
-/// Pages per slab for chunks of `size` bytes: one page up to
-/// [`MAX_ONE_PAGE_CHUNK`] (a page holds at least four chunks, the tail
-/// loses at most an eighth: 896-byte chunks, and mostly under 1/16); above,
-/// the fewest pages (at most [`MAX_SLAB_PAGES`]) whose tail past the last
-/// chunk is at most 1/64 of the slab, or if none is, the least wasteful.
+/// Pages per slab for chunks of `size` bytes: the fewest pages (at most
+/// [`MAX_SLAB_PAGES`]) whose tail past the last chunk is at most 1/32 of the
+/// slab, or if none is, the least wasteful (3840-byte chunks: 1/16). Small
+/// classes (in-page bitmaps) keep one page, and so do all classes up to
+/// [`MAX_NARROW_CHUNK`] in a narrow table (`wide` false).
 ///
-/// Small classes keep one-page slabs because every class holds a partly
-/// used slab: in a small zone with many sizes live, 7-page slabs of 300
-/// bytes would strand more memory than their tails save.
-const fn slab_pages(size: u32) -> u32 {
+/// Every class holds a partly used slab, so long slabs strand memory in a
+/// small zone with many sizes live (500 values of 1..500 bytes fill a
+/// 256 KiB zone with one-page slabs, but only 411 of them fit with wide
+/// slabs), while in a large zone their shorter tails win (3 % of a dict's
+/// zone): pools of [`WIDE_PAGES`] pages or more use the wide table.
+const fn slab_pages(size: u32, wide: bool) -> u32 {
     let page = SLAB_PAGE as u32;
-    if size as usize <= MAX_ONE_PAGE_CHUNK {
+    if size < 64 || (!wide && size as usize <= MAX_NARROW_CHUNK) {
         return 1;
     }
     let (mut k, mut best, mut best_waste) = (1, 1, u32::MAX);
@@ -125,7 +135,7 @@ const fn slab_pages(size: u32) -> u32 {
         }
         if n > 0 {
             let waste = k * page - n * size;
-            if waste * 64 <= k * page {
+            if waste * 32 <= k * page {
                 return k;
             }
             // Compare waste fractions: waste / (k * page).
@@ -152,12 +162,12 @@ const fn inverse_mod_2_32(m: u32) -> u32 {
     x
 }
 
-const fn class_info(c: usize) -> ClassInfo {
+const fn class_info(c: usize, wide: bool) -> ClassInfo {
     let size = SIZES[c];
     let shift = size.trailing_zeros();
     let low = (1 << shift) - 1;
     let inv = inverse_mod_2_32(size >> shift);
-    let pages = slab_pages(size);
+    let pages = slab_pages(size, wide);
     let mut chunks = pages * SLAB_PAGE as u32 / size;
     if c < FIRST_DESC_BITMAP_CLASS {
         let words = chunks.div_ceil(64);
@@ -202,7 +212,7 @@ const fn class_info(c: usize) -> ClassInfo {
     }
 }
 
-const fn class_table() -> [ClassInfo; NCLASSES] {
+const fn class_table(wide: bool) -> [ClassInfo; NCLASSES] {
     // A const array built in a loop needs an initial value of the type.
     let mut t = [const {
         ClassInfo {
@@ -220,26 +230,49 @@ const fn class_table() -> [ClassInfo; NCLASSES] {
     }; NCLASSES];
     let mut c = 0;
     while c < NCLASSES {
-        t[c] = class_info(c);
+        t[c] = class_info(c, wide);
         c += 1;
     }
     t
 }
 
-/// The class table.
-pub(crate) const CLASS: [ClassInfo; NCLASSES] = class_table();
+/// The class table of pools under [`WIDE_PAGES`] pages.
+pub(crate) static CLASS: [ClassInfo; NCLASSES] = class_table(false);
+/// The class table of pools of [`WIDE_PAGES`] pages or more.
+pub(crate) static CLASS_WIDE: [ClassInfo; NCLASSES] = class_table(true);
 
-const_assert_eq!(CLASS[0].cap, 504);
-const_assert_eq!(CLASS[1].cap, 254);
-const_assert_eq!(CLASS[2].cap, 169);
-const_assert_eq!(CLASS[3].cap, 127);
-const_assert_eq!(CLASS[FIRST_DESC_BITMAP_CLASS].size, 64);
-const_assert_eq!(CLASS[FIRST_DESC_BITMAP_CLASS].full, u64::MAX);
-const_assert_eq!(CLASS[FIRST_DESC_BITMAP_CLASS - 1].chunks, 73);
-const_assert_eq!(CLASS[NCLASSES - 1].size as usize, MAX_CHUNK);
-const_assert_eq!(CLASS[33].size, 3072);
-const_assert_eq!(CLASS[33].pages, 3);
-const_assert_eq!(CLASS[33].full, 0b1111);
+/// A class table (the same for every class but the slab geometry).
+pub(crate) type Classes = [ClassInfo; NCLASSES];
+
+/// The class table of a pool of `npages` data pages.
+#[inline]
+pub(crate) fn classes_for(npages: usize) -> &'static Classes {
+    if npages >= WIDE_PAGES {
+        &CLASS_WIDE
+    } else {
+        &CLASS
+    }
+}
+
+const NARROW: Classes = class_table(false);
+const WIDE: Classes = class_table(true);
+
+const_assert_eq!(NARROW[0].cap, 504);
+const_assert_eq!(NARROW[1].cap, 254);
+const_assert_eq!(NARROW[2].cap, 169);
+const_assert_eq!(NARROW[3].cap, 127);
+const_assert_eq!(NARROW[FIRST_DESC_BITMAP_CLASS].size, 64);
+const_assert_eq!(NARROW[FIRST_DESC_BITMAP_CLASS].full, u64::MAX);
+const_assert_eq!(NARROW[FIRST_DESC_BITMAP_CLASS - 1].chunks, 73);
+const_assert_eq!(NARROW[NCLASSES - 1].size as usize, MAX_CHUNK);
+const_assert_eq!(NARROW[51].size, 3072);
+const_assert_eq!(NARROW[51].pages, 3);
+const_assert_eq!(NARROW[51].full, 0b1111);
+const_assert_eq!(NARROW[25].pages, 1);
+const_assert_eq!(WIDE[25].size, 320);
+const_assert_eq!(WIDE[25].pages, 2);
+const_assert_eq!(WIDE[25].chunks, 25);
+const_assert_eq!(WIDE[0].cap, 504);
 
 /// The chunk size of class `c`.
 #[inline]
@@ -268,16 +301,16 @@ const CLASS_OF: [u8; MAX_CHUNK / 8 + 1] = {
 /// The class serving `size`, computed.
 ///
 /// Up to 128 bytes the classes step by 8; above, each power-of-two range
-/// `(2^k, 2^(k+1)]` has four classes stepping by `2^(k-2)`.
+/// `(2^k, 2^(k+1)]` has eight classes stepping by `2^(k-3)`.
 const fn class_of_size(size: usize) -> usize {
     let s = size.saturating_sub(1);
     if s < 128 {
         s >> 3
     } else {
-        // k = floor(log2(s)) >= 7; the two bits below the top one pick
+        // k = floor(log2(s)) >= 7; the three bits below the top one pick
         // the class within the range.
         let k = (usize::BITS - 1 - s.leading_zeros()) as usize;
-        16 + (k - 7) * 4 + ((s >> (k - 2)) & 3)
+        16 + (k - 7) * 8 + ((s >> (k - 3)) & 7)
     }
 }
 
@@ -633,9 +666,9 @@ mod tests {
         assert_eq!(class_of(9), 1);
         assert_eq!(class_size(class_of(24)), 24);
         assert_eq!(class_size(class_of(100)), 104);
-        assert_eq!(class_size(class_of(129)), 160);
+        assert_eq!(class_size(class_of(129)), 144);
         assert_eq!(class_size(class_of(1000)), 1024);
-        assert_eq!(class_size(class_of(2049)), 2560);
+        assert_eq!(class_size(class_of(2049)), 2304);
         assert_eq!(class_size(class_of(3000)), 3072);
         assert_eq!(class_size(class_of(MAX_CHUNK)), MAX_CHUNK);
         for c in 0..NCLASSES {
@@ -646,15 +679,15 @@ mod tests {
             }
         }
         // Every size goes to the smallest class that holds it; the
-        // rounding loses at most 7 bytes up to 128, then at most a fifth
-        // of the chunk (at 2^k + 1 bytes, into 1.25 * 2^k).
+        // rounding loses at most 7 bytes up to 128, then at most a ninth
+        // of the chunk (at 2^k + 1 bytes, into 1.125 * 2^k).
         for size in 1..=MAX_CHUNK {
             let c = class_of(size);
             assert_eq!(c, class_of_size(size));
             assert!(class_size(c) >= size && (c == 0 || class_size(c - 1) < size));
             let waste = class_size(c) - size;
             if size > 128 {
-                assert!(waste * 5 < class_size(c), "{size}");
+                assert!(waste * 9 < class_size(c), "{size}");
             } else {
                 assert!(waste < 8, "{size}");
             }
@@ -689,38 +722,46 @@ mod tests {
 
     #[test]
     fn slabs() {
-        for (c, info) in CLASS.iter().enumerate() {
-            let bytes = info.pages as usize * SLAB_PAGE;
-            assert!(info.pages >= 1 && info.pages <= MAX_SLAB_PAGES);
-            assert!(info.chunks as usize * info.size as usize <= bytes);
-            // The tail past the last chunk and the in-page bitmap lose at
-            // most 1/64 of a slab (1.6 %) above one-page classes, at most
-            // 1/8 (896-byte chunks, four to a page) below.
-            let lost = bytes - info.cap as usize * info.size as usize;
-            if info.size as usize > MAX_ONE_PAGE_CHUNK {
-                assert!(lost * 64 <= bytes, "class {c}: {lost} of {bytes}");
-            } else {
-                assert!(lost * 8 <= bytes, "class {c}: {lost} of {bytes}");
-                assert_eq!(info.pages, 1);
+        for (wide, table) in [(false, &CLASS), (true, &CLASS_WIDE)] {
+            for (c, info) in table.iter().enumerate() {
+                assert_eq!(info.size, CLASS[c].size);
+                let bytes = info.pages as usize * SLAB_PAGE;
+                assert!(info.pages >= 1 && info.pages <= MAX_SLAB_PAGES);
+                assert!(info.chunks as usize * info.size as usize <= bytes);
+                // The tail past the last chunk and the in-page bitmap lose
+                // at most 1/32 of a slab (3 %), but for 3840-byte chunks
+                // (1/16) and for the narrow table's one-page slabs (832-byte
+                // chunks, four to a page: 3/16).
+                let lost = bytes - info.cap as usize * info.size as usize;
+                if !wide && info.size as usize <= MAX_NARROW_CHUNK {
+                    assert_eq!(info.pages, 1);
+                    assert!(lost * 5 <= bytes, "class {c}: {lost} of {bytes}");
+                } else if info.size == 3840 {
+                    assert!(lost * 16 <= bytes, "class {c}: {lost} of {bytes}");
+                } else {
+                    assert!(lost * 32 <= bytes, "class {c}: {lost} of {bytes}");
+                }
+                if c < FIRST_DESC_BITMAP_CLASS {
+                    assert_eq!(info.pages, 1);
+                    assert!(info.chunks > 64);
+                    assert!(info.reserved as usize * info.size as usize >= info.words as usize * 8);
+                    assert_eq!(info.words as usize, (info.chunks as usize).div_ceil(64));
+                } else {
+                    assert!(info.chunks <= 64 && info.chunks >= 1);
+                    assert_eq!(info.full.count_ones(), info.chunks);
+                }
+                assert_eq!(info.size >> info.shift << info.shift, info.size);
+                assert_eq!((info.size >> info.shift) % 2, 1);
             }
-            if c < FIRST_DESC_BITMAP_CLASS {
-                assert_eq!(info.pages, 1);
-                assert!(info.chunks > 64);
-                assert!(info.reserved as usize * info.size as usize >= info.words as usize * 8);
-                assert_eq!(info.words as usize, (info.chunks as usize).div_ceil(64));
-            } else {
-                assert!(info.chunks <= 64 && info.chunks >= 1);
-                assert_eq!(info.full.count_ones(), info.chunks);
-            }
-            assert_eq!(info.size >> info.shift << info.shift, info.size);
-            assert_eq!((info.size >> info.shift) % 2, 1);
         }
+        assert!(std::ptr::eq(classes_for(WIDE_PAGES - 1), &CLASS));
+        assert!(std::ptr::eq(classes_for(WIDE_PAGES), &CLASS_WIDE));
     }
 
     #[test]
     fn chunk_at_is_exact() {
         // Every offset of every class's slab, against a division.
-        for info in CLASS.iter() {
+        for info in CLASS.iter().chain(CLASS_WIDE.iter()) {
             let size = info.size as usize;
             assert_eq!((info.size >> info.shift).wrapping_mul(info.inv), 1);
             for o in 0..info.pages as usize * SLAB_PAGE {
@@ -746,7 +787,7 @@ mod tests {
             Link::new(Link::INNER0 + NCLASSES as u32, 5).inner_class(),
             None
         );
-        assert_eq!(format!("{:?}", Link::inner(33, 5)), "inner3072|5");
+        assert_eq!(format!("{:?}", Link::inner(51, 5)), "inner3072|5");
     }
 
     #[test]
@@ -755,8 +796,9 @@ mod tests {
         // nginx: 16288 usable pages.
         assert!(g.npages >= 16288, "{g:?}");
         assert_eq!(g.start_off % SLAB_PAGE, 0);
-        // The header, an 8 KiB journal and the descriptors take 3 pages.
-        assert_eq!(geometry(8 * SLAB_PAGE).unwrap().npages, 5);
+        // The header (4288 B: 62 classes on lines of their own), an 8 KiB
+        // journal and the descriptors take 4 pages.
+        assert_eq!(geometry(8 * SLAB_PAGE).unwrap().npages, 4);
         assert!(geometry(SLAB_PAGE).is_none());
     }
 

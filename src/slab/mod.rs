@@ -21,18 +21,18 @@
 //! its own cache line, then the allocator state) sits at `base`, followed by
 //! one 16-byte descriptor per data page (u32 links, see `layout.rs`), then
 //! the pages, [`SLAB_PAGE`]-aligned. Requests up to [`MAX_CHUNK`] (7168
-//! bytes) use [`NCLASSES`] = 39 size classes: 8-byte steps up to 128, then
-//! four classes per power of two (160, 192, 224, 256, 320, ... 2048, 2560,
-//! 3072, 3584, 4096, 5120, 6144, 7168), so rounding loses at most 7 bytes
-//! up to 128 B and less than a fifth of the chunk above (a tenth on
-//! average). A class's memory comes in slabs: one page up to 1024-byte
-//! chunks (a page's tail past its last chunk loses at most an eighth, for
-//! 896-byte chunks, mostly under 1/16), and above, for sizes that do not
-//! divide a page well, a few pages (at most 7: 3072-byte chunks come four
-//! to a 3-page slab), chosen so that a slab's tail is at most 1/64 of it.
-//! (Small classes keep one-page slabs: every class in use holds a partly
-//! used slab, and in a small zone with many sizes live, large slabs would
-//! strand more memory than their tails save.) A slab's first descriptor holds its class and its
+//! bytes) use [`NCLASSES`] = 62 size classes: 8-byte steps up to 128, then
+//! eight classes per power of two (144, 160, ... 256, 288, 320, ... 4096,
+//! 4608, ... 7168), so rounding loses at most 7 bytes up to 128 B and at
+//! most a ninth of the chunk above (11 %; 4.2 % on average over the sizes
+//! 129..=7168). A class's
+//! memory comes in slabs: for sizes that do not divide a page well, a few
+//! pages (at most 8: 3072-byte chunks come four to a 3-page slab), chosen
+//! so that a slab's tail is at most 1/32 of it. In pools under 8 MiB the
+//! classes up to 1024 bytes keep one-page slabs (a tail of up to 3/16, for
+//! 832-byte chunks): every class in use holds a partly used slab, and in a
+//! small zone with many sizes live, long slabs strand more memory than
+//! their tails save. A slab's first descriptor holds its class and its
 //! bitmap (in the descriptor word when the slab has at most 64 chunks; the
 //! classes under 64 bytes keep it in the page's first chunks), the inner
 //! pages' descriptors point to the first. A chunk starts at a multiple of
@@ -96,6 +96,9 @@ pub struct Pool {
     cache_off: usize,
     /// Whether the pool may cache chunks per thread (big enough).
     cache_ok: bool,
+    /// The pool's class table (slab geometry by pool size, see
+    /// `layout::classes_for`).
+    cls: &'static layout::Classes,
     /// The undo journal of the pool lock's sections.
     journal: Journal,
 }
@@ -359,6 +362,7 @@ impl Pool {
                 j: &self.journal,
                 jat: std::cell::Cell::new(self.journal.used()),
                 lite: false,
+                cls: self.cls,
             }
         }
     }

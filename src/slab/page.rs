@@ -10,7 +10,7 @@
 
 use super::error::FreeError;
 use super::layout::{
-    chunk_at, class_size, pages_for, ClassState, Desc, Header, Link, State, CLASS,
+    chunk_at, class_size, pages_for, ClassState, Classes, Desc, Header, Link, State, CLASS,
     FIRST_DESC_BITMAP_CLASS, INTERNAL, JOURNAL_OFF, NCLASSES, NIL, PAGE_SHIFT, SLAB_PAGE,
 };
 use crate::journal::{record_words, Journal, JournalHeader};
@@ -46,6 +46,8 @@ pub(crate) struct Core<'a> {
     /// are recomputed by the recovery's check). Inside a caller's section
     /// everything is recorded, so that the whole section rolls back.
     pub lite: bool,
+    /// The pool's class table.
+    pub cls: &'static Classes,
 }
 
 /// Where the state sits from the pool's base.
@@ -261,7 +263,7 @@ impl Core<'_> {
     #[inline(always)]
     fn alloc_in<const RUN: bool>(&mut self, c: usize, size: usize) -> Option<usize> {
         let pages = self.pages;
-        let info = &CLASS[c];
+        let info = &self.cls[c];
         // Counters are not recorded: the structural ones (used, total,
         // free and run pages, small pages' used counts) are recomputed
         // from the pages after a rollback, and the statistics (requests,
@@ -345,7 +347,7 @@ impl Core<'_> {
     #[inline(never)]
     fn no_slab<const RUN: bool>(&mut self, c: usize, size: usize) -> Option<usize> {
         let n = pages_for(size).max(1);
-        if RUN && n < CLASS[c].pages as usize {
+        if RUN && n < self.cls[c].pages as usize {
             self.st.classes[c].reqs -= 1;
             return self.alloc_run(n, size);
         }
@@ -370,14 +372,14 @@ impl Core<'_> {
     }
 
     /// Takes free pages for a slab of class `c` (one page, or
-    /// `CLASS[c].pages` for a multi-page slab), sets it up with its first
+    /// `self.cls[c].pages` for a multi-page slab), sets it up with its first
     /// chunk used, and puts it on the class list unless that chunk filled
     /// it. Returns the slab's first page and the chunk's index; `None`
     /// (counting nothing) if there are no pages for it.
     #[cold]
     #[inline(never)]
     fn new_slab(&mut self, c: usize) -> Option<(u32, u32)> {
-        let info = &CLASS[c];
+        let info = &self.cls[c];
         let n = info.pages;
         if n > 1 && (self.st.pfree as usize) < SLAB_SHARE * n as usize {
             // A multi-page slab takes at most a quarter of the free pages
@@ -625,7 +627,21 @@ impl Core<'_> {
     /// the caller; a multi-page slab's inner ones are saved here.
     #[inline(never)]
     fn release_slab(&mut self, c: usize, first: u32) {
-        let n = CLASS[c].pages;
+        let n = self.cls[c].pages;
+        if c < FIRST_DESC_BITMAP_CLASS {
+            // The in-page bitmap is about to become free bytes that a later
+            // allocation in this section may hand out and its caller write
+            // without a record (fresh memory): a rollback that revives the
+            // page must find its bitmap whole, so every word is saved (the
+            // free saved only the word it changed).
+            let bm = self.small_bitmap(first);
+            // SAFETY: we hold the lock; page `first` is a small page of
+            // class c whose first `words` u64s are its bitmap.
+            if unsafe { self.j.record(bm.cast(), CLASS[c].words as usize * 8) }.is_err() {
+                self.j.overflowed();
+            }
+            self.jat.set(self.j.used());
+        }
         if n > 1 {
             let inner = Desc {
                 slab: 0,
@@ -701,7 +717,7 @@ impl Core<'_> {
         off: usize,
         desc: Desc,
     ) -> Result<(), FreeError> {
-        let info = &CLASS[c];
+        let info = &self.cls[c];
         let Some(bit) = chunk_at(info, off) else {
             return Err(FreeError::WrongChunk);
         };
@@ -797,7 +813,7 @@ impl Core<'_> {
             return Err(FreeError::WrongPage);
         };
         let k = idx.wrapping_sub(first);
-        if desc.prev.inner_class() != Some(c) || first >= idx || k >= CLASS[c].pages {
+        if desc.prev.inner_class() != Some(c) || first >= idx || k >= self.cls[c].pages {
             // An inner page not inside its slab: only a corrupt pool.
             return Err(FreeError::WrongPage);
         }
@@ -871,7 +887,7 @@ impl Core<'_> {
                             // its first words are its bitmap.
                             .map(|w| unsafe { *bm.add(w) }.count_ones())
                             .sum();
-                        let fixed_bits = CLASS[c].reserved + CLASS[c].full.count_ones();
+                        let fixed_bits = self.cls[c].reserved + self.cls[c].full.count_ones();
                         let n = set.saturating_sub(fixed_bits) as u64;
                         if self.d[i].slab != n {
                             self.save_slab(i as u32);
@@ -882,8 +898,8 @@ impl Core<'_> {
                     } else {
                         q.slab.count_ones() as u64
                     };
-                    total[c] += CLASS[c].cap as u64;
-                    (CLASS[c].pages as usize).min(npages - i)
+                    total[c] += self.cls[c].cap as u64;
+                    (self.cls[c].pages as usize).min(npages - i)
                 }
                 _ => 1,
             };

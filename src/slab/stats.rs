@@ -29,9 +29,10 @@ pub struct ClassStats {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PoolStats {
     /// Per size class, from 8 bytes up to [`MAX_CHUNK`](super::MAX_CHUNK)
-    /// (7168): 8-byte steps up to 128, then four classes per power of two
-    /// (160, 192, 224, 256, 320, ...). Some classes above 1024 bytes (1280,
-    /// 3072, ...) cut slabs of several pages.
+    /// (7168): 8-byte steps up to 128, then eight classes per power of two
+    /// (144, 160, ... 256, 288, 320, ...). Classes whose size does not divide
+    /// a page well (1280, 3072, ...; and in pools of 8 MiB or more also
+    /// 208, 320, 832, ...) cut slabs of several pages.
     pub classes: [ClassStats; NCLASSES],
     /// Data pages in the pool.
     pub pages_total: usize,

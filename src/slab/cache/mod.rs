@@ -55,8 +55,8 @@ use static_assertions::{assert_eq_size, const_assert, const_assert_eq};
 
 use super::error::FreeError;
 use super::layout::{
-    chunk_at as slab_chunk_at, class_size, Desc, Link, CLASS, FIRST_DESC_BITMAP_CLASS, INTERNAL,
-    NCLASSES, PAGE_SHIFT, SLAB_PAGE,
+    chunk_at as slab_chunk_at, class_size, Desc, Link, FIRST_DESC_BITMAP_CLASS, INTERNAL, NCLASSES,
+    PAGE_SHIFT, SLAB_PAGE,
 };
 use super::page::{ALLOC_BUDGET, FREE_BUDGET};
 use super::Pool;
@@ -542,7 +542,7 @@ impl Pool {
         let c = link.inner_class()?;
         let first = link.idx() as usize;
         let k = idx.wrapping_sub(first);
-        if k == 0 || k >= CLASS[c].pages as usize {
+        if k == 0 || k >= self.cls[c].pages as usize {
             return None;
         }
         // first < idx < npages: a descriptor inside the pool.
@@ -557,7 +557,7 @@ impl Pool {
     /// `first` (whose `slab` word is `slab`) and is allocated (read racily).
     #[inline(always)]
     fn chunk_set_racy(&self, c: usize, first: usize, o: usize, slab: u64) -> bool {
-        let info = &CLASS[c];
+        let info = &self.cls[c];
         let Some(bit) = slab_chunk_at(info, o) else {
             return false;
         };
@@ -784,7 +784,7 @@ mod tests {
         assert_eq!(mag_of(super::super::MAX_CHUNK + 1), Some(NCLASSES + 1));
         assert_eq!(mag_of(8192), Some(NCLASSES + 1));
         assert_eq!(mag_of(4 * SLAB_PAGE + 1), None);
-        const { assert!(BODY_PAGES <= 2) };
+        const { assert!(BODY_PAGES <= 3) };
     }
 
     #[test]
