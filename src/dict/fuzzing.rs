@@ -7,9 +7,11 @@
 //! touched key must read back as the model says (or be missing, once the
 //! dictionary has evicted something: the model then forgets it), errors
 //! must be the contract's, and `check()` must pass. TTLs are not used
-//! (they depend on the clock); `expire` sets a long one. Opcodes 224..=239
-//! are `update` (keep, set, put, delete, or an increment computed from the
-//! value read); the others are taken modulo 14.
+//! (they depend on the clock); `expire` sets a long one. When the first
+//! byte has bit 6 (0x40) set, opcodes 224..=239 are `update` (keep, set,
+//! put, delete, or an increment computed from the value read); the others
+//! are taken modulo 14. (Inputs found before `update` existed, whose first
+//! bytes all have that bit clear, replay as they did.)
 
 use std::collections::{HashMap, VecDeque};
 
@@ -48,14 +50,14 @@ pub fn run(data: &[u8]) {
     let pool = unsafe { Pool::init(base, len, "fuzz") }.expect("pool");
     // SAFETY: the buffer outlives `d` (dropped at the end of the block).
     match unsafe { Dict::init_pool(pool) } {
-        Ok(d) => program(&d, rest),
+        Ok(d) => program(&d, rest, first & 0x40 != 0),
         Err(e) => panic!("init: {e}"),
     }
     // SAFETY: allocated above with this layout.
     unsafe { std::alloc::dealloc(base.as_ptr(), layout) };
 }
 
-fn program(d: &Dict<'_>, mut ops: &[u8]) {
+fn program(d: &Dict<'_>, mut ops: &[u8], with_update: bool) {
     let mut model: HashMap<Vec<u8>, M> = HashMap::new();
     let mut evicted = false;
     while ops.len() >= 4 {
@@ -68,7 +70,7 @@ fn program(d: &Dict<'_>, mut ops: &[u8]) {
         if std::env::var_os("DICT_FUZZ_TRACE").is_some() {
             eprintln!("op {op} key {} a {a} b {b} mine {mine:?}", k % 48);
         }
-        if (224..240).contains(&op) {
+        if with_update && (224..240).contains(&op) {
             update(d, &mut model, &key, a, &v, &mine, evicted);
         } else {
             step(d, &mut model, &key, op, a, b, v, &mine, evicted);

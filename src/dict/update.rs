@@ -120,7 +120,7 @@ impl<'z> Dict<'z> {
                 // and nothing is written until `f` has returned.
                 let (kind, klen, vlen, flags, exp) = unsafe {
                     (
-                        (*e).kind,
+                        u32::from((*e).kind),
                         (*e).klen as usize,
                         (*e).vlen as usize,
                         (*e).flags,
