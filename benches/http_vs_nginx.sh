@@ -9,6 +9,10 @@
 #   benches/http_vs_nginx.sh               # -d10s, one round
 #   DUR=3s ROUNDS=2 benches/http_vs_nginx.sh
 #   SHMZONE_ARGS="--reuseport" benches/http_vs_nginx.sh
+#   BIN=/tmp/prefork_http-old benches/http_vs_nginx.sh   # another build
+#
+# ROUNDS > 1 alternates nginx and ours that many times per row and prints
+# medians; on a shared machine compare the ratios, not the absolute figures.
 #
 # Installs what is missing (Debian): nginx-light, libnginx-mod-http-lua, wrk.
 set -euo pipefail
@@ -27,8 +31,10 @@ if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null \
     DEBIAN_FRONTEND=noninteractive apt-get install -y nginx-light libnginx-mod-http-lua wrk
 fi
 
-cargo build --release --example prefork_http >&2
-BIN=target/release/examples/prefork_http
+if [ -z "${BIN:-}" ]; then
+    cargo build --release --example prefork_http >&2
+    BIN=target/release/examples/prefork_http
+fi
 
 tmp=$(mktemp -d)
 mkdir -p "$tmp/logs"
@@ -101,6 +107,7 @@ run() {
 
 median() { tr ' ' '\n' | grep . | sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 
+load0=$(cut -d' ' -f1 /proc/loadavg)
 printf '%-14s %5s %11s %8s %7s %11s %8s %7s %7s %6s\n' workload conns "nginx req/s" "p99 ms" "cpu us" "ours req/s" "p99 ms" "cpu us" ratio "p99"
 for c in $CONNS; do
     for p in "${paths[@]}"; do
@@ -117,4 +124,4 @@ for c in $CONNS; do
             printf "%-14s %5d %11.0f %8.2f %7.1f %11.0f %8.2f %7.1f %6.2fx %6s\n", w, c, nr, np, nc, or, op, oc, or / nr, (op <= np) ? "ok" : "worse" }'
     done
 done
-echo "(medians of $ROUNDS round(s) of wrk -t2 -d$DUR, nginx and ours alternated; cpu us: worker CPU time per request; ratio: ours/nginx req/s)"
+echo "(medians of $ROUNDS round(s) of wrk -t2 -d$DUR, nginx and ours alternated; cpu us: worker CPU time per request; ratio: ours/nginx req/s; ours: $BIN --workers 4 $SHMZONE_ARGS; load average $load0 at the start, $(cut -d' ' -f1 /proc/loadavg) at the end)"

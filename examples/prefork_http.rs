@@ -216,9 +216,11 @@ fn listen(c: &Config) -> std::io::Result<Vec<TcpListener>> {
         }
         s.bind(&addr.into())?;
         s.listen(1024)?;
-        // Workers accept without blocking (tokio); whoever loses the race
-        // for a connection on a shared socket gets WouldBlock and waits.
-        s.set_nonblocking(true)?;
+        // Each worker's accept thread blocks in accept (the kernel wakes
+        // one waiter per connection, in turn); the timeout bounds a wait so
+        // that a stopping worker's thread notices within it.
+        s.set_nonblocking(false)?;
+        s.set_read_timeout(Some(std::time::Duration::from_millis(100)))?;
         let l: TcpListener = s.into();
         // Port 0: the others join the port the first one got.
         addr = l.local_addr()?;

@@ -14,7 +14,7 @@
 mod common;
 
 use common::{fork_child, wait, Exit};
-use shmzone::dict::{Dict, DumpEntry};
+use shmzone::dict::{Dict, DumpEntry, Update, Value};
 use shmzone::slab::fuzzing::full_snapshot;
 use shmzone::{killpoint, Zones};
 
@@ -247,6 +247,35 @@ fn every_kill_point_of_every_operation_leaves_before_or_after() {
         }),
         ("cas", MEDIUM, base, |d| {
             assert_eq!(d.cas(b"s", "short", "longer than short"), Ok(true));
+        }),
+        ("update (in place)", MEDIUM, base, |d| {
+            let r = d.update(b"a", |cur| {
+                let Some(Value::Int(i)) = cur.map(|c| c.value) else {
+                    return (Update::Keep, 0);
+                };
+                (Update::Set(Value::Int(i + 1)), i)
+            });
+            assert_eq!(r, Ok(1));
+        }),
+        ("update (creating, with a TTL)", MEDIUM, base, |d| {
+            let put = Update::Put {
+                value: Value::Bytes(b"made by update"),
+                ttl_ms: 60_000,
+                flags: 2,
+            };
+            d.update(b"u", |_| (put, ())).unwrap();
+        }),
+        ("update (other size)", MEDIUM, base, |d| {
+            d.update(b"s", |_| (Update::Set(Value::Bytes(b"a longer value")), ()))
+                .unwrap();
+        }),
+        ("update (delete)", MEDIUM, base, |d| {
+            d.update(b"s", |_| (Update::Delete, ())).unwrap();
+        }),
+        ("update with eviction", SMALL, full, |d| {
+            let v = [1u8; 200];
+            d.update(b"new", |_| (Update::Set(Value::Bytes(&v[..])), ()))
+                .unwrap();
         }),
         ("expire", MEDIUM, base, |d| {
             d.expire(b"a", 60_000).unwrap();

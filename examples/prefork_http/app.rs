@@ -278,17 +278,17 @@ impl<'a> App<'a> {
     /// Answers one request.
     pub async fn handle(&self, req: Request<Incoming>) -> Reply {
         let route = Route::of(req.uri().path());
-        let start = Instant::now();
-        // The access log's line starts before the request is consumed.
+        // The access log's line starts before the request is consumed (the
+        // clock is read only for it).
         let line = self
             .log
             .as_ref()
-            .map(|_| format!("{} {}", req.method(), req.uri()));
+            .map(|_| (format!("{} {}", req.method(), req.uri()), Instant::now()));
         let r = self.answer(route, req).await;
         if let Some(c) = self.counters {
             c.request(self.slot, route, r.status().as_u16());
         }
-        if let (Some(mut line), Some(p)) = (line, self.log.as_ref()) {
+        if let (Some((mut line, start)), Some(p)) = (line, self.log.as_ref()) {
             use std::fmt::Write as _;
             let _ = write!(
                 line,
@@ -441,14 +441,8 @@ impl<'a> App<'a> {
         let c = &self.shared.config;
         let now = self.shared.epoch.elapsed().as_millis() as u64;
         let (status, allowed, excess) = match kv::limit(d, key, now, c.rate.milli, c.burst) {
-            Ok(Some(Verdict::Allowed(e))) => (StatusCode::OK, true, e),
-            Ok(Some(Verdict::Refused(e))) => (StatusCode::TOO_MANY_REQUESTS, false, e),
-            Ok(None) => {
-                return text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "limiter: too much contention\n",
-                )
-            }
+            Ok(Verdict::Allowed(e)) => (StatusCode::OK, true, e),
+            Ok(Verdict::Refused(e)) => (StatusCode::TOO_MANY_REQUESTS, false, e),
             Err(e) => return text(StatusCode::SERVICE_UNAVAILABLE, format!("limiter: {e}\n")),
         };
         json(

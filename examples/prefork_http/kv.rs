@@ -2,12 +2,12 @@
 //! counter (key "hits") and `/limit`'s leaky buckets (keys "limit:K").
 //!
 //! Every call is one dictionary operation, crash-atomic: a worker killed in
-//! the middle of one leaves the dictionary as before it. A bucket is
-//! updated with `cas` in a bounded retry loop, so two workers accounting
-//! the same key never lose a request.
+//! the middle of one leaves the dictionary as before it. A bucket is read
+//! and updated in one [`Dict::update`], so two workers accounting the same
+//! key never lose a request.
 
 use hyper::StatusCode;
-use shmzone::dict::{Dict, DictError, OwnedValue};
+use shmzone::dict::{Dict, DictError, OwnedValue, Update, Value};
 
 /// The dictionary's zone.
 pub const KV: &str = "kv";
@@ -17,8 +17,6 @@ pub const HITS: &[u8] = b"hits";
 const LIMIT_PREFIX: &str = "limit:";
 /// The most a `/limit` key may have (the prefix and it fit a dict key).
 pub const MAX_LIMIT_KEY: usize = 64;
-/// Tries of a bucket's compare-and-swap before answering 503.
-const CAS_TRIES: usize = 64;
 
 /// The status a dictionary error maps to, with its text.
 pub fn error_status(e: &DictError) -> StatusCode {
@@ -73,60 +71,75 @@ fn encode(excess: u64, last: u64) -> [u8; 16] {
     b
 }
 
-fn decode(v: &OwnedValue) -> Option<(u64, u64)> {
-    let b: &[u8; 16] = v.as_bytes()?.try_into().ok()?;
+fn decode(v: Value<'_>) -> Option<(u64, u64)> {
+    let Value::Bytes(b) = v else {
+        return None;
+    };
+    let b: &[u8; 16] = b.try_into().ok()?;
     let excess = u64::from_le_bytes(b[..8].try_into().ok()?);
     let last = u64::from_le_bytes(b[8..].try_into().ok()?);
     Some((excess, last))
 }
 
 /// nginx's `limit_req` with `nodelay` for `key`: `rate` in thousandths of
-/// a request per second, `burst` in requests, `now` in ms. A request is
-/// refused when the bucket would overflow past the burst (the bucket is
-/// then left as it was); else its excess grows by one request, less what
-/// leaked since the last one.
+/// a request per second, `burst` in requests, `now` in ms. A request
+/// adds one request to its bucket's excess, less what leaked since the
+/// last accepted one (never below 0); past the burst it is refused and the
+/// bucket is left as it was.
+///
+/// One [`Dict::update`]: the bucket is read and written in one hold of the
+/// zone lock (as nginx's limit_req does under its zone's mutex), so there
+/// is no retry loop and two workers never both take the last place. A
+/// bucket expires once it would let a request through with excess 0, as a
+/// missing one does, so idle keys do not fill the zone.
 ///
 /// # Errors
 /// The dictionary's ([`DictError::NoMemory`] when it cannot make the
-/// bucket), or `None` after [`CAS_TRIES`] lost races.
+/// bucket).
 pub fn limit(
     d: &Dict<'_>,
     key: &str,
     now: u64,
     rate: u64,
     burst: u64,
-) -> Result<Option<Verdict>, DictError> {
-    let k = format!("{LIMIT_PREFIX}{key}");
-    let k = k.as_bytes();
+) -> Result<Verdict, DictError> {
+    let mut k = [0u8; LIMIT_PREFIX.len() + MAX_LIMIT_KEY];
+    let n = LIMIT_PREFIX.len() + key.len().min(MAX_LIMIT_KEY);
+    k[..LIMIT_PREFIX.len()].copy_from_slice(LIMIT_PREFIX.as_bytes());
+    k[LIMIT_PREFIX.len()..n].copy_from_slice(&key.as_bytes()[..n - LIMIT_PREFIX.len()]);
     let burst = burst.saturating_mul(1000);
-    for _ in 0..CAS_TRIES {
-        let Some(old) = d.get(k)? else {
-            // A new key: an empty bucket with this request in it (nginx
-            // starts a node at excess 0).
-            match d.add(k, &encode(0, now), 0, 0) {
-                Ok(_) => return Ok(Some(Verdict::Allowed(0))),
-                Err(DictError::Exists) => continue,
-                Err(e) => return Err(e),
-            }
-        };
-        let (excess, last) = match decode(&old.value) {
-            Some(s) => s,
-            // Not a bucket (someone PUT /kv/limit:K): start afresh.
+    let rate = rate.max(1);
+    let mut buf = [0u8; 16];
+    let b = &mut buf;
+    d.update(&k[..n], move |cur| {
+        let (excess, last) = match cur.map(|c| c.value) {
+            // A new key: an empty bucket (nginx starts a node at excess 0).
             None => (0, now),
+            // Not a bucket (someone PUT /kv/limit:K): start afresh.
+            Some(v) => decode(v).unwrap_or((0, now)),
         };
         let ms = now.saturating_sub(last);
         let leaked = rate.saturating_mul(ms) / 1000;
-        let excess = excess.saturating_sub(leaked).saturating_add(1000);
+        // As nginx: one request more, less what leaked, at least 0.
+        let excess = match cur {
+            Some(_) => excess.saturating_add(1000).saturating_sub(leaked),
+            None => 0,
+        };
         if excess > burst {
-            return Ok(Some(Verdict::Refused(excess)));
+            return (Update::Keep, Verdict::Refused(excess));
         }
-        let new = encode(excess, now.max(last));
-        match d.cas(k, old.value.as_value(), &new) {
-            Ok(true) => return Ok(Some(Verdict::Allowed(excess))),
-            // Changed (or deleted) meanwhile: read it again.
-            Ok(false) | Err(DictError::NotFound) => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(None)
+        *b = encode(excess, now.max(last));
+        // Once a request's 1000 more have leaked too, the bucket says what
+        // a missing one does (excess 0): it may go.
+        let moot_in = excess
+            .saturating_add(1000)
+            .saturating_mul(1000)
+            .div_ceil(rate);
+        let put = Update::Put {
+            value: Value::Bytes(&b[..]),
+            ttl_ms: moot_in.saturating_add(1),
+            flags: 0,
+        };
+        (put, Verdict::Allowed(excess))
+    })
 }

@@ -1,7 +1,12 @@
 //! One worker process: a tokio current-thread runtime, made here after the
 //! fork, serving HTTP/1.1 with hyper on the socket the master bound.
 //!
-//! Every connection is a task on this one thread. What bounds a client:
+//! A small accept thread ([`accept_loop`]) blocks in `accept` and hands
+//! each connection to the runtime: the kernel wakes one blocked acceptor
+//! per connection, the longest waiting, so connections on the shared socket
+//! go round the workers in turn instead of piling on whichever worker runs.
+//! Every connection is a task on the runtime's one thread. What bounds a
+//! client:
 //!
 //! - **head**: hyper's header read timeout (`--header-timeout`), counted
 //!   from the connection's start or the previous response; a head larger
@@ -15,22 +20,25 @@
 //!   accepting (another worker takes the connection) until one closes.
 //!
 //! The master says "stop" by closing this worker's pipe: a small thread
-//! waits on it ([`Worker::wait_stop`]) and tells the runtime, which stops
-//! accepting, lets each connection finish its request in flight (idle ones
+//! waits on it ([`Worker::wait_stop`]) and tells the runtime and the accept
+//! thread, which stop accepting (within the socket's 100 ms receive
+//! timeout), lets each connection finish its request in flight (idle ones
 //! close at once) and returns.
 
 use std::cell::Cell;
 use std::convert::Infallible;
+use std::io::ErrorKind;
 use std::net::TcpListener as StdListener;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Notify};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 
 use shmzone::prefork::Worker;
@@ -66,92 +74,180 @@ pub fn worker(shared: &Shared, w: &Worker) -> i32 {
     };
     log::debug!("worker {} (generation {}) ready", w.index(), w.generation());
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (conn_tx, conn_rx) = mpsc::unbounded_channel();
     let done = AtomicBool::new(false);
+    let live = Arc::new(Live {
+        count: AtomicU32::new(0),
+        handed: AtomicU32::new(0),
+        max: app.shared.config.connections,
+        closed: Notify::new(),
+        acceptor: OnceLock::new(),
+    });
     std::thread::scope(|s| {
         s.spawn(|| {
             while !done.load(Ordering::Relaxed) {
                 if w.wait_stop(Some(Duration::from_millis(200))) {
+                    done.store(true, Ordering::Relaxed);
                     let _ = stop_tx.send(true);
                     return;
                 }
             }
         });
+        let acceptor = s.spawn(|| accept_loop(&listener, &live, &done, conn_tx));
+        let _ = live.acceptor.set(acceptor.thread().clone());
         let local = tokio::task::LocalSet::new();
-        let code = local.block_on(&rt, serve(app, listener, stop_rx));
+        let code = local.block_on(&rt, serve(app, live.clone(), conn_rx, stop_rx));
         done.store(true, Ordering::Relaxed);
         code
     })
 }
 
-/// Live connections of this worker, and a wake-up for the accept loop
-/// when one closes.
+/// Live connections of this worker (counted by the accept thread, which
+/// stops accepting at `max`), connections handed to the runtime and not
+/// started yet, a wake-up for the runtime when one closes, and the accept
+/// thread to unpark when the count falls below `max` or the runtime has
+/// started what it was handed.
 struct Live {
-    count: Cell<u32>,
+    count: AtomicU32,
+    handed: AtomicU32,
+    max: u32,
     closed: Notify,
+    acceptor: OnceLock<std::thread::Thread>,
 }
 
 /// Decrements the live count when a connection task ends, however it ends.
-struct LiveGuard(Rc<Live>);
+struct LiveGuard(Arc<Live>);
 
 impl Drop for LiveGuard {
     fn drop(&mut self) {
-        self.0.count.set(self.0.count.get() - 1);
+        let before = self.0.count.fetch_sub(1, Ordering::AcqRel);
+        if before >= self.0.max {
+            if let Some(t) = self.0.acceptor.get() {
+                t.unpark();
+            }
+        }
         self.0.closed.notify_one();
+    }
+}
+
+/// Connections the accept thread hands over before it waits for the
+/// runtime to start them: a runtime that is stuck holds at most this many
+/// connections it has not started (waiting for the runtime after each one
+/// spreads connections worse: the accept thread is then often not waiting
+/// in accept when a connection comes).
+const HANDOFF_MAX: u32 = 16;
+
+/// The accept thread: a blocking `accept` on the listening socket, handing
+/// each connection to the runtime. The kernel wakes one blocked acceptor
+/// per connection, the one that has waited longest: with one socket shared
+/// by all workers, new connections go round the workers in turn (what
+/// nginx gets from EPOLLEXCLUSIVE and one accept per wake-up), instead of
+/// the running worker taking every connection queued when it looks. The
+/// socket's receive timeout (set by the master) bounds each wait, so the
+/// thread sees `done` within it.
+fn accept_loop(
+    listener: &StdListener,
+    live: &Live,
+    done: &AtomicBool,
+    tx: mpsc::UnboundedSender<std::net::TcpStream>,
+) {
+    while !done.load(Ordering::Relaxed) {
+        // At the cap, or while the runtime has not started HANDOFF_MAX
+        // connections it was handed (it is stuck): leave new connections to
+        // the other workers until one of ours closes or the runtime takes
+        // what it was handed (both unpark us).
+        if live.count.load(Ordering::Acquire) >= live.max
+            || live.handed.load(Ordering::Acquire) >= HANDOFF_MAX
+        {
+            std::thread::park_timeout(Duration::from_millis(100));
+            continue;
+        }
+        match listener.accept() {
+            Ok((stream, _)) => {
+                live.count.fetch_add(1, Ordering::AcqRel);
+                live.handed.fetch_add(1, Ordering::AcqRel);
+                if tx.send(stream).is_err() {
+                    return;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) => {}
+            Err(e) => {
+                // EMFILE and the like: back off instead of spinning.
+                log::warn!("accept: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
     }
 }
 
 async fn serve(
     app: &'static App<'static>,
-    listener: StdListener,
+    live: Arc<Live>,
+    mut conns: mpsc::UnboundedReceiver<std::net::TcpStream>,
     mut stop: watch::Receiver<bool>,
 ) -> i32 {
-    let listener = match TcpListener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => {
-            log::error!("listener: {e}");
-            return shmzone::prefork::EXIT_FATAL;
-        }
-    };
-    let max = app.shared.config.connections;
-    let live = Rc::new(Live {
-        count: Cell::new(0),
-        closed: Notify::new(),
-    });
-    loop {
-        if *stop.borrow() {
-            break;
-        }
-        if live.count.get() >= max {
-            tokio::select! {
-                _ = live.closed.notified() => continue,
-                _ = stop.changed() => break,
-            }
-        }
+    let mut open = true;
+    while !*stop.borrow() {
         tokio::select! {
-            r = listener.accept() => match r {
-                Ok((stream, _)) => {
-                    live.count.set(live.count.get() + 1);
-                    let guard = LiveGuard(live.clone());
-                    app.event(Event::Accepted);
-                    tokio::task::spawn_local(connection(app, stream, stop.clone(), guard));
-                }
-                Err(e) => {
-                    // EMFILE and the like: back off instead of spinning.
-                    log::warn!("accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+            s = conns.recv() => match s {
+                Some(s) => start(app, s, &stop, &live),
+                None => {
+                    open = false;
+                    break;
                 }
             },
             _ = stop.changed() => break,
         }
     }
-    // Stop accepting (our copy of the socket; the others keep theirs), then
-    // wait for the connections to finish what they are doing. The master
-    // SIGKILLs us after its stop timeout if a client keeps one busy.
-    drop(listener);
-    while live.count.get() > 0 {
-        live.closed.notified().await;
+    // Stop: the accept thread sees `done` within its socket timeout and
+    // ends (the others keep accepting). Connections it handed over
+    // meanwhile are started closing; then wait for every connection to
+    // finish what it is doing. The master SIGKILLs us after its stop
+    // timeout if a client keeps one busy.
+    loop {
+        if !open && live.count.load(Ordering::Acquire) == 0 {
+            break;
+        }
+        tokio::select! {
+            s = conns.recv(), if open => match s {
+                Some(s) => start(app, s, &stop, &live),
+                None => open = false,
+            },
+            _ = live.closed.notified() => {}
+        }
     }
     0
+}
+
+/// Starts a connection task for a stream the accept thread counted.
+fn start(
+    app: &'static App<'static>,
+    s: std::net::TcpStream,
+    stop: &watch::Receiver<bool>,
+    live: &Arc<Live>,
+) {
+    let guard = LiveGuard(live.clone());
+    if live.handed.fetch_sub(1, Ordering::AcqRel) == HANDOFF_MAX {
+        if let Some(t) = live.acceptor.get() {
+            t.unpark();
+        }
+    }
+    app.event(Event::Accepted);
+    let stream = match s
+        .set_nonblocking(true)
+        .and_then(|()| TcpStream::from_std(s))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            log::warn!("connection: {e}");
+            return;
+        }
+    };
+    tokio::task::spawn_local(connection(app, stream, stop.clone(), guard));
 }
 
 /// What the watchdog needs to know about a connection.

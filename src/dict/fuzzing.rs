@@ -7,11 +7,15 @@
 //! touched key must read back as the model says (or be missing, once the
 //! dictionary has evicted something: the model then forgets it), errors
 //! must be the contract's, and `check()` must pass. TTLs are not used
-//! (they depend on the clock); `expire` sets a long one.
+//! (they depend on the clock); `expire` sets a long one. When the first
+//! byte has bit 6 (0x40) set, opcodes 224..=239 are `update` (keep, set,
+//! put, delete, or an increment computed from the value read); the others
+//! are taken modulo 14. (Inputs found before `update` existed, whose first
+//! bytes all have that bit clear, replay as they did.)
 
 use std::collections::{HashMap, VecDeque};
 
-use super::{Dict, DictError, OwnedValue};
+use super::{Dict, DictError, OwnedValue, Update, Value};
 use crate::slab::{Pool, SLAB_PAGE};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -46,14 +50,14 @@ pub fn run(data: &[u8]) {
     let pool = unsafe { Pool::init(base, len, "fuzz") }.expect("pool");
     // SAFETY: the buffer outlives `d` (dropped at the end of the block).
     match unsafe { Dict::init_pool(pool) } {
-        Ok(d) => program(&d, rest),
+        Ok(d) => program(&d, rest, first & 0x40 != 0),
         Err(e) => panic!("init: {e}"),
     }
     // SAFETY: allocated above with this layout.
     unsafe { std::alloc::dealloc(base.as_ptr(), layout) };
 }
 
-fn program(d: &Dict<'_>, mut ops: &[u8]) {
+fn program(d: &Dict<'_>, mut ops: &[u8], with_update: bool) {
     let mut model: HashMap<Vec<u8>, M> = HashMap::new();
     let mut evicted = false;
     while ops.len() >= 4 {
@@ -64,8 +68,108 @@ fn program(d: &Dict<'_>, mut ops: &[u8]) {
         let before = d.stats().evictions;
         let mine = model.get(&key).cloned();
         if std::env::var_os("DICT_FUZZ_TRACE").is_some() {
-            eprintln!("op {} key {} a {a} b {b} mine {mine:?}", op % 14, k % 48);
+            eprintln!("op {op} key {} a {a} b {b} mine {mine:?}", k % 48);
         }
+        if with_update && (224..240).contains(&op) {
+            update(d, &mut model, &key, a, &v, &mine, evicted);
+        } else {
+            step(d, &mut model, &key, op, a, b, v, &mine, evicted);
+        }
+        if d.stats().evictions != before {
+            evicted = true;
+        }
+        check_key(d, &mut model, &key, evicted);
+    }
+    for k in model.keys() {
+        let g = d.get_stale(k).unwrap_or(None);
+        assert!(g.is_some() || evicted || matches!(model.get(k), Some(M::L(_))));
+    }
+}
+
+/// One `update`: what the closure saw must be the model's value, and its
+/// decision is applied to the model when the call succeeds.
+fn update(
+    d: &Dict<'_>,
+    model: &mut HashMap<Vec<u8>, M>,
+    key: &[u8],
+    a: u8,
+    v: &OwnedValue,
+    mine: &Option<M>,
+    evicted: bool,
+) {
+    let how = a % 5;
+    let r = d.update(key, |cur| {
+        let seen = cur.map(|c| match c.value {
+            Value::Bytes(b) => OwnedValue::Bytes(b.to_vec()),
+            Value::Int(i) => OwnedValue::Int(i),
+            Value::Float(x) => OwnedValue::Float(x),
+            Value::Bool(b) => OwnedValue::Bool(b),
+        });
+        let next = match (how, &seen) {
+            (3, Some(OwnedValue::Int(i))) => Some(OwnedValue::Int(i.wrapping_add(1))),
+            (3, _) => Some(OwnedValue::Int(0)),
+            (1 | 4, _) => Some(v.clone()),
+            _ => None,
+        };
+        let decision = match how {
+            0 => Update::Keep,
+            1 => Update::Set(v.as_value()),
+            2 => Update::Delete,
+            // An integer: no borrow of the closure's own data needed.
+            3 => Update::Set(Value::Int(
+                next.as_ref().and_then(OwnedValue::as_int).unwrap_or(0),
+            )),
+            _ => Update::Put {
+                value: v.as_value(),
+                ttl_ms: 0,
+                flags: u32::from(a),
+            },
+        };
+        (decision, (seen, next))
+    });
+    match (r, mine) {
+        (Ok((seen, next)), _) => {
+            match (&seen, mine) {
+                (Some(s), Some(M::V(m))) => assert_eq!(s, m, "update saw"),
+                (None, None) => {}
+                (None, Some(_)) if evicted => {}
+                (s, m) => panic!("update saw {s:?}, model {m:?}"),
+            }
+            match how {
+                0 if seen.is_none() => {
+                    model.remove(key);
+                }
+                0 => {}
+                2 => {
+                    model.remove(key);
+                }
+                _ => {
+                    model.insert(key.to_vec(), M::V(next.expect("a value")));
+                }
+            }
+        }
+        (Err(DictError::WrongType { .. }), Some(M::L(_))) => {}
+        (Err(DictError::NoMemory { .. }), _) => {}
+        (r, m) => panic!("update: {:?} with {m:?}", r.map(|_| ())),
+    }
+}
+
+/// One of the other operations (opcode modulo 14).
+#[allow(clippy::too_many_arguments)]
+fn step(
+    d: &Dict<'_>,
+    model: &mut HashMap<Vec<u8>, M>,
+    key: &[u8],
+    op: u8,
+    a: u8,
+    b: u8,
+    v: OwnedValue,
+    mine: &Option<M>,
+    evicted: bool,
+) {
+    let key = key.to_vec();
+    let mine = mine.clone();
+    {
         match op % 14 {
             0 | 1 => match d.set(&key, v.as_value(), 0, a as u32) {
                 Ok(_) => {
@@ -207,36 +311,36 @@ fn program(d: &Dict<'_>, mut ops: &[u8]) {
                 }
             }
         }
-        if d.stats().evictions != before {
-            evicted = true;
-        }
+    }
+}
+
+/// After each operation: the touched key reads back as the model says,
+/// and the table checks.
+fn check_key(d: &Dict<'_>, model: &mut HashMap<Vec<u8>, M>, key: &[u8], evicted: bool) {
+    {
         // The key reads back as the model says.
-        let got = match d.get(&key) {
+        let got = match d.get(key) {
             Ok(g) => g.map(|g| M::V(g.value)),
             Err(DictError::WrongType { .. }) => {
-                let n = d.llen(&key).expect("llen");
-                match model.get(&key) {
+                let n = d.llen(key).expect("llen");
+                match model.get(key) {
                     Some(M::L(l)) => assert_eq!(n, l.len()),
                     m => panic!("a list where the model has {m:?}"),
                 }
-                model.get(&key).cloned()
+                model.get(key).cloned()
             }
             Err(e) => panic!("get: {e}"),
         };
-        match (&got, model.get(&key)) {
+        match (&got, model.get(key)) {
             (a, b) if a.as_ref() == b => {}
             (None, Some(_)) if evicted => {
-                model.remove(&key);
+                model.remove(key);
             }
             (a, b) => panic!(
                 "{:?}: dict {a:?}, model {b:?}",
-                String::from_utf8_lossy(&key)
+                String::from_utf8_lossy(key)
             ),
         }
         d.check().unwrap_or_else(|e| panic!("check: {e}"));
-    }
-    for k in model.keys() {
-        let g = d.get_stale(k).unwrap_or(None);
-        assert!(g.is_some() || evicted || matches!(model.get(k), Some(M::L(_))));
     }
 }

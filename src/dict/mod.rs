@@ -39,6 +39,9 @@
 //!   old value when the new one does not fit; here the old value stays
 //!   (the section is rolled back to its savepoint), and so do the entries
 //!   `set` had evicted while looking for room.
+//! - [`Dict::update`] reads a key's live value, lets a closure decide
+//!   (keep, set, put with TTL and flags, delete) and applies it, all in one
+//!   hold of the lock: read-modify-write without a `cas` retry loop.
 //! - `flush_all` makes every entry expired in one store (a generation
 //!   bump); `flush_expired` frees expired entries, a batch per lock hold.
 //!
@@ -79,6 +82,7 @@ mod list;
 mod ops;
 mod read;
 mod section;
+mod update;
 mod value;
 
 use std::marker::PhantomData;
@@ -87,6 +91,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 pub use check::{DumpEntry, KeysPage};
 pub use error::{DictError, ZoneProblem};
 pub use layout::MAX_KEY;
+pub use update::{Current, Update};
 pub use value::{OwnedValue, Value};
 
 use layout::{Header, BYTES_PER_BUCKET, MAGIC, MAX_STRIPES, STAT_SLOTS, VERSION};
