@@ -290,10 +290,13 @@ impl<'z> Dict<'z> {
                         break;
                     }
                     let c = block_class(e);
+                    // Stores link new entries at the head of the chain: of
+                    // a bucket's candidates the last is the oldest, so a
+                    // later one in the same bucket replaces an earlier one.
                     if c == class {
-                        if !referenced && same.is_none() {
+                        if !referenced && same.is_none_or(|x| x.bucket == b) {
                             same = Some(f);
-                        } else if same_used.is_none() {
+                        } else if same_used.is_none_or(|x| x.bucket == b) {
                             same_used = Some(f);
                         }
                     } else if !referenced && any.is_none_or(|a| block_class(a.e) < c) {

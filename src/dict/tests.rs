@@ -479,3 +479,27 @@ fn d2_like_fill_never_runs_out() {
     }
     d.check().unwrap();
 }
+
+/// Eviction takes the oldest entries first: stores link new entries at the
+/// head of their bucket's chain, so the hand takes a bucket's last
+/// candidate (it took the first, the newest: 48 of the first 50 keys
+/// outlived the fill below, and 5 of the last 50 were evicted).
+#[test]
+fn eviction_takes_the_oldest_first() {
+    let z = zones(256 << 10);
+    let zone = z.get("d").unwrap();
+    let d = Dict::open(&zone).unwrap();
+    let key = |i: u64| format!("key:{i:05}");
+    for i in 0..6000 {
+        d.set(key(i).as_bytes(), &[7u8; 16][..], 0, 0).unwrap();
+    }
+    assert!(d.stats().evictions > 2000, "{:?}", d.stats());
+    let kept = |r: std::ops::Range<u64>| {
+        r.filter(|&i| d.get(key(i).as_bytes()).unwrap().is_some())
+            .count()
+    };
+    let (first, last) = (kept(0..50), kept(5950..6000));
+    assert_eq!(last, 50, "the newest keys were evicted");
+    assert!(first <= 5, "{first} of the 50 oldest keys kept");
+    d.check().unwrap();
+}
