@@ -4,6 +4,8 @@
 //! cargo bench --bench ring               # N = 10^7, medians of 3
 //! cargo bench --bench ring -- --quick    # N / 100, for a smoke run
 //! cargo bench --bench ring -- R1 R3      # only these
+//! cargo bench --bench ring -- R1plain     # R1 without timestamps only
+//! SHMZONE_BENCH_N=1000000 SHMZONE_BENCH_REPS=5 cargo bench --bench ring
 //! ```
 //!
 //! stdout: a header row, then `workload<TAB>param<TAB>impl<TAB>value<TAB>unit`
@@ -30,7 +32,14 @@ use std::time::{Duration, Instant};
 use shmzone::ring::{Ring, RingConfig, Start};
 use shmzone::{Region, Zones};
 
-const REPS: usize = 3;
+/// Repetitions of each workload: `SHMZONE_BENCH_REPS`, else 3.
+fn reps() -> usize {
+    env_usize("SHMZONE_BENCH_REPS").unwrap_or(3).max(1)
+}
+
+fn env_usize(name: &str) -> Option<usize> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
 const ZONE: usize = 64 << 20;
 
 /// The workloads' xorshift64, advanced before each use.
@@ -306,16 +315,21 @@ fn main() {
         }
     }
     let wants = |id: &str| filters.is_empty() || filters.iter().any(|f| f.eq_ignore_ascii_case(id));
-    let n = if quick { 100_000 } else { 10_000_000 };
+    let n = env_usize("SHMZONE_BENCH_N").unwrap_or(if quick { 100_000 } else { 10_000_000 });
+    let reps = reps();
     let bytes = random_bytes();
     let t = Instant::now();
     println!("workload\tparam\timpl\tvalue\tunit");
     let mut r1_ns = None;
-    if wants("R1") {
-        for stamp in [false, true] {
+    let r1_runs = [
+        (false, wants("R1") || wants("R1plain")),
+        (true, wants("R1") || wants("R1stamped")),
+    ];
+    for (stamp, on) in r1_runs {
+        if on {
             eprintln!("R1{} ...", if stamp { " stamped" } else { "" });
             let (mut ns, mut cpu, mut lost) = (Vec::new(), Vec::new(), Vec::new());
-            for _ in 0..REPS {
+            for _ in 0..reps {
                 let (a, c, b) = r1(n, &bytes, stamp);
                 ns.push(a);
                 cpu.push(c);
@@ -333,7 +347,7 @@ fn main() {
     if wants("R2") {
         eprintln!("R2 ...");
         let (mut rate, mut lost) = (Vec::new(), Vec::new());
-        for _ in 0..REPS {
+        for _ in 0..reps {
             let (a, b) = r2(n, &bytes);
             rate.push(a / 1e6);
             lost.push(b as f64);
@@ -348,7 +362,7 @@ fn main() {
             ("write-pipe", r3_pipe),
         ] {
             eprintln!("R3 {imp} ...");
-            let v: Vec<f64> = (0..REPS).map(|_| f(n3, &bytes)).collect();
+            let v: Vec<f64> = (0..reps).map(|_| f(n3, &bytes)).collect();
             let med = emit3("R3", "64", imp, v, "ns/record");
             if let Some(r1) = r1_ns {
                 emit("R3", "64", imp, med / r1, "x R1");
@@ -356,8 +370,8 @@ fn main() {
         }
     }
     eprintln!(
-        "done in {:.1} s ({REPS} reps: median, min, max{})",
+        "done in {:.1} s ({reps} reps: median, min, max{})",
         t.elapsed().as_secs_f64(),
-        if quick { ", --quick: N = 10^5" } else { "" }
+        if quick { ", --quick" } else { "" }
     );
 }
