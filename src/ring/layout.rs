@@ -12,7 +12,7 @@ use static_assertions::const_assert_eq;
 /// "shmzRNG1", little-endian: the first word of a ring header.
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"shmzRNG1");
 /// The layout version of a ring header, slot headers and records.
-pub(crate) const VERSION: u32 = 1;
+pub(crate) const VERSION: u32 = 2;
 
 /// Bytes of a record's header: length and pid, sequence, time, check.
 pub(crate) const REC_HDR: u64 = 32;
@@ -92,6 +92,7 @@ impl Geometry {
 /// | `claim` | producer, before writing | end of the record being written (`>= head`); bytes before `claim - slot_bytes` are overwritten |
 /// | `tail` | producer, before writing | start of the oldest record still intact |
 /// | `next_seq` | producer, before writing | sequence number of the next record |
+/// | `mark` | producer, release, after the head passed it | start of a recent complete record (one every eighth of the slot): where a reader lapped again and again lands |
 #[repr(C, align(64))]
 pub(crate) struct SlotHdr {
     pub head: AtomicU64,
@@ -101,7 +102,9 @@ pub(crate) struct SlotHdr {
     pub owner: AtomicU32,
     /// How many times the slot was claimed.
     pub claims: AtomicU32,
-    pub _pad0: [u64; 3],
+    /// Start of a recent complete record, stored (release) after `head`.
+    pub mark: AtomicU64,
+    pub _pad0: [u64; 2],
     /// Records written.
     pub written: AtomicU64,
     /// Payload bytes written.

@@ -58,7 +58,11 @@
 //! re-reads `claim` (seqlock-style): if the producer has claimed past the
 //! copied bytes by a whole lap, the copy is discarded and the reader jumps to
 //! `tail`; the records it missed show up as a gap in the sequence numbers,
-//! counted in [`Reader::lost`]. A reader is never handed a torn record.
+//! counted in [`Reader::lost`]. A reader lapped on every try of a refill
+//! jumps to the slot's `mark`, a complete record the producer publishes
+//! once every eighth of the slot, so there is always a record after the
+//! jump whose sequence number counts what was skipped (even if the producer
+//! then stops). A reader is never handed a torn record.
 //!
 //! **Bounds.** Every position read from shared memory is reduced by the
 //! slot's mask before use and checked against the others (`tail <= head <=

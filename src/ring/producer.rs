@@ -140,6 +140,7 @@ impl<'a> Producer<'a> {
             hdr.claim.store(restart, Ordering::Relaxed);
             hdr.tail.store(restart, Ordering::Relaxed);
             hdr.head.store(restart, Ordering::Release);
+            hdr.mark.store(restart, Ordering::Release);
             SlotHdr::bump(&hdr.repaired, 1);
         } else if claim > head {
             // The previous owner died between claiming and publishing: its
@@ -232,7 +233,7 @@ impl<'a> Producer<'a> {
         }
         let seq = self.seq;
         self.seq = self.seq.wrapping_add(1);
-        self.marks.note(pos, seq);
+        let marked = self.marks.note(pos, seq);
         self.hdr.next_seq.store(self.seq, Ordering::Relaxed);
         if end > self.claim {
             self.claim = end;
@@ -260,6 +261,11 @@ impl<'a> Producer<'a> {
         self.hdr.bytes.store(self.bytes, Ordering::Relaxed);
         self.head = end;
         self.hdr.head.store(end, Ordering::Release);
+        if marked {
+            // After the head: a reader that loads this mark finds the
+            // record complete.
+            self.hdr.mark.store(pos, Ordering::Release);
+        }
         Ok(seq)
     }
 

@@ -91,6 +91,10 @@ pub struct Reader<'a> {
     /// The slot to refill from next (round robin).
     turn: usize,
     stats: ReaderStats,
+    /// Tests only: runs between a refill's copy and its check, so a test
+    /// can make the producer lap the reader at that moment.
+    #[cfg(test)]
+    pub(super) mid_copy: Option<Box<dyn FnMut() + 'a>>,
 }
 
 impl fmt::Debug for Reader<'_> {
@@ -148,6 +152,8 @@ impl<'a> Reader<'a> {
             bfull: false,
             turn: 0,
             stats: ReaderStats::default(),
+            #[cfg(test)]
+            mid_copy: None,
             ring,
         }
     }
@@ -379,6 +385,10 @@ impl<'a> Reader<'a> {
             for (b, d) in b2.iter_mut().zip(data) {
                 *b = d.load(Ordering::Relaxed);
             }
+            #[cfg(test)]
+            if let Some(f) = self.mid_copy.as_mut() {
+                f();
+            }
             // Any word the producer changed after claiming past it makes
             // this load see that claim.
             fence(Ordering::Acquire);
@@ -395,11 +405,42 @@ impl<'a> Reader<'a> {
             self.cursors[slot].lapped = true;
             self.cursors[slot].pos = s.tail.load(Ordering::Acquire).max(c.pos);
         }
-        // The producer laps us faster than we copy: skip to its head (the
-        // records in between show up as lost).
-        self.cursors[slot].pos = s.head.load(Ordering::Acquire);
+        // The producer laps us faster than we copy: skip ahead.
+        self.cursors[slot].pos = self.landing(slot, self.cursors[slot].pos);
         self.cursors[slot].lapped = true;
         Ok(false)
+    }
+
+    /// Where a reader lapped on every try of a refill goes on in `slot`:
+    /// the producer's mark (a complete record at most about an eighth of
+    /// the slot behind its head), so that the reader has most of a lap to
+    /// copy in and, above all, reads a record there whose sequence number
+    /// counts what it skipped as lost, even if the producer writes nothing
+    /// more. Never behind `at` (a record start this reader knows: it stays
+    /// there if the mark is behind it); the head only when neither is sound
+    /// (a corrupted slot).
+    fn landing(&self, slot: usize, at: u64) -> u64 {
+        let s = self.ring.slot(slot);
+        let cap = self.ring.geo().slot_bytes;
+        let mut head = 0;
+        for _ in 0..LAPPED_TRIES {
+            // The mark first: it is stored after the head that passed its
+            // record, and the tail before the head past it.
+            let mark = s.mark.load(Ordering::Acquire);
+            let tail = s.tail.load(Ordering::Acquire);
+            head = s.head.load(Ordering::Acquire);
+            if tail > head || head - tail > cap {
+                continue;
+            }
+            let sound = |p: u64| tail <= p && p < head && p % 8 == 0;
+            if sound(mark) && mark >= at {
+                return mark;
+            }
+            if sound(at) {
+                return at;
+            }
+        }
+        head
     }
 
     /// Records this reader missed so far (see [`ReaderStats::lost`]).

@@ -263,3 +263,66 @@ fn zone_size_is_enough() {
         assert_eq!((ring.slots(), ring.slot_bytes()), (slots, slot_bytes));
     }
 }
+
+/// A reader lapped in every one of its refill's tries skips ahead; when
+/// the producer then stops, every record it did not read must still be
+/// counted as lost (read + lost == written), and what it reads is in order.
+#[test]
+fn a_reader_lapped_on_every_try_counts_what_it_skipped() {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    let cfg = RingConfig {
+        slots: 1,
+        ..small()
+    };
+    let zones = ring_zones(&cfg);
+    let ring = Ring::create(&zones.get("log").unwrap(), &cfg).unwrap();
+    let mut reader = ring.reader(Start::Oldest);
+    let p = Rc::new(RefCell::new(ring.producer().unwrap()));
+    let write = |p: &Rc<RefCell<Producer<'_>>>, n: usize| {
+        let mut p = p.borrow_mut();
+        for _ in 0..n {
+            let seq = p.next_seq();
+            p.write(&[seq as u8; 40]).unwrap();
+        }
+    };
+    write(&p, 10);
+    // During each of the next refills, a whole slot's worth of records
+    // more (72 bytes each) is written: the copy is always stale.
+    let laps = Rc::new(RefCell::new(0));
+    let (p2, laps2) = (p.clone(), laps.clone());
+    reader.mid_copy = Some(Box::new(move || {
+        let mut n = laps2.borrow_mut();
+        if *n < 6 {
+            *n += 1;
+            write(&p2, (cfg.slot_bytes / 72) + 3);
+        }
+    }));
+    let mut last = None;
+    let mut spins = 0;
+    while spins < 100 {
+        match reader.next_record().unwrap() {
+            Some(r) => {
+                assert_eq!(r.data, &[r.seq as u8; 40][..]);
+                assert!(last.is_none_or(|l| r.seq > l), "{:?} after {last:?}", r.seq);
+                last = Some(r.seq);
+            }
+            None => spins += 1,
+        }
+    }
+    let written = p.borrow().next_seq();
+    assert!(
+        *laps.borrow() >= 4,
+        "the reader was lapped {} times",
+        laps.borrow()
+    );
+    assert_eq!(
+        reader.read() + reader.lost(),
+        written,
+        "read {} lost {} of {written}",
+        reader.read(),
+        reader.lost()
+    );
+    assert!(reader.lost() > 0);
+    assert_eq!(reader.stats().lag_records, 0);
+}
