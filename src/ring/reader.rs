@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::atomic::{fence, Ordering};
 
-use super::layout::{rec_size, RecHdr, REC_HDR};
+use super::layout::{rec_size, RecHdr, REC_HDR, REC_HDR_STAMPED};
 use super::{Ring, RingError};
 
 /// Where a new [`Reader`] starts in each slot.
@@ -113,7 +113,7 @@ const LAPPED_TRIES: usize = 4;
 /// The batch copied at once: at least one largest record, at most a slot.
 fn batch_bytes(ring: &Ring<'_>) -> u64 {
     (64 << 10)
-        .max(2 * rec_size(ring.geo().max_record as u64))
+        .max(2 * rec_size(ring.geo().max_record as u64, true))
         .min(ring.geo().slot_bytes)
 }
 
@@ -196,18 +196,20 @@ impl<'a> Reader<'a> {
     fn parse_fast(&mut self) -> Option<(RecHdr, usize)> {
         let pos = self.bnext;
         let end = self.bpos + self.bvalid;
-        if end.saturating_sub(pos) < REC_HDR || cfg!(target_endian = "big") {
+        // Four words (a stamped header) in the copy; a shorter rest is
+        // left to the slow path.
+        if end.saturating_sub(pos) < REC_HDR_STAMPED || cfg!(target_endian = "big") {
             return None;
         }
         let off = ((pos - self.bpos) / 8) as usize;
         let w: [u64; 4] = self.batch.get(off..off + 4)?.try_into().ok()?;
         let h = RecHdr::decode(w, pos, self.ring.geo().max_record)?;
-        let size = rec_size(h.len as u64);
+        let size = h.size();
         if end - pos < size {
             return None;
         }
         self.accept(&h, pos + size);
-        Some((h, off + 4))
+        Some((h, off + h.words()))
     }
 
     /// Moves past a record read from the batch: cursor, sequence and
@@ -279,16 +281,20 @@ impl<'a> Reader<'a> {
             cut(self);
             return Ok(None);
         }
-        let w = [
-            self.batch[off],
-            self.batch[off + 1],
-            self.batch[off + 2],
-            self.batch[off + 3],
-        ];
+        let nh = RecHdr::words_for(self.batch[off]);
+        if end - pos < 8 * nh as u64 {
+            if self.bfull {
+                return self.corrupt(format!("head at {end} cuts a record header at {pos}"));
+            }
+            cut(self);
+            return Ok(None);
+        }
+        let mut w = [0; 4];
+        w[..nh].copy_from_slice(&self.batch[off..off + nh]);
         let Some(h) = RecHdr::decode(w, pos, max) else {
             return self.corrupt(format!("bad record header at {pos}"));
         };
-        let size = rec_size(h.len as u64);
+        let size = h.size();
         if end - pos < size {
             if self.bfull {
                 return self.corrupt(format!("head at {end} cuts the record at {pos}"));
@@ -300,11 +306,11 @@ impl<'a> Reader<'a> {
         // The producer stored `u64::from_le_bytes` of the payload: back to
         // bytes in memory order (nothing to do on little-endian targets).
         if cfg!(target_endian = "big") {
-            for w in &mut self.batch[off + 4..off + 4 + (h.len as usize).div_ceil(8)] {
+            for w in &mut self.batch[off + nh..off + nh + (h.len as usize).div_ceil(8)] {
                 *w = w.to_le();
             }
         }
-        Ok(Some((h, off + 4)))
+        Ok(Some((h, off + nh)))
     }
 
     /// Counts a corruption in the batch's slot, moves its cursor to the

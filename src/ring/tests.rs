@@ -288,14 +288,15 @@ fn a_reader_lapped_on_every_try_counts_what_it_skipped() {
     };
     write(&p, 10);
     // During each of the next refills, a whole slot's worth of records
-    // more (72 bytes each) is written: the copy is always stale.
+    // more (64 bytes each: 24 of header, 40 of payload) is written: the
+    // copy is always stale.
     let laps = Rc::new(RefCell::new(0));
     let (p2, laps2) = (p.clone(), laps.clone());
     reader.mid_copy = Some(Box::new(move || {
         let mut n = laps2.borrow_mut();
         if *n < 6 {
             *n += 1;
-            write(&p2, (cfg.slot_bytes / 72) + 3);
+            write(&p2, (cfg.slot_bytes / 64) + 3);
         }
     }));
     let mut last = None;
