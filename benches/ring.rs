@@ -5,6 +5,7 @@
 //! cargo bench --bench ring -- --quick    # N / 100, for a smoke run
 //! cargo bench --bench ring -- R1 R3      # only these
 //! cargo bench --bench ring -- R1plain     # R1 without timestamps only
+//! cargo bench --bench ring -- R1read      # R1's reader alone (diagnostic)
 //! SHMZONE_BENCH_N=1000000 SHMZONE_BENCH_REPS=5 cargo bench --bench ring
 //! ```
 //!
@@ -186,6 +187,34 @@ fn r1(n: usize, bytes: &[u8], stamp: bool) -> (f64, f64, u64) {
     )
 }
 
+/// R1's reader alone, a diagnostic (it must outrun the producer for R1's
+/// 0 lost): ns per record read from a slot filled beforehand with
+/// `min(n, what the slot holds)` 64-byte records, in one process.
+fn r1_read(n: usize, bytes: &[u8]) -> f64 {
+    let cfg = RingConfig {
+        slots: 1,
+        slot_bytes: r1_slot(),
+        max_record: 256,
+        timestamps: false,
+    };
+    let n = n.min(r1_slot() / 96);
+    let zones = ring_zones(&cfg);
+    let ring = Ring::create(&zones.get("ring").unwrap(), &cfg).expect("ring");
+    let mut reader = ring.reader(Start::Oldest);
+    let mut log = ring.producer().expect("a slot");
+    for i in 0..n {
+        log.write(rec(bytes, i, 64)).expect("64 bytes fit");
+    }
+    let t = Instant::now();
+    let mut sum = 0usize;
+    while let Some(r) = reader.next_record().expect("sound") {
+        sum += r.data.len();
+    }
+    let el = t.elapsed();
+    assert_eq!((sum, reader.lost()), (64 * n, 0));
+    ns_per(el, n)
+}
+
 /// R2 once: records per second, records lost.
 fn r2(n: usize, bytes: &[u8]) -> (f64, u64) {
     let cfg = RingConfig {
@@ -343,6 +372,11 @@ fn main() {
                 r1_ns = Some(med);
             }
         }
+    }
+    if wants("R1read") {
+        eprintln!("R1 reader alone ...");
+        let v: Vec<f64> = (0..reps).map(|_| r1_read(n, &bytes)).collect();
+        emit3("R1", "64", "reader-alone", v, "ns/record");
     }
     if wants("R2") {
         eprintln!("R2 ...");

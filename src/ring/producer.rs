@@ -248,6 +248,7 @@ impl<'a> Producer<'a> {
         .encode(pos);
         let nh = 3 + (time_ns != 0) as usize;
         let first = ((pos / 8) & self.mask) as usize;
+        prefetch_write(&self.data[((pos / 8 + PREFETCH_WORDS) & self.mask) as usize]);
         if first + ((end - pos) / 8) as usize <= self.data.len() {
             // SAFETY: the record's words, `first..first + nh + ceil(len /
             // 8)`, were just checked to lie in the slot's words.
@@ -389,6 +390,24 @@ fn now_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
+/// How far ahead of the record being written the producer asks for the
+/// slot's cache line, in words.
+const PREFETCH_WORDS: u64 = 64;
+
+/// Asks for the cache line of `w`, to be written soon (the line a lap ago
+/// left this core's caches, maybe for a reader's).
+#[inline(always)]
+fn prefetch_write(w: &AtomicU64) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0};
+        // SAFETY: a prefetch only hints the cache; `w` is a valid address.
+        unsafe { _mm_prefetch::<_MM_HINT_ET0>(w.as_ptr().cast::<i8>().cast_const()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = w;
+}
+
 /// Stores a record's `nh` (3 or 4) header words `h` and its payload into
 /// the words from `dst` on (not wrapping).
 ///
@@ -397,9 +416,10 @@ fn now_ns() -> u64 {
 /// them from there; `nh` is 3 or 4.
 #[inline(always)]
 unsafe fn store_record(dst: *const AtomicU64, h: [u64; 4], nh: usize, data: &[u8]) {
-    // SAFETY (all derefs of `dst.add(k)` below): `k < nh + ceil(len / 8)`,
-    // in bounds by the caller's promise; they are atomics, shared with
-    // readers.
+    // SAFETY: every `dst.add(k)` below has `k < nh + ceil(len / 8)`, in
+    // bounds by the caller's promise (they are atomics, shared with
+    // readers); the payload reads are bytes `8k..8k + 8` of `data` with
+    // `k < len / 8`.
     unsafe {
         (*dst).store(h[0], Ordering::Relaxed);
         (*dst.add(1)).store(h[1], Ordering::Relaxed);
@@ -411,7 +431,6 @@ unsafe fn store_record(dst: *const AtomicU64, h: [u64; 4], nh: usize, data: &[u8
         let full = data.len() / 8;
         let src = data.as_ptr();
         for k in 0..full {
-            // SAFETY: bytes `8k..8k + 8` of `data`, as `k < len / 8`.
             let w = src.add(8 * k).cast::<u64>().read_unaligned();
             (*dst.add(k)).store(u64::from_le(w), Ordering::Relaxed);
         }

@@ -107,7 +107,7 @@ impl fmt::Debug for Reader<'_> {
 }
 
 /// How many times a refill retries after being lapped mid-copy before it
-/// skips to the slot's head.
+/// skips ahead (to the producer's mark, see `Reader::landing`).
 const LAPPED_TRIES: usize = 4;
 
 /// The batch copied at once: at least one largest record, at most a slot.
