@@ -248,7 +248,6 @@ impl<'a> Producer<'a> {
         .encode(pos);
         let nh = 3 + (time_ns != 0) as usize;
         let first = ((pos / 8) & self.mask) as usize;
-        prefetch_write(&self.data[((pos / 8 + PREFETCH_WORDS) & self.mask) as usize]);
         if first + ((end - pos) / 8) as usize <= self.data.len() {
             // SAFETY: the record's words, `first..first + nh + ceil(len /
             // 8)`, were just checked to lie in the slot's words.
@@ -388,24 +387,6 @@ fn now_ns() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
-}
-
-/// How far ahead of the record being written the producer asks for the
-/// slot's cache line, in words.
-const PREFETCH_WORDS: u64 = 64;
-
-/// Asks for the cache line of `w`, to be written soon (the line a lap ago
-/// left this core's caches, maybe for a reader's).
-#[inline(always)]
-fn prefetch_write(w: &AtomicU64) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0};
-        // SAFETY: a prefetch only hints the cache; `w` is a valid address.
-        unsafe { _mm_prefetch::<_MM_HINT_ET0>(w.as_ptr().cast::<i8>().cast_const()) };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = w;
 }
 
 /// Stores a record's `nh` (3 or 4) header words `h` and its payload into
