@@ -43,6 +43,9 @@ struct Cursor {
     /// The slot's head when it was last found corrupted: the slot is
     /// skipped (silently) until its head moves.
     bad_head: Option<u64>,
+    /// The slot's head at the last refill (batching: a head that has not
+    /// moved since is read up to).
+    seen_head: u64,
     /// The reader was lapped in this slot since its last record.
     lapped: bool,
 }
@@ -88,6 +91,9 @@ pub struct Reader<'a> {
     bvalid: u64,
     bnext: u64,
     bfull: bool,
+    /// With batching on, the bytes a refill leaves below a moving head
+    /// (see [`set_batching`](Self::set_batching)); 0 when off.
+    keep_off: u64,
     /// The slot to refill from next (round robin).
     turn: usize,
     stats: ReaderStats,
@@ -105,6 +111,10 @@ impl fmt::Debug for Reader<'_> {
             .finish()
     }
 }
+
+/// Bytes of a cache line (positions are line-aligned in a slot: its data
+/// starts on a page and its size is a power of two of at least a page).
+const LINE: u64 = 64;
 
 /// How many times a refill retries after being lapped mid-copy before it
 /// skips ahead (to the producer's mark, see `Reader::landing`).
@@ -128,6 +138,7 @@ impl<'a> Reader<'a> {
                         expect: None,
                         bad_head: None,
                         lapped: false,
+                        seen_head: 0,
                     },
                     Start::Oldest => {
                         let tail = s.tail.load(Ordering::Acquire);
@@ -137,6 +148,7 @@ impl<'a> Reader<'a> {
                             expect: (tail == 0).then_some(0),
                             bad_head: None,
                             lapped: false,
+                            seen_head: 0,
                         }
                     }
                 }
@@ -150,6 +162,7 @@ impl<'a> Reader<'a> {
             bvalid: 0,
             bnext: 0,
             bfull: false,
+            keep_off: 0,
             turn: 0,
             stats: ReaderStats::default(),
             #[cfg(test)]
@@ -380,7 +393,19 @@ impl<'a> Reader<'a> {
                 self.cursors[slot].lapped = true;
                 continue;
             }
-            let to = head.min(from.saturating_add(self.batch.len() as u64 * 8));
+            let settled = head == self.cursors[slot].seen_head;
+            self.cursors[slot].seen_head = head;
+            let mut to = head.min(from.saturating_add(self.batch.len() as u64 * 8));
+            if self.keep_off != 0 && to == head && !settled {
+                // Batching, and the producer is still writing: stay off the
+                // cache line it writes; a whole record (at most `keep_off`
+                // bytes) lies below the line, so this copy has one.
+                let below = head & !(LINE - 1);
+                if below < from.saturating_add(self.keep_off) {
+                    return Ok(false);
+                }
+                to = below;
+            }
             let words = ((to - from) / 8) as usize;
             let first = ((from / 8) & mask) as usize;
             let split = words.min(data.len() - first);
@@ -447,6 +472,25 @@ impl<'a> Reader<'a> {
             }
         }
         head
+    }
+
+    /// Batching (off by default): while a slot's producer is writing, a
+    /// refill leaves the records that reach into the cache line being
+    /// written for a later call (and copies nothing while less than a
+    /// largest record lies below that line), so the
+    /// reader does not take the producer's current cache line away from it
+    /// at every poll, which slows a producer that a reader follows
+    /// closely. Once the head has not moved between two calls, a call
+    /// reads up to it: an idle producer's last records are read on the
+    /// second poll after they were written. For readers that poll in a
+    /// loop and care for the producers' speed more than for a
+    /// microsecond's delay (a log shipper, `shmzone-tail`).
+    pub fn set_batching(&mut self, on: bool) {
+        self.keep_off = if on {
+            rec_size(self.ring.geo().max_record as u64, true) + LINE
+        } else {
+            0
+        };
     }
 
     /// Records this reader missed so far (see [`ReaderStats::lost`]).

@@ -327,3 +327,56 @@ fn a_reader_lapped_on_every_try_counts_what_it_skipped() {
     assert!(reader.lost() > 0);
     assert_eq!(reader.stats().lag_records, 0);
 }
+
+/// A batching reader leaves the producer's current cache line alone while
+/// the head moves (and reads nothing while less than a largest record lies
+/// below it), and reads up to the head once it stops: nothing is lost or
+/// repeated.
+#[test]
+fn a_batching_reader_stays_off_the_line_being_written() {
+    let cfg = RingConfig {
+        slots: 1,
+        slot_bytes: 1 << 16,
+        ..small()
+    };
+    let zones = ring_zones(&cfg);
+    let ring = Ring::create(&zones.get("log").unwrap(), &cfg).unwrap();
+    let mut r = ring.reader(Start::Oldest);
+    r.set_batching(true);
+    let mut p = ring.producer().unwrap();
+    let drain = |r: &mut Reader<'_>, expect: &mut u64| {
+        let mut n = 0;
+        while let Some(rec) = r.next_record().unwrap() {
+            assert_eq!((rec.seq, rec.data), (*expect, &[*expect as u8; 40][..]));
+            *expect += 1;
+            n += 1;
+        }
+        n
+    };
+    let mut next = 0;
+    for i in 0..3u64 {
+        p.write(&[i as u8; 40]).unwrap();
+    }
+    // The head moved since the reader last looked: nothing yet.
+    assert_eq!(drain(&mut r, &mut next), 0);
+    // It did not move since: all of it.
+    assert_eq!(drain(&mut r, &mut next), 3);
+    // 64-byte records (one per cache line here): 200 of them, one poll, one
+    // more record (the producer is still writing): the polls read all but
+    // the one in the head's cache line.
+    for i in 3..203u64 {
+        p.write(&[i as u8; 40]).unwrap();
+    }
+    assert!(r.next_record().unwrap().is_some());
+    next += 1;
+    p.write(&[203; 40]).unwrap();
+    let got = 1 + drain(&mut r, &mut next);
+    let left = p.next_seq() - 3 - got;
+    assert_eq!(left, 1, "read {got}");
+    // The head did not move since: the rest.
+    assert_eq!(drain(&mut r, &mut next), left);
+    assert_eq!((r.read(), r.lost(), next), (204, 0, 204));
+    r.set_batching(false);
+    p.write(&[204; 40]).unwrap();
+    assert_eq!(drain(&mut r, &mut next), 1, "off: at once");
+}
