@@ -15,8 +15,8 @@
 //!
 //! R1: the parent writes N 64-byte records into a one-slot ring (32 MiB, or
 //! `SHMZONE_RING_SLOT` bytes, in a 64 MiB zone) while a forked reader reads
-//! them all (a batching reader, `Reader::set_batching`, unless
-//! `SHMZONE_RING_NO_BATCHING` is set); ns per record written, timed in the
+//! them all (a batching reader, `Reader::set_batching`, if
+//! `SHMZONE_RING_BATCHING` is set); ns per record written, timed in the
 //! writer (wall clock, and
 //! the writer's CPU time, since the bench shares its cores), and records
 //! the reader lost; then the same with timestamps on. R2: 4 forked
@@ -114,7 +114,7 @@ fn wait(pid: libc::pid_t) {
 /// stores read and lost at `board[slot]`, `board[slot + 1]`.
 fn reader(ring: &Ring<'_>, board: &Board, slot: usize, n: u64) -> libc::pid_t {
     let mut reader = ring.reader(Start::Oldest);
-    if std::env::var_os("SHMZONE_RING_NO_BATCHING").is_none() {
+    if std::env::var_os("SHMZONE_RING_BATCHING").is_some() {
         reader.set_batching(true);
     }
     fork(move || {
