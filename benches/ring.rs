@@ -4,6 +4,9 @@
 //! cargo bench --bench ring               # N = 10^7, medians of 3
 //! cargo bench --bench ring -- --quick    # N / 100, for a smoke run
 //! cargo bench --bench ring -- R1 R3      # only these
+//! cargo bench --bench ring -- R1plain     # R1 without timestamps only
+//! cargo bench --bench ring -- R1read      # R1's reader alone (diagnostic)
+//! SHMZONE_BENCH_N=1000000 SHMZONE_BENCH_REPS=5 cargo bench --bench ring
 //! ```
 //!
 //! stdout: a header row, then `workload<TAB>param<TAB>impl<TAB>value<TAB>unit`
@@ -12,7 +15,9 @@
 //!
 //! R1: the parent writes N 64-byte records into a one-slot ring (32 MiB, or
 //! `SHMZONE_RING_SLOT` bytes, in a 64 MiB zone) while a forked reader reads
-//! them all; ns per record written, timed in the writer (wall clock, and
+//! them all (a batching reader, `Reader::set_batching`, if
+//! `SHMZONE_RING_BATCHING` is set); ns per record written, timed in the
+//! writer (wall clock, and
 //! the writer's CPU time, since the bench shares its cores), and records
 //! the reader lost; then the same with timestamps on. R2: 4 forked
 //! producers write N/4 records each of `16 + x % 241` bytes (seed 42 + w)
@@ -30,7 +35,14 @@ use std::time::{Duration, Instant};
 use shmzone::ring::{Ring, RingConfig, Start};
 use shmzone::{Region, Zones};
 
-const REPS: usize = 3;
+/// Repetitions of each workload: `SHMZONE_BENCH_REPS`, else 3.
+fn reps() -> usize {
+    env_usize("SHMZONE_BENCH_REPS").unwrap_or(3).max(1)
+}
+
+fn env_usize(name: &str) -> Option<usize> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
 const ZONE: usize = 64 << 20;
 
 /// The workloads' xorshift64, advanced before each use.
@@ -101,7 +113,10 @@ fn wait(pid: libc::pid_t) {
 /// A reader process: reads until `n` records were read or lost, then
 /// stores read and lost at `board[slot]`, `board[slot + 1]`.
 fn reader(ring: &Ring<'_>, board: &Board, slot: usize, n: u64) -> libc::pid_t {
-    let reader = ring.reader(Start::Oldest);
+    let mut reader = ring.reader(Start::Oldest);
+    if std::env::var_os("SHMZONE_RING_BATCHING").is_some() {
+        reader.set_batching(true);
+    }
     fork(move || {
         let mut reader = reader;
         let mut sum = 0usize;
@@ -175,6 +190,34 @@ fn r1(n: usize, bytes: &[u8], stamp: bool) -> (f64, f64, u64) {
         cpu as f64 / n as f64,
         board.at(1).load(Ordering::SeqCst),
     )
+}
+
+/// R1's reader alone, a diagnostic (it must outrun the producer for R1's
+/// 0 lost): ns per record read from a slot filled beforehand with
+/// `min(n, what the slot holds)` 64-byte records, in one process.
+fn r1_read(n: usize, bytes: &[u8]) -> f64 {
+    let cfg = RingConfig {
+        slots: 1,
+        slot_bytes: r1_slot(),
+        max_record: 256,
+        timestamps: false,
+    };
+    let n = n.min(r1_slot() / 96);
+    let zones = ring_zones(&cfg);
+    let ring = Ring::create(&zones.get("ring").unwrap(), &cfg).expect("ring");
+    let mut reader = ring.reader(Start::Oldest);
+    let mut log = ring.producer().expect("a slot");
+    for i in 0..n {
+        log.write(rec(bytes, i, 64)).expect("64 bytes fit");
+    }
+    let t = Instant::now();
+    let mut sum = 0usize;
+    while let Some(r) = reader.next_record().expect("sound") {
+        sum += r.data.len();
+    }
+    let el = t.elapsed();
+    assert_eq!((sum, reader.lost()), (64 * n, 0));
+    ns_per(el, n)
 }
 
 /// R2 once: records per second, records lost.
@@ -306,16 +349,21 @@ fn main() {
         }
     }
     let wants = |id: &str| filters.is_empty() || filters.iter().any(|f| f.eq_ignore_ascii_case(id));
-    let n = if quick { 100_000 } else { 10_000_000 };
+    let n = env_usize("SHMZONE_BENCH_N").unwrap_or(if quick { 100_000 } else { 10_000_000 });
+    let reps = reps();
     let bytes = random_bytes();
     let t = Instant::now();
     println!("workload\tparam\timpl\tvalue\tunit");
     let mut r1_ns = None;
-    if wants("R1") {
-        for stamp in [false, true] {
+    let r1_runs = [
+        (false, wants("R1") || wants("R1plain")),
+        (true, wants("R1") || wants("R1stamped")),
+    ];
+    for (stamp, on) in r1_runs {
+        if on {
             eprintln!("R1{} ...", if stamp { " stamped" } else { "" });
             let (mut ns, mut cpu, mut lost) = (Vec::new(), Vec::new(), Vec::new());
-            for _ in 0..REPS {
+            for _ in 0..reps {
                 let (a, c, b) = r1(n, &bytes, stamp);
                 ns.push(a);
                 cpu.push(c);
@@ -330,10 +378,15 @@ fn main() {
             }
         }
     }
+    if wants("R1read") {
+        eprintln!("R1 reader alone ...");
+        let v: Vec<f64> = (0..reps).map(|_| r1_read(n, &bytes)).collect();
+        emit3("R1", "64", "reader-alone", v, "ns/record");
+    }
     if wants("R2") {
         eprintln!("R2 ...");
         let (mut rate, mut lost) = (Vec::new(), Vec::new());
-        for _ in 0..REPS {
+        for _ in 0..reps {
             let (a, b) = r2(n, &bytes);
             rate.push(a / 1e6);
             lost.push(b as f64);
@@ -348,7 +401,7 @@ fn main() {
             ("write-pipe", r3_pipe),
         ] {
             eprintln!("R3 {imp} ...");
-            let v: Vec<f64> = (0..REPS).map(|_| f(n3, &bytes)).collect();
+            let v: Vec<f64> = (0..reps).map(|_| f(n3, &bytes)).collect();
             let med = emit3("R3", "64", imp, v, "ns/record");
             if let Some(r1) = r1_ns {
                 emit("R3", "64", imp, med / r1, "x R1");
@@ -356,8 +409,8 @@ fn main() {
         }
     }
     eprintln!(
-        "done in {:.1} s ({REPS} reps: median, min, max{})",
+        "done in {:.1} s ({reps} reps: median, min, max{})",
         t.elapsed().as_secs_f64(),
-        if quick { ", --quick: N = 10^5" } else { "" }
+        if quick { ", --quick" } else { "" }
     );
 }

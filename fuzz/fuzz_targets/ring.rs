@@ -11,7 +11,8 @@ use shmzone::Zones;
 
 #[derive(Arbitrary, Debug)]
 struct Input {
-    /// 1..=4 slots.
+    /// 1..=4 slots (low bits); bit 6: the producers stamp records (4-word
+    /// headers); bit 7: the reader made after the damage batches.
     slots: u8,
     /// 4 KiB or 8 KiB slots.
     big: bool,
@@ -53,9 +54,11 @@ fuzz_target!(|input: Input| {
         .expect("zones");
     let zone = zones.get("log").unwrap();
     let ring = Ring::create(&zone, &cfg).expect("ring");
+    let stamp = input.slots & 0x40 != 0;
     let mut early = ring.reader(Start::Oldest);
     {
         let mut p = ring.producer().expect("a slot");
+        p.set_timestamps(stamp);
         for (i, &len) in input.before.iter().take(2000).enumerate() {
             let rec = vec![i as u8; (len % 200) as usize];
             p.write(&rec).expect("fits");
@@ -92,9 +95,11 @@ fuzz_target!(|input: Input| {
     };
     let _ = ring.stats();
     let mut oldest = ring.reader(Start::Oldest);
+    oldest.set_batching(input.slots & 0x80 != 0);
     let mut newest = ring.reader(Start::Newest);
     drain(&mut oldest, 5000);
     if let Ok(mut p) = ring.producer() {
+        p.set_timestamps(stamp);
         for (i, &len) in input.after.iter().take(2000).enumerate() {
             let _ = p.write(&vec![i as u8; (len % 201) as usize]);
         }

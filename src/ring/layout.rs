@@ -12,10 +12,19 @@ use static_assertions::const_assert_eq;
 /// "shmzRNG1", little-endian: the first word of a ring header.
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"shmzRNG1");
 /// The layout version of a ring header, slot headers and records.
-pub(crate) const VERSION: u32 = 1;
+pub(crate) const VERSION: u32 = 2;
 
-/// Bytes of a record's header: length and pid, sequence, time, check.
-pub(crate) const REC_HDR: u64 = 32;
+/// Bytes of a record's header without a time: length and pid, sequence,
+/// check.
+pub(crate) const REC_HDR: u64 = 24;
+/// Bytes of a record's header with a time: length and pid, sequence, time,
+/// check.
+pub(crate) const REC_HDR_STAMPED: u64 = 32;
+/// Bit of a record's first word (above the length) saying that a time
+/// word follows the sequence word.
+const STAMPED: u64 = 1 << 31;
+/// The bits of a record's first word that hold its length.
+const LEN_MASK: u64 = STAMPED - 1;
 /// Flag in [`RingHdr::flags`]: producers stamp records with the time.
 pub(crate) const F_STAMP: u32 = 1;
 
@@ -92,6 +101,7 @@ impl Geometry {
 /// | `claim` | producer, before writing | end of the record being written (`>= head`); bytes before `claim - slot_bytes` are overwritten |
 /// | `tail` | producer, before writing | start of the oldest record still intact |
 /// | `next_seq` | producer, before writing | sequence number of the next record |
+/// | `mark` | producer, release, after the head passed it | start of a recent complete record (one every eighth of the slot): where a reader lapped again and again lands |
 #[repr(C, align(64))]
 pub(crate) struct SlotHdr {
     pub head: AtomicU64,
@@ -101,7 +111,9 @@ pub(crate) struct SlotHdr {
     pub owner: AtomicU32,
     /// How many times the slot was claimed.
     pub claims: AtomicU32,
-    pub _pad0: [u64; 3],
+    /// Start of a recent complete record, stored (release) after `head`.
+    pub mark: AtomicU64,
+    pub _pad0: [u64; 2],
     /// Records written.
     pub written: AtomicU64,
     /// Payload bytes written.
@@ -140,26 +152,32 @@ pub(crate) fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-/// The check word of a record with header words `w0..w2` at byte position
-/// `pos`: a record read from the wrong place, from an older lap, or from
-/// garbage fails it. One multiply (the reader checks every record), not a
-/// checksum of the payload: torn records are kept out by the publishing
-/// order, this only catches memory that is not a record at all.
+/// The check word of a record with header words `w0`, `w1` (sequence) and
+/// `w2` (time, 0 if none) at byte position `pos`: a record read from the
+/// wrong place, from an older lap, or from garbage fails it. One multiply
+/// (the reader checks every record, the producer makes one per record),
+/// not a checksum of the payload: torn records are kept out by the
+/// publishing order, this only catches memory that is not a record at all.
+/// The sequence number is rotated into the high half, where positions of
+/// other laps (which differ in bits 12 and up) do not cancel it.
 #[inline]
 pub(crate) fn rec_check(w0: u64, w1: u64, w2: u64, pos: u64) -> u64 {
-    let x = w0 ^ w1.rotate_left(21) ^ w2.rotate_left(42) ^ pos.wrapping_mul(REC_SALT) ^ REC_SALT;
-    let x = x.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    x ^ (x >> 29)
+    let x = (w0 ^ w1.rotate_left(32) ^ w2.rotate_left(17) ^ pos ^ REC_SALT)
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    x ^ (x >> 32)
 }
 
-/// Bytes a record of `len` payload bytes takes: the header plus the payload
-/// rounded up to 8.
+/// Bytes a record of `len` payload bytes takes: the header (with or
+/// without a time) plus the payload rounded up to 8.
 #[inline]
-pub(crate) fn rec_size(len: u64) -> u64 {
-    REC_HDR + ((len + 7) & !7)
+pub(crate) fn rec_size(len: u64, stamped: bool) -> u64 {
+    REC_HDR + 8 * stamped as u64 + ((len + 7) & !7)
 }
 
-/// A decoded record header.
+/// A decoded record header (`time` 0: the record has no time word).
+///
+/// In the slot: `len | STAMPED << 31 | pid << 32`, `seq`, then `time` if
+/// stamped, then the check word: three words, or four with a time.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct RecHdr {
     pub len: u32,
@@ -169,32 +187,57 @@ pub(crate) struct RecHdr {
 }
 
 impl RecHdr {
-    /// Decodes words `w` (four of them) read at `pos`; `None` if the check
-    /// fails or the length is over `max`.
+    /// Header words of a record whose first word is `w0`: 3 or 4.
+    #[inline]
+    pub fn words_for(w0: u64) -> usize {
+        3 + (w0 & STAMPED != 0) as usize
+    }
+
+    /// Header words of this record.
+    #[inline]
+    pub fn words(&self) -> usize {
+        3 + (self.time != 0) as usize
+    }
+
+    /// Bytes this record takes in the slot.
+    #[inline]
+    pub fn size(&self) -> u64 {
+        rec_size(self.len as u64, self.time != 0)
+    }
+
+    /// Decodes the header whose words `w` were read at `pos` (the fourth
+    /// word only counts for a stamped record: callers that have only three
+    /// words pass 0 for it); `None` if the check fails or the length is
+    /// over `max`.
     #[inline]
     pub fn decode(w: [u64; 4], pos: u64, max: u32) -> Option<RecHdr> {
-        if rec_check(w[0], w[1], w[2], pos) != w[3] {
+        let [w0, seq, w2, w3] = w;
+        let stamped = w0 & STAMPED != 0;
+        let (time, check) = if stamped { (w2, w3) } else { (0, w2) };
+        if rec_check(w0, seq, time, pos) != check || (stamped && time == 0) {
             return None;
         }
-        let len = w[0] as u32;
+        let len = (w0 & LEN_MASK) as u32;
         (len <= max).then_some(RecHdr {
             len,
-            pid: (w[0] >> 32) as u32,
-            seq: w[1],
-            time: w[2],
+            pid: (w0 >> 32) as u32,
+            seq,
+            time,
         })
     }
 
-    /// The four header words of this record at `pos`.
+    /// The header words of this record at `pos` (the first
+    /// [`words`](Self::words) of them).
     #[inline]
     pub fn encode(&self, pos: u64) -> [u64; 4] {
-        let w0 = self.len as u64 | (self.pid as u64) << 32;
-        [
-            w0,
-            self.seq,
-            self.time,
-            rec_check(w0, self.seq, self.time, pos),
-        ]
+        let stamped = self.time != 0;
+        let w0 = self.len as u64 | if stamped { STAMPED } else { 0 } | (self.pid as u64) << 32;
+        let check = rec_check(w0, self.seq, self.time, pos);
+        if stamped {
+            [w0, self.seq, self.time, check]
+        } else {
+            [w0, self.seq, check, 0]
+        }
     }
 }
 
@@ -204,23 +247,28 @@ mod tests {
 
     #[test]
     fn record_header_round_trip_and_check() {
-        let h = RecHdr {
-            len: 61,
-            pid: 4242,
-            seq: 7,
-            time: 99,
-        };
-        let w = h.encode(4096);
-        let d = RecHdr::decode(w, 4096, 100).unwrap();
-        assert_eq!((d.len, d.pid, d.seq, d.time), (61, 4242, 7, 99));
-        assert!(
-            RecHdr::decode(w, 4096 + (1 << 20), 100).is_none(),
-            "other lap"
-        );
-        assert!(RecHdr::decode(w, 4096, 60).is_none(), "over the maximum");
+        for time in [99, 0] {
+            let h = RecHdr {
+                len: 61,
+                pid: 4242,
+                seq: 7,
+                time,
+            };
+            let w = h.encode(4096);
+            let n = h.words();
+            assert_eq!((n, RecHdr::words_for(w[0])), (4 - (time == 0) as usize, n));
+            let d = RecHdr::decode(w, 4096, 100).unwrap();
+            assert_eq!((d.len, d.pid, d.seq, d.time), (61, 4242, 7, time));
+            assert!(
+                RecHdr::decode(w, 4096 + (1 << 20), 100).is_none(),
+                "other lap"
+            );
+            assert!(RecHdr::decode(w, 4096, 60).is_none(), "over the maximum");
+        }
         assert!(RecHdr::decode([0; 4], 0, 100).is_none(), "zeroed memory");
-        assert_eq!(rec_size(0), 32);
-        assert_eq!(rec_size(1), 40);
-        assert_eq!(rec_size(64), 96);
+        assert_eq!(rec_size(0, false), 24);
+        assert_eq!(rec_size(1, false), 32);
+        assert_eq!(rec_size(64, false), 88);
+        assert_eq!(rec_size(64, true), 96);
     }
 }

@@ -32,12 +32,14 @@ impl Marks {
     }
 
     /// Called for every record written: remembers it if it is the first
-    /// at or past the next multiple of `step`.
+    /// at or past the next multiple of `step` (and then says so).
     #[inline]
-    pub fn note(&mut self, pos: u64, seq: u64) {
-        if pos >= self.next {
+    pub fn note(&mut self, pos: u64, seq: u64) -> bool {
+        let marked = pos >= self.next;
+        if marked {
             self.push(pos, seq);
         }
+        marked
     }
 
     #[cold]

@@ -34,11 +34,12 @@
 //! slow a producer (beyond sharing cache lines).
 //!
 //! **Records.** Up to [`RingConfig::max_record`] bytes of payload after a
-//! 32-byte header: payload length, the producer's pid, the slot's sequence
-//! number, the time (`CLOCK_REALTIME` in ns since the Unix epoch, read
-//! through `std::time::SystemTime`, or 0 when the ring does not stamp), and a
-//! check word over those and the record's position. The payload is padded
-//! to 8 bytes. Sequence numbers count per slot and continue across the
+//! 24-byte header (32 with a time): payload length and the producer's pid
+//! in one word, the slot's sequence number, the time if the record has one
+//! (`CLOCK_REALTIME` in ns since the Unix epoch, read through
+//! `std::time::SystemTime`; no time word when the ring does not stamp), and
+//! a check word over those and the record's position. The payload is
+//! padded to 8 bytes. Sequence numbers count per slot and continue across the
 //! producers that use a slot one after the other.
 //!
 //! **Publishing.** A producer first stores the slot's `claim` (the end of
@@ -58,7 +59,11 @@
 //! re-reads `claim` (seqlock-style): if the producer has claimed past the
 //! copied bytes by a whole lap, the copy is discarded and the reader jumps to
 //! `tail`; the records it missed show up as a gap in the sequence numbers,
-//! counted in [`Reader::lost`]. A reader is never handed a torn record.
+//! counted in [`Reader::lost`]. A reader lapped on every try of a refill
+//! jumps to the slot's `mark`, a complete record the producer publishes
+//! once every eighth of the slot, so there is always a record after the
+//! jump whose sequence number counts what was skipped (even if the producer
+//! then stops). A reader is never handed a torn record.
 //!
 //! **Bounds.** Every position read from shared memory is reduced by the
 //! slot's mask before use and checked against the others (`tail <= head <=
@@ -95,7 +100,7 @@ pub use producer::Producer;
 pub use reader::{Reader, ReaderStats, Record, Start};
 pub use stats::{RingStats, SlotStats};
 
-use layout::{Geometry, RingHdr, SlotHdr, F_STAMP, MAGIC, REC_HDR, VERSION};
+use layout::{Geometry, RingHdr, SlotHdr, F_STAMP, MAGIC, REC_HDR_STAMPED, VERSION};
 
 use crate::zone::{Zone, Zones};
 
@@ -109,9 +114,10 @@ pub const MIN_SLOT_BYTES: usize = 4096;
 pub const MAX_SLOT_BYTES: usize = 1 << 30;
 /// The largest record maximum a ring can be made with.
 pub const MAX_RECORD_LIMIT: usize = 1 << 20;
-/// Bytes of a record's header in the ring (length and pid, sequence, time,
-/// check word).
-pub const RECORD_HEADER: usize = REC_HDR as usize;
+/// Bytes of a record's header in the ring, at most: length and pid,
+/// sequence, time, check word (a record without a time has no time word:
+/// 24 bytes).
+pub const RECORD_HEADER: usize = REC_HDR_STAMPED as usize;
 
 /// How to make a ring.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

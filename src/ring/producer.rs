@@ -32,6 +32,8 @@ pub struct Producer<'a> {
     bytes: u64,
     /// The slot's size in bytes.
     cap: u64,
+    /// The ring's longest record payload.
+    max_record: usize,
     overwritten: u64,
     /// Where some of this producer's records start.
     marks: Marks,
@@ -99,7 +101,7 @@ impl<'a> Producer<'a> {
         let claim = hdr.claim.load(Ordering::Relaxed);
         let tail = hdr.tail.load(Ordering::Relaxed);
         let seq = hdr.next_seq.load(Ordering::Relaxed);
-        let max_rec = rec_size(ring.geo().max_record as u64);
+        let max_rec = rec_size(ring.geo().max_record as u64, true);
         let sound = tail <= head
             && head <= claim
             && head - tail <= cap
@@ -121,6 +123,7 @@ impl<'a> Producer<'a> {
             written: hdr.written.load(Ordering::Relaxed),
             bytes: hdr.bytes.load(Ordering::Relaxed),
             cap,
+            max_record: ring.geo().max_record as usize,
             overwritten: hdr.overwritten.load(Ordering::Relaxed),
             marks: Marks::new(cap / 8, head),
             tail_seq: None,
@@ -140,6 +143,7 @@ impl<'a> Producer<'a> {
             hdr.claim.store(restart, Ordering::Relaxed);
             hdr.tail.store(restart, Ordering::Relaxed);
             hdr.head.store(restart, Ordering::Release);
+            hdr.mark.store(restart, Ordering::Release);
             SlotHdr::bump(&hdr.repaired, 1);
         } else if claim > head {
             // The previous owner died between claiming and publishing: its
@@ -204,75 +208,104 @@ impl<'a> Producer<'a> {
     ///
     /// # Errors
     /// As [`write`](Self::write).
-    #[inline]
+    #[inline(always)]
     pub fn write_at(&mut self, data: &[u8], time_ns: u64) -> Result<u64, RingError> {
         if current_pid() != self.pid {
-            return Err(RingError::NotOwner {
-                owner: self.pid,
-                pid: current_pid(),
-            });
+            return Err(self.not_owner());
         }
-        let max = self.ring.geo().max_record;
-        if data.len() > max as usize {
-            SlotHdr::bump(&self.hdr.dropped, 1);
-            return Err(RingError::TooLong {
-                len: data.len(),
-                max: max as usize,
-            });
+        let len = data.len();
+        if len > self.max_record {
+            return Err(self.too_long(len));
         }
         let pos = self.head;
-        let end = pos + rec_size(data.len() as u64);
+        let end = pos + rec_size(len as u64, time_ns != 0);
         // Whatever lies before `end - cap` is about to be written over:
         // drop the oldest records in steps of an eighth of the slot, so
         // the walk over their headers runs once per step, not per record.
         if end - self.tail > self.cap {
-            self.advance_tail(end - self.cap + self.cap / 8);
-            // Release: a reader that sees this tail sees a head past it.
-            self.hdr.tail.store(self.tail, Ordering::Release);
+            self.make_room(end);
         }
         let seq = self.seq;
-        self.seq = self.seq.wrapping_add(1);
-        self.marks.note(pos, seq);
-        self.hdr.next_seq.store(self.seq, Ordering::Relaxed);
+        self.seq = seq.wrapping_add(1);
+        let marked = self.marks.note(pos, seq);
+        // Only this producer writes these words, and readers load them once
+        // per refill, not per record: the stores stay in this core's cache.
+        let hdr = self.hdr;
+        hdr.next_seq.store(self.seq, Ordering::Relaxed);
         if end > self.claim {
             self.claim = end;
         }
-        self.hdr.claim.store(self.claim, Ordering::Relaxed);
+        hdr.claim.store(self.claim, Ordering::Relaxed);
         // The claim is visible before any word it covers changes: a reader
         // that sees a new word (after its acquire fence) sees this claim.
         fence(Ordering::Release);
         let h = RecHdr {
-            len: data.len() as u32,
+            len: len as u32,
             pid: self.pid,
             seq,
             time: time_ns,
         }
         .encode(pos);
+        let nh = 3 + (time_ns != 0) as usize;
         let first = ((pos / 8) & self.mask) as usize;
-        let words = 4 + data.len().div_ceil(8);
-        match self.data.get(first..first + words) {
-            Some(dst) => store_record(dst, h, data),
-            None => self.store_wrapped(first, h, data),
+        if first + ((end - pos) / 8) as usize <= self.data.len() {
+            // SAFETY: the record's words, `first..first + nh + ceil(len /
+            // 8)`, were just checked to lie in the slot's words.
+            unsafe { store_record(self.data.as_ptr().add(first), h, nh, data) };
+        } else {
+            self.store_wrapped(first, h, nh, data);
         }
         self.written = self.written.wrapping_add(1);
-        self.bytes = self.bytes.wrapping_add(data.len() as u64);
-        self.hdr.written.store(self.written, Ordering::Relaxed);
-        self.hdr.bytes.store(self.bytes, Ordering::Relaxed);
+        self.bytes = self.bytes.wrapping_add(len as u64);
+        hdr.written.store(self.written, Ordering::Relaxed);
+        hdr.bytes.store(self.bytes, Ordering::Relaxed);
         self.head = end;
-        self.hdr.head.store(end, Ordering::Release);
+        hdr.head.store(end, Ordering::Release);
+        if marked {
+            // After the head: a reader that loads this mark finds the
+            // record complete.
+            hdr.mark.store(pos, Ordering::Release);
+        }
         Ok(seq)
+    }
+
+    #[cold]
+    fn not_owner(&self) -> RingError {
+        RingError::NotOwner {
+            owner: self.pid,
+            pid: current_pid(),
+        }
+    }
+
+    #[cold]
+    fn too_long(&self, len: usize) -> RingError {
+        SlotHdr::bump(&self.hdr.dropped, 1);
+        RingError::TooLong {
+            len,
+            max: self.max_record,
+        }
+    }
+
+    /// Moves the tail past what a record ending at `end` overwrites, and
+    /// publishes it.
+    #[cold]
+    #[inline(never)]
+    fn make_room(&mut self, end: u64) {
+        self.advance_tail(end - self.cap + self.cap / 8);
+        // Release: a reader that sees this tail sees a head past it.
+        self.hdr.tail.store(self.tail, Ordering::Release);
     }
 
     /// A record that runs past the end of the slot's words: word by word.
     #[cold]
-    fn store_wrapped(&self, first: usize, h: [u64; 4], data: &[u8]) {
+    fn store_wrapped(&self, first: usize, h: [u64; 4], nh: usize, data: &[u8]) {
         let n = self.data.len();
         let payload = data.chunks(8).map(|c| {
             let mut b = [0u8; 8];
             b[..c.len()].copy_from_slice(c);
             u64::from_le_bytes(b)
         });
-        for (k, w) in h.iter().copied().chain(payload).enumerate() {
+        for (k, w) in h[..nh].iter().copied().chain(payload).enumerate() {
             self.data[(first + k) % n].store(w, Ordering::Relaxed);
         }
     }
@@ -311,7 +344,7 @@ impl<'a> Producer<'a> {
             });
             match RecHdr::decode(words, self.tail, max) {
                 Some(h) => {
-                    self.tail += rec_size(h.len as u64);
+                    self.tail += h.size();
                     n += 1;
                 }
                 None => {
@@ -356,25 +389,37 @@ fn now_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-/// Stores a record's header words and payload into `dst` (exactly the
-/// record's words, not wrapping).
-#[inline]
-fn store_record(dst: &[AtomicU64], h: [u64; 4], data: &[u8]) {
-    let (hdr, payload) = dst.split_at(4);
-    for (d, w) in hdr.iter().zip(h) {
-        d.store(w, Ordering::Relaxed);
-    }
-    let mut chunks = data.chunks_exact(8);
-    for (d, c) in payload.iter().zip(&mut chunks) {
-        d.store(
-            u64::from_le_bytes(c.try_into().expect("8 bytes")),
-            Ordering::Relaxed,
-        );
-    }
-    let rest = chunks.remainder();
-    if let (false, Some(d)) = (rest.is_empty(), payload.last()) {
-        let mut b = [0u8; 8];
-        b[..rest.len()].copy_from_slice(rest);
-        d.store(u64::from_le_bytes(b), Ordering::Relaxed);
+/// Stores a record's `nh` (3 or 4) header words `h` and its payload into
+/// the words from `dst` on (not wrapping).
+///
+/// # Safety
+/// `dst` points into a slot's words with `nh + ceil(data.len() / 8)` of
+/// them from there; `nh` is 3 or 4.
+#[inline(always)]
+unsafe fn store_record(dst: *const AtomicU64, h: [u64; 4], nh: usize, data: &[u8]) {
+    // SAFETY: every `dst.add(k)` below has `k < nh + ceil(len / 8)`, in
+    // bounds by the caller's promise (they are atomics, shared with
+    // readers); the payload reads are bytes `8k..8k + 8` of `data` with
+    // `k < len / 8`.
+    unsafe {
+        (*dst).store(h[0], Ordering::Relaxed);
+        (*dst.add(1)).store(h[1], Ordering::Relaxed);
+        (*dst.add(2)).store(h[2], Ordering::Relaxed);
+        if nh == 4 {
+            (*dst.add(3)).store(h[3], Ordering::Relaxed);
+        }
+        let dst = dst.add(nh);
+        let full = data.len() / 8;
+        let src = data.as_ptr();
+        for k in 0..full {
+            let w = src.add(8 * k).cast::<u64>().read_unaligned();
+            (*dst.add(k)).store(u64::from_le(w), Ordering::Relaxed);
+        }
+        let rest = &data[full * 8..];
+        if !rest.is_empty() {
+            let mut b = [0u8; 8];
+            b[..rest.len()].copy_from_slice(rest);
+            (*dst.add(full)).store(u64::from_le_bytes(b), Ordering::Relaxed);
+        }
     }
 }

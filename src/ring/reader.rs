@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::atomic::{fence, Ordering};
 
-use super::layout::{rec_size, RecHdr, REC_HDR};
+use super::layout::{rec_size, RecHdr, REC_HDR, REC_HDR_STAMPED};
 use super::{Ring, RingError};
 
 /// Where a new [`Reader`] starts in each slot.
@@ -43,6 +43,9 @@ struct Cursor {
     /// The slot's head when it was last found corrupted: the slot is
     /// skipped (silently) until its head moves.
     bad_head: Option<u64>,
+    /// The slot's head at the last refill (batching: a head that has not
+    /// moved since is read up to).
+    seen_head: u64,
     /// The reader was lapped in this slot since its last record.
     lapped: bool,
 }
@@ -88,9 +91,16 @@ pub struct Reader<'a> {
     bvalid: u64,
     bnext: u64,
     bfull: bool,
+    /// With batching on, the bytes a refill leaves below a moving head
+    /// (see [`set_batching`](Self::set_batching)); 0 when off.
+    keep_off: u64,
     /// The slot to refill from next (round robin).
     turn: usize,
     stats: ReaderStats,
+    /// Tests only: runs between a refill's copy and its check, so a test
+    /// can make the producer lap the reader at that moment.
+    #[cfg(test)]
+    pub(super) mid_copy: Option<Box<dyn FnMut() + 'a>>,
 }
 
 impl fmt::Debug for Reader<'_> {
@@ -102,14 +112,18 @@ impl fmt::Debug for Reader<'_> {
     }
 }
 
+/// Bytes of a cache line (positions are line-aligned in a slot: its data
+/// starts on a page and its size is a power of two of at least a page).
+const LINE: u64 = 64;
+
 /// How many times a refill retries after being lapped mid-copy before it
-/// skips to the slot's head.
+/// skips ahead (to the producer's mark, see `Reader::landing`).
 const LAPPED_TRIES: usize = 4;
 
 /// The batch copied at once: at least one largest record, at most a slot.
 fn batch_bytes(ring: &Ring<'_>) -> u64 {
     (64 << 10)
-        .max(2 * rec_size(ring.geo().max_record as u64))
+        .max(2 * rec_size(ring.geo().max_record as u64, true))
         .min(ring.geo().slot_bytes)
 }
 
@@ -124,6 +138,7 @@ impl<'a> Reader<'a> {
                         expect: None,
                         bad_head: None,
                         lapped: false,
+                        seen_head: 0,
                     },
                     Start::Oldest => {
                         let tail = s.tail.load(Ordering::Acquire);
@@ -133,6 +148,7 @@ impl<'a> Reader<'a> {
                             expect: (tail == 0).then_some(0),
                             bad_head: None,
                             lapped: false,
+                            seen_head: 0,
                         }
                     }
                 }
@@ -146,8 +162,11 @@ impl<'a> Reader<'a> {
             bvalid: 0,
             bnext: 0,
             bfull: false,
+            keep_off: 0,
             turn: 0,
             stats: ReaderStats::default(),
+            #[cfg(test)]
+            mid_copy: None,
             ring,
         }
     }
@@ -190,18 +209,20 @@ impl<'a> Reader<'a> {
     fn parse_fast(&mut self) -> Option<(RecHdr, usize)> {
         let pos = self.bnext;
         let end = self.bpos + self.bvalid;
-        if end.saturating_sub(pos) < REC_HDR || cfg!(target_endian = "big") {
+        // Four words (a stamped header) in the copy; a shorter rest is
+        // left to the slow path.
+        if end.saturating_sub(pos) < REC_HDR_STAMPED || cfg!(target_endian = "big") {
             return None;
         }
         let off = ((pos - self.bpos) / 8) as usize;
         let w: [u64; 4] = self.batch.get(off..off + 4)?.try_into().ok()?;
         let h = RecHdr::decode(w, pos, self.ring.geo().max_record)?;
-        let size = rec_size(h.len as u64);
+        let size = h.size();
         if end - pos < size {
             return None;
         }
         self.accept(&h, pos + size);
-        Some((h, off + 4))
+        Some((h, off + h.words()))
     }
 
     /// Moves past a record read from the batch: cursor, sequence and
@@ -273,16 +294,20 @@ impl<'a> Reader<'a> {
             cut(self);
             return Ok(None);
         }
-        let w = [
-            self.batch[off],
-            self.batch[off + 1],
-            self.batch[off + 2],
-            self.batch[off + 3],
-        ];
+        let nh = RecHdr::words_for(self.batch[off]);
+        if end - pos < 8 * nh as u64 {
+            if self.bfull {
+                return self.corrupt(format!("head at {end} cuts a record header at {pos}"));
+            }
+            cut(self);
+            return Ok(None);
+        }
+        let mut w = [0; 4];
+        w[..nh].copy_from_slice(&self.batch[off..off + nh]);
         let Some(h) = RecHdr::decode(w, pos, max) else {
             return self.corrupt(format!("bad record header at {pos}"));
         };
-        let size = rec_size(h.len as u64);
+        let size = h.size();
         if end - pos < size {
             if self.bfull {
                 return self.corrupt(format!("head at {end} cuts the record at {pos}"));
@@ -294,11 +319,11 @@ impl<'a> Reader<'a> {
         // The producer stored `u64::from_le_bytes` of the payload: back to
         // bytes in memory order (nothing to do on little-endian targets).
         if cfg!(target_endian = "big") {
-            for w in &mut self.batch[off + 4..off + 4 + (h.len as usize).div_ceil(8)] {
+            for w in &mut self.batch[off + nh..off + nh + (h.len as usize).div_ceil(8)] {
                 *w = w.to_le();
             }
         }
-        Ok(Some((h, off + 4)))
+        Ok(Some((h, off + nh)))
     }
 
     /// Counts a corruption in the batch's slot, moves its cursor to the
@@ -368,7 +393,19 @@ impl<'a> Reader<'a> {
                 self.cursors[slot].lapped = true;
                 continue;
             }
-            let to = head.min(from.saturating_add(self.batch.len() as u64 * 8));
+            let settled = head == self.cursors[slot].seen_head;
+            self.cursors[slot].seen_head = head;
+            let mut to = head.min(from.saturating_add(self.batch.len() as u64 * 8));
+            if self.keep_off != 0 && to == head && !settled {
+                // Batching, and the producer is still writing: stay off the
+                // cache line it writes; a whole record (at most `keep_off`
+                // bytes) lies below the line, so this copy has one.
+                let below = head & !(LINE - 1);
+                if below < from.saturating_add(self.keep_off) {
+                    return Ok(false);
+                }
+                to = below;
+            }
             let words = ((to - from) / 8) as usize;
             let first = ((from / 8) & mask) as usize;
             let split = words.min(data.len() - first);
@@ -378,6 +415,10 @@ impl<'a> Reader<'a> {
             }
             for (b, d) in b2.iter_mut().zip(data) {
                 *b = d.load(Ordering::Relaxed);
+            }
+            #[cfg(test)]
+            if let Some(f) = self.mid_copy.as_mut() {
+                f();
             }
             // Any word the producer changed after claiming past it makes
             // this load see that claim.
@@ -395,11 +436,61 @@ impl<'a> Reader<'a> {
             self.cursors[slot].lapped = true;
             self.cursors[slot].pos = s.tail.load(Ordering::Acquire).max(c.pos);
         }
-        // The producer laps us faster than we copy: skip to its head (the
-        // records in between show up as lost).
-        self.cursors[slot].pos = s.head.load(Ordering::Acquire);
+        // The producer laps us faster than we copy: skip ahead.
+        self.cursors[slot].pos = self.landing(slot, self.cursors[slot].pos);
         self.cursors[slot].lapped = true;
         Ok(false)
+    }
+
+    /// Where a reader lapped on every try of a refill goes on in `slot`:
+    /// the producer's mark (a complete record at most about an eighth of
+    /// the slot behind its head), so that the reader has most of a lap to
+    /// copy in and, above all, reads a record there whose sequence number
+    /// counts what it skipped as lost, even if the producer writes nothing
+    /// more. Never behind `at` (a record start this reader knows: it stays
+    /// there if the mark is behind it); the head only when neither is sound
+    /// (a corrupted slot).
+    fn landing(&self, slot: usize, at: u64) -> u64 {
+        let s = self.ring.slot(slot);
+        let cap = self.ring.geo().slot_bytes;
+        let mut head = 0;
+        for _ in 0..LAPPED_TRIES {
+            // The mark first: it is stored after the head that passed its
+            // record, and the tail before the head past it.
+            let mark = s.mark.load(Ordering::Acquire);
+            let tail = s.tail.load(Ordering::Acquire);
+            head = s.head.load(Ordering::Acquire);
+            if tail > head || head - tail > cap {
+                continue;
+            }
+            let sound = |p: u64| tail <= p && p < head && p % 8 == 0;
+            if sound(mark) && mark >= at {
+                return mark;
+            }
+            if sound(at) {
+                return at;
+            }
+        }
+        head
+    }
+
+    /// Batching (off by default): while a slot's producer is writing, a
+    /// refill leaves the records that reach into the cache line being
+    /// written for a later call (and copies nothing while less than a
+    /// largest record lies below that line), so the
+    /// reader does not take the producer's current cache line away from it
+    /// at every poll, which slows a producer that a reader follows
+    /// closely. Once the head has not moved between two calls, a call
+    /// reads up to it: an idle producer's last records are read on the
+    /// second poll after they were written. For readers that poll in a
+    /// loop and care for the producers' speed more than for a
+    /// microsecond's delay (a log shipper, `shmzone-tail`).
+    pub fn set_batching(&mut self, on: bool) {
+        self.keep_off = if on {
+            rec_size(self.ring.geo().max_record as u64, true) + LINE
+        } else {
+            0
+        };
     }
 
     /// Records this reader missed so far (see [`ReaderStats::lost`]).

@@ -263,3 +263,120 @@ fn zone_size_is_enough() {
         assert_eq!((ring.slots(), ring.slot_bytes()), (slots, slot_bytes));
     }
 }
+
+/// A reader lapped in every one of its refill's tries skips ahead; when
+/// the producer then stops, every record it did not read must still be
+/// counted as lost (read + lost == written), and what it reads is in order.
+#[test]
+fn a_reader_lapped_on_every_try_counts_what_it_skipped() {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    let cfg = RingConfig {
+        slots: 1,
+        ..small()
+    };
+    let zones = ring_zones(&cfg);
+    let ring = Ring::create(&zones.get("log").unwrap(), &cfg).unwrap();
+    let mut reader = ring.reader(Start::Oldest);
+    let p = Rc::new(RefCell::new(ring.producer().unwrap()));
+    let write = |p: &Rc<RefCell<Producer<'_>>>, n: usize| {
+        let mut p = p.borrow_mut();
+        for _ in 0..n {
+            let seq = p.next_seq();
+            p.write(&[seq as u8; 40]).unwrap();
+        }
+    };
+    write(&p, 10);
+    // During each of the next refills, a whole slot's worth of records
+    // more (64 bytes each: 24 of header, 40 of payload) is written: the
+    // copy is always stale.
+    let laps = Rc::new(RefCell::new(0));
+    let (p2, laps2) = (p.clone(), laps.clone());
+    reader.mid_copy = Some(Box::new(move || {
+        let mut n = laps2.borrow_mut();
+        if *n < 6 {
+            *n += 1;
+            write(&p2, (cfg.slot_bytes / 64) + 3);
+        }
+    }));
+    let mut last = None;
+    let mut spins = 0;
+    while spins < 100 {
+        match reader.next_record().unwrap() {
+            Some(r) => {
+                assert_eq!(r.data, &[r.seq as u8; 40][..]);
+                assert!(last.is_none_or(|l| r.seq > l), "{:?} after {last:?}", r.seq);
+                last = Some(r.seq);
+            }
+            None => spins += 1,
+        }
+    }
+    let written = p.borrow().next_seq();
+    assert!(
+        *laps.borrow() >= 4,
+        "the reader was lapped {} times",
+        laps.borrow()
+    );
+    assert_eq!(
+        reader.read() + reader.lost(),
+        written,
+        "read {} lost {} of {written}",
+        reader.read(),
+        reader.lost()
+    );
+    assert!(reader.lost() > 0);
+    assert_eq!(reader.stats().lag_records, 0);
+}
+
+/// A batching reader leaves the producer's current cache line alone while
+/// the head moves (and reads nothing while less than a largest record lies
+/// below it), and reads up to the head once it stops: nothing is lost or
+/// repeated.
+#[test]
+fn a_batching_reader_stays_off_the_line_being_written() {
+    let cfg = RingConfig {
+        slots: 1,
+        slot_bytes: 1 << 16,
+        ..small()
+    };
+    let zones = ring_zones(&cfg);
+    let ring = Ring::create(&zones.get("log").unwrap(), &cfg).unwrap();
+    let mut r = ring.reader(Start::Oldest);
+    r.set_batching(true);
+    let mut p = ring.producer().unwrap();
+    let drain = |r: &mut Reader<'_>, expect: &mut u64| {
+        let mut n = 0;
+        while let Some(rec) = r.next_record().unwrap() {
+            assert_eq!((rec.seq, rec.data), (*expect, &[*expect as u8; 40][..]));
+            *expect += 1;
+            n += 1;
+        }
+        n
+    };
+    let mut next = 0;
+    for i in 0..3u64 {
+        p.write(&[i as u8; 40]).unwrap();
+    }
+    // The head moved since the reader last looked: nothing yet.
+    assert_eq!(drain(&mut r, &mut next), 0);
+    // It did not move since: all of it.
+    assert_eq!(drain(&mut r, &mut next), 3);
+    // 64-byte records (one per cache line here): 200 of them, one poll, one
+    // more record (the producer is still writing): the polls read all but
+    // the one in the head's cache line.
+    for i in 3..203u64 {
+        p.write(&[i as u8; 40]).unwrap();
+    }
+    assert!(r.next_record().unwrap().is_some());
+    next += 1;
+    p.write(&[203; 40]).unwrap();
+    let got = 1 + drain(&mut r, &mut next);
+    let left = p.next_seq() - 3 - got;
+    assert_eq!(left, 1, "read {got}");
+    // The head did not move since: the rest.
+    assert_eq!(drain(&mut r, &mut next), left);
+    assert_eq!((r.read(), r.lost(), next), (204, 0, 204));
+    r.set_batching(false);
+    p.write(&[204; 40]).unwrap();
+    assert_eq!(drain(&mut r, &mut next), 1, "off: at once");
+}
