@@ -51,13 +51,9 @@ impl<'z> Dict<'z> {
         }
         bump(&self.h().sets);
         self.tidy(&s)?;
-        let sp = s.savepoint();
-        let r = self.push_locked(&s, h, key, bytes, v.kind, left, found, live.map(|f| f.e));
-        if r.is_err() {
-            // SAFETY: `sp` came from this section.
-            unsafe { s.rollback_to(sp) };
-        }
-        r
+        s.all_or_nothing(|| {
+            self.push_locked(&s, h, key, bytes, v.kind, left, found, live.map(|f| f.e))
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -159,13 +155,7 @@ impl<'z> Dict<'z> {
                 found: kind_name(kind),
             });
         }
-        let sp = s.savepoint();
-        let r = self.pop_locked(&s, &f, left);
-        if r.is_err() {
-            // SAFETY: `sp` came from this section.
-            unsafe { s.rollback_to(sp) };
-        }
-        r
+        s.all_or_nothing(|| self.pop_locked(&s, &f, left))
     }
 
     fn pop_locked(

@@ -96,8 +96,7 @@ impl<'z> Dict<'z> {
                 return Ok(Stored::default());
             }
         }
-        let sp = s.savepoint();
-        let r = (|| {
+        s.all_or_nothing(|| {
             let size = entry_size(key.len(), bytes.len());
             // Allocate before freeing the old entry when there is room: the
             // new block then cannot reuse the old one's memory (which would
@@ -117,13 +116,7 @@ impl<'z> Dict<'z> {
             };
             s.insert(p, h, key, v.kind, bytes, flags, exp)?;
             Ok(Stored { forcible })
-        })();
-        if r.is_err() {
-            // SAFETY: `sp` came from this section; nothing allocated since
-            // is used after.
-            unsafe { s.rollback_to(sp) };
-        }
-        r
+        })
     }
 
     /// Rewrites an entry's kind, flags, generation, expiry and value in
@@ -177,17 +170,22 @@ impl<'z> Dict<'z> {
             return Ok(false);
         };
         let live = s.live(f.e);
-        let sp = s.savepoint();
-        let r = s
-            .unlink(&f)
-            .and_then(|()| s.free_entry(f.e))
-            .and_then(|()| self.tidy(&s));
-        if let Err(e) = r {
-            // SAFETY: `sp` came from this section.
-            unsafe { s.rollback_to(sp) };
-            return Err(e);
-        }
+        self.remove_found(&s, &f)?;
         Ok(live)
+    }
+
+    /// Unlinks and frees a found entry (and a few garbage nodes), as a
+    /// whole or not at all.
+    pub(super) fn remove_found(
+        &self,
+        s: &super::section::Sec<'_, '_, 'z>,
+        f: &super::section::Found,
+    ) -> Result<(), DictError> {
+        s.all_or_nothing(|| {
+            s.unlink(f)?;
+            s.free_entry(f.e)?;
+            self.tidy(s)
+        })
     }
 
     /// `incr`: see [`Dict::incr`].

@@ -262,6 +262,23 @@ impl<'g, 'd, 'z> Sec<'g, 'd, 'z> {
         (self.g.savepoint(), self.nfreed.get())
     }
 
+    /// Runs `f` as a whole: if it fails, everything it did in this section
+    /// is undone (a savepoint before, a rollback to it on `Err`). `f`
+    /// must not leave what it allocated anywhere but in its `Ok` value.
+    pub fn all_or_nothing<T>(
+        &self,
+        f: impl FnOnce() -> Result<T, DictError>,
+    ) -> Result<T, DictError> {
+        let sp = self.savepoint();
+        let r = f();
+        if r.is_err() {
+            // SAFETY: `sp` came from this section; what `f` allocated is
+            // dropped with its `Err`.
+            unsafe { self.rollback_to(sp) };
+        }
+        r
+    }
+
     /// Undoes everything since `sp`: the journal's records, and this
     /// section's own memory of the blocks it freed since (a rollback
     /// revives them) and of the words it saved since.

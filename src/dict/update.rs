@@ -167,16 +167,7 @@ impl<'z> Dict<'z> {
                 let Some(fd) = found else {
                     return Ok(out);
                 };
-                let sp = s.savepoint();
-                let r = s
-                    .unlink(&fd)
-                    .and_then(|()| s.free_entry(fd.e))
-                    .and_then(|()| self.tidy(&s));
-                if let Err(e) = r {
-                    // SAFETY: `sp` came from this section.
-                    unsafe { s.rollback_to(sp) };
-                    return Err(e);
-                }
+                self.remove_found(&s, &fd)?;
                 return Ok(out);
             }
             Update::Set(v) => match live {
@@ -193,16 +184,11 @@ impl<'z> Dict<'z> {
         let v = Encoded::new(value);
         self.check_value(&v)?;
         bump(&self.h().sets);
-        let sp = s.savepoint();
-        let r = self
-            .tidy(&s)
-            .and_then(|()| self.put(&s, h, key, &v, flags, exp, found, true));
-        if let Err(e) = r {
-            // SAFETY: `sp` came from this section; `put` rolled back its own
-            // part already, this undoes what `tidy` freed.
-            unsafe { s.rollback_to(sp) };
-            return Err(e);
-        }
+        // `put` rolls back its own part; this also undoes what `tidy` freed.
+        s.all_or_nothing(|| {
+            self.tidy(&s)?;
+            self.put(&s, h, key, &v, flags, exp, found, true)
+        })?;
         Ok(out)
     }
 }

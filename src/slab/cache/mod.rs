@@ -148,6 +148,23 @@ pub(crate) struct Mag {
 }
 
 assert_eq_size!(Mag, [u8; 160]);
+
+impl Mag {
+    /// Counts one request of `size` bytes this cache served (statistics
+    /// words only its owner writes; whatever a dead owner left, added
+    /// without overflow checks).
+    #[inline(always)]
+    pub(crate) fn count(&self, size: usize) {
+        self.reqs.store(
+            self.reqs.load(Ordering::Relaxed).wrapping_add(1),
+            Ordering::Relaxed,
+        );
+        self.bytes.store(
+            self.bytes.load(Ordering::Relaxed).wrapping_add(size as u64),
+            Ordering::Relaxed,
+        );
+    }
+}
 assert_eq_size!(SlotHead, [u8; 64]);
 
 /// Bytes of a slot body.
@@ -651,14 +668,7 @@ impl Pool {
             .store(((w >> 32) + 1) << 32 | (n - 1) as u64, Ordering::Relaxed);
         killpoint::point();
         top.store(EMPTY, Ordering::Relaxed);
-        m.reqs.store(
-            m.reqs.load(Ordering::Relaxed).wrapping_add(1),
-            Ordering::Relaxed,
-        );
-        m.bytes.store(
-            m.bytes.load(Ordering::Relaxed).wrapping_add(size as u64),
-            Ordering::Relaxed,
-        );
+        m.count(size);
         Some(off)
     }
 

@@ -393,14 +393,7 @@ impl Pool {
         }
         match got {
             Some(off) => {
-                m.reqs.store(
-                    m.reqs.load(Ordering::Relaxed).wrapping_add(1),
-                    Ordering::Relaxed,
-                );
-                m.bytes.store(
-                    m.bytes.load(Ordering::Relaxed).wrapping_add(size as u64),
-                    Ordering::Relaxed,
-                );
+                m.count(size);
                 Some(self.data_ptr(off))
             }
             None => {
