@@ -4,7 +4,7 @@
 use std::fmt;
 
 use super::layout::{
-    Desc, Link, State, CLASS, FIRST_DESC_BITMAP_CLASS, INTERNAL, NCLASSES, NIL, SLAB_PAGE,
+    Desc, Link, State, CLASS, FIRST_DESC_BITMAP_CLASS, INTERNAL, MAX_REQS, NCLASSES, NIL, SLAB_PAGE,
 };
 use super::{Pool, PoolGuard};
 
@@ -62,9 +62,6 @@ fn fail(invariant: &'static str, page: u32, found: u64, expected: u64) -> Result
 fn fail_pool(invariant: &'static str, found: u64, expected: u64) -> Result<(), CheckError> {
     Err(CheckError::new(invariant, None, found, expected))
 }
-
-/// The largest request counter `check` accepts.
-const MAX_REQS: u64 = 1 << 62;
 
 /// Walks the whole pool. `pages` is the first data page in this process.
 pub(crate) fn check(st: &State, d: &[Desc], pages: *const u8) -> Result<(), CheckError> {

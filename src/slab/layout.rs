@@ -43,6 +43,11 @@ pub(crate) const MAX_NARROW_CHUNK: usize = 1024;
 /// Pools of this many pages (8 MiB) or more cut the classes' slabs from
 /// the wide table (see `slab_pages`).
 pub(crate) const WIDE_PAGES: usize = 2048;
+/// The largest class request counter `check` accepts: no pool makes 2^62
+/// requests (146 years at 10^9 a second), so a larger one is garbage,
+/// which the next allocation would wrap. `recount` and `reformat` bring
+/// the counters back under it.
+pub(crate) const MAX_REQS: u64 = 1 << 62;
 /// The most pages one slab of a class spans.
 pub(crate) const MAX_SLAB_PAGES: u32 = 8;
 

@@ -11,7 +11,7 @@
 use super::error::FreeError;
 use super::layout::{
     chunk_at, class_size, pages_for, ClassState, Classes, Desc, Header, Link, State, CLASS,
-    FIRST_DESC_BITMAP_CLASS, INTERNAL, JOURNAL_OFF, NCLASSES, NIL, PAGE_SHIFT, SLAB_PAGE,
+    FIRST_DESC_BITMAP_CLASS, INTERNAL, JOURNAL_OFF, MAX_REQS, NCLASSES, NIL, PAGE_SHIFT, SLAB_PAGE,
 };
 use crate::journal::{record_words, Journal, JournalHeader};
 use crate::killpoint;
@@ -909,16 +909,20 @@ impl Core<'_> {
         }
         for c in 0..NCLASSES {
             let s = self.st.classes[c];
-            let reqs = s.reqs.max(s.fails.saturating_add(used[c]));
-            if (s.used, s.total, s.reqs) != (used[c], total[c], reqs) {
+            // fails <= reqs - used, reqs <= MAX_REQS (what check wants).
+            let fails = s.fails.min(MAX_REQS - used[c]);
+            let reqs = s.reqs.max(fails + used[c]).min(MAX_REQS);
+            if (s.used, s.total, s.reqs, s.fails) != (used[c], total[c], reqs, fails) {
                 self.save_class(c);
                 let s = &mut self.st.classes[c];
                 fixed += (s.used != used[c]) as usize
                     + (s.total != total[c]) as usize
-                    + (s.reqs != reqs) as usize;
+                    + (s.reqs != reqs) as usize
+                    + (s.fails != fails) as usize;
                 s.used = used[c];
                 s.total = total[c];
                 s.reqs = reqs;
+                s.fails = fails;
             }
         }
         let page_reqs = self.st.page_reqs.max(self.st.page_fails);
@@ -938,7 +942,8 @@ impl Core<'_> {
     /// page, no classes. Not journaled (see `Pool::reinit`).
     pub fn reformat(&mut self) {
         let npages = self.d.len() as u32;
-        let keep_fails: [u64; NCLASSES] = std::array::from_fn(|c| self.st.classes[c].fails);
+        let keep_fails: [u64; NCLASSES] =
+            std::array::from_fn(|c| self.st.classes[c].fails.min(MAX_REQS));
         for (c, cs) in self.st.classes.iter_mut().enumerate() {
             *cs = ClassState::EMPTY;
             cs.fails = keep_fails[c];
