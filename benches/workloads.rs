@@ -192,8 +192,9 @@ impl Spread {
 fn fmt(value: f64) -> String {
     if value >= 1000.0 || value == value.trunc() {
         format!("{value:.0}")
-    } else if value < 1.0 {
-        format!("{value:.4}")
+    } else if value < 10.0 {
+        // Ratios and small times: three significant digits at least.
+        format!("{value:.3}")
     } else {
         format!("{value:.1}")
     }
@@ -245,47 +246,53 @@ fn bench_lock(cfg: &Cfg) {
     emit("lock", "-", "shmzone", Spread::of(v), "ns/pair");
 }
 
+/// W1 for both allocators, their repetitions alternated (ours, System,
+/// ours, ...) so that a change in the machine's speed during the run (this
+/// VM's is bimodal, with steps of seconds) falls on both; besides each
+/// allocator's figures, the ratio of each repetition's pair is reported
+/// (`shmzone/System`, median, min, max).
 fn bench_w1(cfg: &Cfg) {
     let n = cfg.n(10_000_000);
     for size in W1_SIZES {
         eprintln!("W1 size {size} ...");
-        let mut v = Vec::new();
+        let (mut ours, mut sys, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..REPS {
             let zone = Zone::new();
-            v.push(ns_per(w1(&zone.pool, size, n), n));
+            let a = ns_per(w1(&zone.pool, size, n), n);
+            let b = ns_per(w1(&System, size, n), n);
+            ours.push(a);
+            sys.push(b);
+            ratio.push(a / b);
         }
-        emit(
-            "W1",
-            &size.to_string(),
-            Pool::NAME,
-            Spread::of(v),
-            "ns/pair",
-        );
-        let v: Vec<_> = (0..REPS).map(|_| ns_per(w1(&System, size, n), n)).collect();
-        emit(
-            "W1",
-            &size.to_string(),
-            System::NAME,
-            Spread::of(v),
-            "ns/pair",
-        );
+        let param = size.to_string();
+        emit("W1", &param, Pool::NAME, Spread::of(ours), "ns/pair");
+        emit("W1", &param, System::NAME, Spread::of(sys), "ns/pair");
+        emit("W1", &param, RATIO, Spread::of(ratio), "x");
     }
 }
+
+/// The `impl` column of a ratio line: ours over the system allocator, per
+/// alternated repetition.
+const RATIO: &str = "shmzone/System";
 
 fn bench_w2(cfg: &Cfg) {
     let n = cfg.n(5_000_000);
     eprintln!("W2 ...");
     let mut slots = vec![(std::ptr::null_mut(), 0); K];
-    let mut v = Vec::new();
+    let (mut ours, mut sys, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+    // Alternated as W1's repetitions are.
     for _ in 0..REPS {
         let zone = Zone::new();
-        v.push(ns_per(w2::<_, K>(&zone.pool, &mut slots, n, 42), n));
+        let a = ns_per(w2::<_, K>(&zone.pool, &mut slots, n, 42), n);
+        drop(zone);
+        let b = ns_per(w2::<_, K>(&System, &mut slots, n, 42), n);
+        ours.push(a);
+        sys.push(b);
+        ratio.push(a / b);
     }
-    emit("W2", "-", Pool::NAME, Spread::of(v), "ns/op");
-    let v: Vec<_> = (0..REPS)
-        .map(|_| ns_per(w2::<_, K>(&System, &mut slots, n, 42), n))
-        .collect();
-    emit("W2", "-", System::NAME, Spread::of(v), "ns/op");
+    emit("W2", "-", Pool::NAME, Spread::of(ours), "ns/op");
+    emit("W2", "-", System::NAME, Spread::of(sys), "ns/op");
+    emit("W2", "-", RATIO, Spread::of(ratio), "x");
 }
 
 fn bench_w3() {

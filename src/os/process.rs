@@ -1,6 +1,6 @@
 //! Process identity and liveness.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 
 use super::membarrier;
 
@@ -28,9 +28,39 @@ static BARRIER: AtomicBool = AtomicBool::new(false);
 static ATFORK: AtomicU32 = AtomicU32::new(0);
 const ATFORK_DONE: u32 = u32::MAX;
 
+/// A function the `pthread_atfork` child handler runs after clearing
+/// `PID` (0: none), set by [`on_fork_child`]: the slab caches forget the
+/// calling thread's most recently used slot there, so their fast path
+/// needs no pid compare.
+static CHILD_HOOK: AtomicUsize = AtomicUsize::new(0);
+
 extern "C" fn forget_pid() {
     PID.store(0, Ordering::Relaxed);
     BARRIER.store(false, Ordering::Relaxed);
+    let hook = CHILD_HOOK.load(Ordering::Relaxed);
+    if hook != 0 {
+        // SAFETY: only `on_fork_child` stores a non-zero value, and it
+        // stores a `fn()` cast to usize.
+        let f = unsafe { std::mem::transmute::<usize, fn()>(hook) };
+        f();
+    }
+}
+
+/// Runs `f` in the child of every later `fork` (by libc's `fork`, in the
+/// forking thread, the child's only thread) once [`fork_handler_ready`]
+/// says the handler exists. One hook per process: a second call replaces
+/// the first. `f` must be async-signal-safe (touch only atomics and the
+/// thread's own `Cell`s).
+pub(crate) fn on_fork_child(f: fn()) {
+    CHILD_HOOK.store(f as usize, Ordering::Relaxed);
+}
+
+/// Whether the `pthread_atfork` handler is registered in this process, so
+/// that a fork from now on clears the cached pid and runs the hook of
+/// [`on_fork_child`] in the child.
+#[inline]
+pub(crate) fn fork_handler_ready() -> bool {
+    ATFORK.load(Ordering::Acquire) == ATFORK_DONE
 }
 
 /// Whether this process may unlock with a plain store: it is registered for

@@ -61,7 +61,9 @@ use super::layout::{
 use super::page::{ALLOC_BUDGET, FREE_BUDGET};
 use super::Pool;
 use crate::killpoint;
-use crate::os::process::{current_pid, current_tid, pid_alive, thread_alive};
+use crate::os::process::{
+    current_pid, current_tid, fork_handler_ready, on_fork_child, pid_alive, thread_alive,
+};
 
 mod slots;
 
@@ -132,6 +134,12 @@ pub(crate) struct SlotHead {
     pub seen: AtomicU64,
     pub _pad: [u64; 6],
 }
+
+/// One generation in a magazine's word: a pop stores `word + GEN_ONE - 1`
+/// and a push `word + GEN_ONE + 1`, one add each (the count is at least 1
+/// before a pop and below `MAG` before a push, so it never borrows from
+/// or carries into the generation, which wraps on its own).
+const GEN_ONE: u64 = 1 << 32;
 
 /// One class's magazine.
 #[repr(C, align(32))]
@@ -265,6 +273,24 @@ thread_local! {
     /// Whether HELD has a slot in it (of this process or, after a fork,
     /// of the parent's: then the slow path looks and forgets it).
     static HOLDS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Makes `h` the calling thread's most recently used slot, which
+/// [`Pool::my_slot_fast`] trusts without comparing pids: only once the
+/// fork handler exists, so that a child forked from now on starts with
+/// an empty MRU (`forget_mru` runs in it) instead of its parent's slot.
+/// Until then every call takes the slow path, which compares pids.
+fn set_mru(h: Held) {
+    if fork_handler_ready() {
+        on_fork_child(forget_mru);
+        MRU.with(|m| m.set(h));
+    }
+}
+
+/// The fork child hook: the child's only thread forgets its parent's MRU
+/// slot (touches only this thread's `Cell`: async-signal-safe).
+fn forget_mru() {
+    MRU.with(|m| m.set(Held::NONE));
 }
 
 /// What a lock-free push did.
@@ -401,7 +427,9 @@ impl Pool {
     #[inline(always)]
     pub(crate) fn my_slot_fast(&self) -> Option<NonNull<SlotHead>> {
         let h = MRU.with(Cell::get);
-        if h.base == self.base.as_ptr() as usize && h.slot < self.len && h.pid == current_pid() {
+        // No pid compare: a forked child starts with an empty MRU (see
+        // `set_mru`), so a slot found here is this process's.
+        if h.base == self.base.as_ptr() as usize && h.slot < self.len {
             let s = self.base.as_ptr().wrapping_add(h.slot).cast::<SlotHead>();
             // SAFETY: h.slot < len: inside the pool, and 64-aligned (set from
             // a page run by `claim`).
@@ -462,7 +490,7 @@ impl Pool {
                             return None;
                         }
                     }
-                    MRU.with(|m| m.set(h));
+                    set_mru(h);
                     return Some(slot);
                 }
                 // Our slot was taken from us (re-initialised pool).
@@ -498,7 +526,7 @@ impl Pool {
             HOLDS.with(|x| x.set(v.iter().any(|o| o.slot != usize::MAX)));
         });
         if h.slot != usize::MAX {
-            MRU.with(|m| m.set(h));
+            set_mru(h);
         }
     }
 
@@ -664,8 +692,7 @@ impl Pool {
             return None;
         }
         killpoint::point();
-        m.word
-            .store(((w >> 32) + 1) << 32 | (n - 1) as u64, Ordering::Relaxed);
+        m.word.store(w.wrapping_add(GEN_ONE - 1), Ordering::Relaxed);
         killpoint::point();
         top.store(EMPTY, Ordering::Relaxed);
         m.count(size);
@@ -707,13 +734,14 @@ impl Pool {
         if in_mag(&m.e, e) {
             return Push::Twice(twice);
         }
-        if n >= cap {
+        // `cap` is at most MAG unless the word was garbled: then take the
+        // flush path (which checks the magazine), never index past it.
+        if n >= cap || n as usize >= MAG {
             return if cap == 0 { Push::No } else { Push::Full(c) };
         }
         m.e[n as usize].store(e, Ordering::Relaxed);
         killpoint::point();
-        m.word
-            .store(((w >> 32) + 1) << 32 | (n + 1) as u64, Ordering::Release);
+        m.word.store(w.wrapping_add(GEN_ONE + 1), Ordering::Release);
         Push::Done
     }
 
