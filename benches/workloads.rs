@@ -374,53 +374,65 @@ fn w4_check_after(pool: &Pool, procs: usize) {
     }
 }
 
+/// W4 once with `procs` processes: ns per op over all of them.
+fn w4_once(n: usize, procs: usize) -> f64 {
+    let zone = Zone::new();
+    // Made before the fork: each child uses its own copy.
+    let mut slots = vec![(std::ptr::null_mut(), 0); K / procs];
+    let t = Instant::now();
+    let mut pids = Vec::new();
+    for w in 0..procs {
+        // SAFETY: the child only runs W2 on the shared pool and its
+        // own copy of `slots`, then `_exit`s.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let seed = 42 + w as u64;
+            match procs {
+                1 => w2::<_, K>(&zone.pool, &mut slots, n, seed),
+                2 => w2::<_, { K / 2 }>(&zone.pool, &mut slots, n / 2, seed),
+                _ => w2::<_, { K / 4 }>(&zone.pool, &mut slots, n / 4, seed),
+            };
+            // SAFETY: ends the child without running destructors.
+            unsafe { libc::_exit(0) };
+        }
+        pids.push(pid);
+    }
+    for pid in pids {
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(
+            r == pid && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "W4 P={procs}: child {pid} failed (waitpid {r}, status {status:#x})"
+        );
+    }
+    let ns = ns_per(t.elapsed(), n);
+    // The children's per-thread caches go back to the pool, as the
+    // prefork master's recovery does for dead workers: one each.
+    let back = zone.pool.reclaim_caches();
+    if zone.pool.cache_enabled() && back != procs {
+        panic!("W4 P={procs}: {back} cache(s) returned, expected one per child");
+    }
+    w4_check_after(&zone.pool, procs);
+    ns
+}
+
+/// W4: each repetition runs P = 1, 2, 4 in turn (so that a change in the
+/// machine's speed falls on all three), and besides each P's figures the
+/// throughput ratios P=2/P=1 and P=4/P=2 of each repetition are reported
+/// (impl `2/1`, `4/2`: median, min, max).
 fn bench_w4(cfg: &Cfg) {
     let n = cfg.n(5_000_000);
-    for procs in W4_PROCS {
-        eprintln!("W4 P={procs} ...");
-        let mut v = Vec::new();
-        for _ in 0..REPS {
-            let zone = Zone::new();
-            // Made before the fork: each child uses its own copy.
-            let mut slots = vec![(std::ptr::null_mut(), 0); K / procs];
-            let t = Instant::now();
-            let mut pids = Vec::new();
-            for w in 0..procs {
-                // SAFETY: the child only runs W2 on the shared pool and its
-                // own copy of `slots`, then `_exit`s.
-                let pid = unsafe { libc::fork() };
-                assert!(pid >= 0, "fork failed");
-                if pid == 0 {
-                    let seed = 42 + w as u64;
-                    match procs {
-                        1 => w2::<_, K>(&zone.pool, &mut slots, n, seed),
-                        2 => w2::<_, { K / 2 }>(&zone.pool, &mut slots, n / 2, seed),
-                        _ => w2::<_, { K / 4 }>(&zone.pool, &mut slots, n / 4, seed),
-                    };
-                    // SAFETY: ends the child without running destructors.
-                    unsafe { libc::_exit(0) };
-                }
-                pids.push(pid);
-            }
-            for pid in pids {
-                let mut status = 0;
-                // SAFETY: waits for our own child.
-                let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-                assert!(
-                    r == pid && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-                    "W4 P={procs}: child {pid} failed (waitpid {r}, status {status:#x})"
-                );
-            }
-            v.push(ns_per(t.elapsed(), n));
-            // The children's per-thread caches go back to the pool, as the
-            // prefork master's recovery does for dead workers: one each.
-            let back = zone.pool.reclaim_caches();
-            if zone.pool.cache_enabled() && back != procs {
-                panic!("W4 P={procs}: {back} cache(s) returned, expected one per child");
-            }
-            w4_check_after(&zone.pool, procs);
+    let mut v: Vec<Vec<f64>> = vec![Vec::new(); W4_PROCS.len()];
+    for rep in 0..REPS {
+        for (i, &procs) in W4_PROCS.iter().enumerate() {
+            eprintln!("W4 P={procs} (repetition {}) ...", rep + 1);
+            v[i].push(w4_once(n, procs));
         }
-        let ns = Spread::of(v);
+    }
+    for (i, &procs) in W4_PROCS.iter().enumerate() {
+        let ns = Spread::of(v[i].clone());
         emit(
             "W4",
             &procs.to_string(),
@@ -429,6 +441,12 @@ fn bench_w4(cfg: &Cfg) {
             "Mops/s",
         );
         emit("W4", &procs.to_string(), Pool::NAME, ns, "ns/op");
+    }
+    // Throughput ratios: time of the smaller P over time of the larger.
+    for (lo, hi) in [(0, 1), (1, 2)] {
+        let r: Vec<f64> = (0..REPS).map(|k| v[lo][k] / v[hi][k]).collect();
+        let name = format!("{}/{}", W4_PROCS[hi], W4_PROCS[lo]);
+        emit("W4", &name, Pool::NAME, Spread::of(r), "x");
     }
 }
 
