@@ -54,6 +54,9 @@ impl Pool {
             len,
             npages: g.npages as u32,
             start_off: g.start_off,
+            // SAFETY: the data pages start inside the pool (geometry).
+            data: unsafe { NonNull::new_unchecked(base.as_ptr().add(g.start_off)) },
+            data_len: g.npages * SLAB_PAGE,
             desc_off: g.desc_off,
             cache_off: g.cache_off,
             cache_ok: super::cache::cacheable(g.npages),

@@ -91,6 +91,10 @@ pub struct Pool {
     len: usize,
     npages: u32,
     start_off: usize,
+    /// `base + start_off`: the first data page, in this process.
+    data: NonNull<u8>,
+    /// `npages * SLAB_PAGE`: the data pages' bytes.
+    data_len: usize,
     desc_off: usize,
     /// Where the per-thread caches' directory is.
     cache_off: usize,
@@ -490,7 +494,7 @@ impl Pool {
         debug_assert!(off < self.npages as usize * SLAB_PAGE);
         // SAFETY: off is inside the data pages (the allocator only returns
         // such offsets), so the pointer is inside the pool and non-null.
-        unsafe { NonNull::new_unchecked(self.base.as_ptr().add(self.start_off + off)) }
+        unsafe { NonNull::new_unchecked(self.data.as_ptr().add(off)) }
     }
 
     /// As [`Pool::alloc`], with the `size` requested bytes zeroed.
@@ -595,8 +599,8 @@ impl Pool {
     /// The page index and in-page offset of `p`, if it is in a data page.
     #[inline]
     fn locate(&self, p: *const u8) -> Result<(u32, usize), FreeError> {
-        let off = (p as usize).wrapping_sub(self.base.as_ptr() as usize + self.start_off);
-        if off >= self.npages as usize * SLAB_PAGE {
+        let off = (p as usize).wrapping_sub(self.data.as_ptr() as usize);
+        if off >= self.data_len {
             return Err(FreeError::OutsidePool);
         }
         Ok(((off / SLAB_PAGE) as u32, off % SLAB_PAGE))
