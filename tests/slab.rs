@@ -763,3 +763,34 @@ fn caches_hold_chunks_of_multi_page_slabs() {
         pool.stats().pages_total - pool.stats().pages_in_runs
     );
 }
+
+/// A pool of 8 MiB or more uses the wide class table (multi-page slabs from
+/// 160 B on); giving back a class's kept empty slab when pages run short must
+/// account for that slab's geometry, not the narrow table's.
+#[test]
+fn a_wide_pools_kept_empty_slabs_are_given_back_with_their_own_counts() {
+    let buf = Buf::new(16 << 20);
+    let pool = buf.pool("wide");
+    pool.set_cache(false);
+    // One chunk of each of a few classes whose slabs are wider here than in
+    // a small pool; freeing it keeps the slab as the class's empty one.
+    for size in [208usize, 320, 832, 1280, 3072] {
+        let p = pool.alloc(size).unwrap();
+        // SAFETY: from this pool.
+        unsafe { pool.free(p.as_ptr()) }.unwrap();
+    }
+    pool.check().unwrap();
+    // Two-page runs until nothing is left: the last ones come from the
+    // kept slabs, which have to be given back first.
+    let mut runs = Vec::new();
+    while let Some(p) = pool.alloc(2 * SLAB_PAGE) {
+        runs.push(p);
+    }
+    pool.check().unwrap();
+    for p in runs {
+        // SAFETY: from this pool.
+        unsafe { pool.free(p.as_ptr()) }.unwrap();
+    }
+    pool.check().unwrap();
+    assert_eq!(pool.stats().pages_free, pool.stats().pages_total);
+}

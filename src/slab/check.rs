@@ -4,7 +4,7 @@
 use std::fmt;
 
 use super::layout::{
-    Desc, Link, State, CLASS, FIRST_DESC_BITMAP_CLASS, INTERNAL, MAX_REQS, NCLASSES, NIL, SLAB_PAGE,
+    Desc, Link, State, FIRST_DESC_BITMAP_CLASS, INTERNAL, MAX_REQS, NCLASSES, NIL, SLAB_PAGE,
 };
 use super::{Pool, PoolGuard};
 
@@ -388,7 +388,10 @@ impl Pool {
             let p = unsafe { d.add(i).read_volatile() };
             if let Some(c) = p.prev.class() {
                 if c < FIRST_DESC_BITMAP_CLASS {
-                    f(self.start_off + i * SLAB_PAGE, CLASS[c].words as usize * 8);
+                    f(
+                        self.start_off + i * SLAB_PAGE,
+                        self.cls[c].words as usize * 8,
+                    );
                 }
             }
         }

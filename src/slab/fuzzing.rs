@@ -15,7 +15,7 @@
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::ptr::NonNull;
 
-use super::layout::{class_of, class_size, CLASS};
+use super::layout::{class_of, class_size};
 use super::{FreeError, Pool, MAX_CHUNK, NCLASSES, SLAB_PAGE};
 
 struct Buffer {
@@ -71,12 +71,14 @@ pub fn run(data: &[u8]) {
     let Some((&first, mut rest)) = data.split_first() else {
         return;
     };
-    // Pools of 8..=135 pages have no per-thread caches; first bytes of 128
-    // and up give pools of 256..=319 pages, which cache.
-    let npages = if first < 128 {
-        8 + first as usize
-    } else {
-        256 + (first % 64) as usize
+    // Pools of 8..=135 pages have no per-thread caches; first bytes of
+    // 128..=239 give pools of 256..=319 pages, which cache; 240 and up give
+    // pools of 2048..=2063 pages (8 MiB and more), which cut the wide class
+    // table's slabs (multi-page from 208 B on).
+    let npages = match first {
+        0..128 => 8 + first as usize,
+        128..240 => 256 + (first % 64) as usize,
+        _ => 2048 + (first % 16) as usize,
     };
     let len = npages * SLAB_PAGE;
     let buf = Buffer::new(len);
@@ -408,7 +410,7 @@ pub fn full_snapshot(pool: &Pool) -> Vec<u8> {
         v.extend_from_slice(&q.prev.0.to_le_bytes());
         if let Some(c) = q.prev.class() {
             if c < FIRST_DESC_BITMAP_CLASS {
-                for w in 0..CLASS[c].words as usize {
+                for w in 0..super::layout::classes_for(d.len())[c].words as usize {
                     // SAFETY: page i is a small page of the pool; its first
                     // words are its bitmap.
                     let word = unsafe { *pages.add(i * SLAB_PAGE).cast::<u64>().add(w) };

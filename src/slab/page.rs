@@ -10,7 +10,7 @@
 
 use super::error::FreeError;
 use super::layout::{
-    chunk_at, class_size, pages_for, ClassState, Classes, Desc, Header, Link, State, CLASS,
+    chunk_at, class_size, pages_for, ClassState, Classes, Desc, Header, Link, State,
     FIRST_DESC_BITMAP_CLASS, INTERNAL, JOURNAL_OFF, MAX_REQS, NCLASSES, NIL, PAGE_SHIFT, SLAB_PAGE,
 };
 use crate::journal::{record_words, Journal, JournalHeader};
@@ -639,7 +639,7 @@ impl Core<'_> {
             let bm = self.small_bitmap(first);
             // SAFETY: we hold the lock; page `first` is a small page of
             // class c whose first `words` u64s are its bitmap.
-            if unsafe { self.j.record(bm.cast(), CLASS[c].words as usize * 8) }.is_err() {
+            if unsafe { self.j.record(bm.cast(), self.cls[c].words as usize * 8) }.is_err() {
                 self.j.overflowed();
             }
             self.jat.set(self.j.used());
@@ -671,7 +671,8 @@ impl Core<'_> {
     /// do not clear it, so it may name a slab that is no longer empty.
     fn trim_keeping(&mut self, reserve: u32) -> bool {
         let mut any = false;
-        for (c, info) in CLASS.iter().enumerate() {
+        let cls = self.cls;
+        for (c, info) in cls.iter().enumerate() {
             let idx = self.st.classes[c].cached;
             if idx == NIL {
                 continue;
@@ -884,7 +885,7 @@ impl Core<'_> {
                         // reserved chunks' bits and those past the last
                         // chunk are always set).
                         let bm = self.small_bitmap(i as u32);
-                        let set: u32 = (0..CLASS[c].words as usize)
+                        let set: u32 = (0..self.cls[c].words as usize)
                             // SAFETY: page i is a small page of the pool;
                             // its first words are its bitmap.
                             .map(|w| unsafe { *bm.add(w) }.count_ones())
