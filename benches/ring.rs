@@ -32,7 +32,7 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use shmzone::ring::{Ring, RingConfig, Start};
+use shmzone::ring::{Reader, Ring, RingConfig, Start};
 use shmzone::{Region, Zones};
 
 /// Repetitions of each workload: `SHMZONE_BENCH_REPS`, else 3.
@@ -121,13 +121,13 @@ fn reader(ring: &Ring<'_>, board: &Board, slot: usize, n: u64) -> libc::pid_t {
         let mut reader = reader;
         let mut sum = 0usize;
         while reader.read() + reader.lost() < n {
-            match reader.next_record() {
-                Ok(Some(r)) => sum += r.data.len(),
-                Ok(None) => {
+            match reader.read_batch(|r| sum += r.data.len()) {
+                Ok(0) => {
                     for _ in 0..1024 {
                         std::hint::spin_loop();
                     }
                 }
+                Ok(_) => {}
                 Err(e) => panic!("{e}"),
             }
         }
@@ -135,6 +135,26 @@ fn reader(ring: &Ring<'_>, board: &Board, slot: usize, n: u64) -> libc::pid_t {
         board.at(slot).store(reader.read(), Ordering::SeqCst);
         board.at(slot + 1).store(reader.lost(), Ordering::SeqCst);
     })
+}
+
+/// Reads everything there is with `read_batch`; payload bytes read. Out
+/// of line, so that callgrind can count it alone
+/// (`--toggle-collect='*read_all_batch*'`).
+#[inline(never)]
+fn read_all_batch(reader: &mut Reader<'_>) -> usize {
+    let mut sum = 0usize;
+    while reader.read_batch(|r| sum += r.data.len()).expect("sound") > 0 {}
+    sum
+}
+
+/// Reads everything there is with `next_record`; payload bytes read.
+#[inline(never)]
+fn read_all_next(reader: &mut Reader<'_>) -> usize {
+    let mut sum = 0usize;
+    while let Some(r) = reader.next_record().expect("sound") {
+        sum += r.data.len();
+    }
+    sum
 }
 
 fn ring_zones(cfg: &RingConfig) -> Zones {
@@ -193,9 +213,10 @@ fn r1(n: usize, bytes: &[u8], stamp: bool) -> (f64, f64, u64) {
 }
 
 /// R1's reader alone, a diagnostic (it must outrun the producer for R1's
-/// 0 lost): ns per record read from a slot filled beforehand with
-/// `min(n, what the slot holds)` 64-byte records, in one process.
-fn r1_read(n: usize, bytes: &[u8]) -> f64 {
+/// 0 lost): ns per record read (wall and CPU) from a slot filled
+/// beforehand with `min(n, what the slot holds)` 64-byte records, in one
+/// process, with `read_batch` (what R1's reader uses) or `next_record`.
+fn r1_read(n: usize, bytes: &[u8], batch: bool) -> (f64, f64) {
     let cfg = RingConfig {
         slots: 1,
         slot_bytes: r1_slot(),
@@ -210,14 +231,15 @@ fn r1_read(n: usize, bytes: &[u8]) -> f64 {
     for i in 0..n {
         log.write(rec(bytes, i, 64)).expect("64 bytes fit");
     }
-    let t = Instant::now();
-    let mut sum = 0usize;
-    while let Some(r) = reader.next_record().expect("sound") {
-        sum += r.data.len();
-    }
-    let el = t.elapsed();
-    assert_eq!((sum, reader.lost()), (64 * n, 0));
-    ns_per(el, n)
+    let (t, c) = (Instant::now(), cpu_ns());
+    let sum = if batch {
+        read_all_batch(&mut reader)
+    } else {
+        read_all_next(&mut reader)
+    };
+    let (el, cpu) = (t.elapsed(), cpu_ns() - c);
+    assert_eq!((sum, reader.read(), reader.lost()), (64 * n, n as u64, 0));
+    (ns_per(el, n), cpu as f64 / n as f64)
 }
 
 /// R2 once: records per second, records lost.
@@ -379,9 +401,17 @@ fn main() {
         }
     }
     if wants("R1read") {
-        eprintln!("R1 reader alone ...");
-        let v: Vec<f64> = (0..reps).map(|_| r1_read(n, &bytes)).collect();
-        emit3("R1", "64", "reader-alone", v, "ns/record");
+        for (batch, imp) in [(true, "reader-alone"), (false, "reader-alone-next")] {
+            eprintln!("R1 {imp} ...");
+            let (mut ns, mut cpu) = (Vec::new(), Vec::new());
+            for _ in 0..reps {
+                let (a, c) = r1_read(n, &bytes, batch);
+                ns.push(a);
+                cpu.push(c);
+            }
+            emit3("R1", "64", imp, ns, "ns/record");
+            emit3("R1", "64", imp, cpu, "cpu-ns/record");
+        }
     }
     if wants("R2") {
         eprintln!("R2 ...");

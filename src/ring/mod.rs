@@ -84,11 +84,13 @@
 //! pid is checked with `kill(pid, 0)`); [`Ring::release_slots_of`] frees a
 //! dead worker's slots at once, so a reused pid cannot keep them.
 
+mod batch;
 mod error;
 mod layout;
 mod marks;
 mod producer;
 mod reader;
+mod refill;
 mod stats;
 
 use std::fmt;
@@ -97,7 +99,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use error::RingError;
 pub use producer::Producer;
-pub use reader::{Reader, ReaderStats, Record, Start};
+pub use reader::{Reader, ReaderStats, Record, Start, BATCH_BYTES};
 pub use stats::{RingStats, SlotStats};
 
 use layout::{Geometry, RingHdr, SlotHdr, F_STAMP, MAGIC, REC_HDR_STAMPED, VERSION};
