@@ -111,7 +111,13 @@ fn wait(pid: libc::pid_t) {
 }
 
 /// A reader process: reads until `n` records were read or lost, then
-/// stores read and lost at `board[slot]`, `board[slot + 1]`.
+/// stores read and lost at `board[slot]`, `board[slot + 1]`, and its busy
+/// time: the thread CPU ns spent in one in 8 `read_batch` calls, those
+/// that found records, and the records they found, at `board[slot + 2]`
+/// and `board[slot + 3]` (to keep up, its busy ns per record must be under
+/// the producer's ns per record; sampled so that the clock's system call
+/// costs little, CPU time so that the other processes on the machine do
+/// not count).
 fn reader(ring: &Ring<'_>, board: &Board, slot: usize, n: u64) -> libc::pid_t {
     let mut reader = ring.reader(Start::Oldest);
     if std::env::var_os("SHMZONE_RING_BATCHING").is_some() {
@@ -120,20 +126,31 @@ fn reader(ring: &Ring<'_>, board: &Board, slot: usize, n: u64) -> libc::pid_t {
     fork(move || {
         let mut reader = reader;
         let mut sum = 0usize;
+        let (mut busy, mut sampled, mut calls) = (0u64, 0u64, 0u64);
         while reader.read() + reader.lost() < n {
+            calls += 1;
+            let timed = calls % 8 == 0;
+            let t = if timed { cpu_ns() } else { 0 };
             match reader.read_batch(|r| sum += r.data.len()) {
                 Ok(0) => {
                     for _ in 0..1024 {
                         std::hint::spin_loop();
                     }
                 }
-                Ok(_) => {}
+                Ok(k) => {
+                    if timed {
+                        busy += cpu_ns() - t;
+                        sampled += k as u64;
+                    }
+                }
                 Err(e) => panic!("{e}"),
             }
         }
         black_box(sum);
         board.at(slot).store(reader.read(), Ordering::SeqCst);
         board.at(slot + 1).store(reader.lost(), Ordering::SeqCst);
+        board.at(slot + 2).store(busy, Ordering::SeqCst);
+        board.at(slot + 3).store(sampled, Ordering::SeqCst);
     })
 }
 
@@ -182,8 +199,9 @@ fn r1_slot() -> usize {
         .unwrap_or(32 << 20)
 }
 
-/// R1 once: ns per record written (wall, CPU), records lost.
-fn r1(n: usize, bytes: &[u8], stamp: bool) -> (f64, f64, u64) {
+/// R1 once: ns per record written (wall, CPU), records lost, the
+/// reader's busy ns per record read.
+fn r1(n: usize, bytes: &[u8], stamp: bool) -> (f64, f64, u64, f64) {
     let cfg = RingConfig {
         slots: 1,
         slot_bytes: r1_slot(),
@@ -201,15 +219,14 @@ fn r1(n: usize, bytes: &[u8], stamp: bool) -> (f64, f64, u64) {
     }
     let (el, cpu) = (t.elapsed(), cpu_ns() - c);
     wait(pid);
-    assert_eq!(
-        board.at(0).load(Ordering::SeqCst) + board.at(1).load(Ordering::SeqCst),
-        n as u64
-    );
-    (
-        ns_per(el, n),
-        cpu as f64 / n as f64,
+    let (read, lost) = (
+        board.at(0).load(Ordering::SeqCst),
         board.at(1).load(Ordering::SeqCst),
-    )
+    );
+    assert_eq!(read + lost, n as u64);
+    let busy = board.at(2).load(Ordering::SeqCst) as f64
+        / board.at(3).load(Ordering::SeqCst).max(1) as f64;
+    (ns_per(el, n), cpu as f64 / n as f64, lost, busy)
 }
 
 /// R1's reader alone, a diagnostic (it must outrun the producer for R1's
@@ -240,6 +257,37 @@ fn r1_read(n: usize, bytes: &[u8], batch: bool) -> (f64, f64) {
     let (el, cpu) = (t.elapsed(), cpu_ns() - c);
     assert_eq!((sum, reader.read(), reader.lost()), (64 * n, n as u64, 0));
     (ns_per(el, n), cpu as f64 / n as f64)
+}
+
+/// R1's reader alone on records still in cache: the producer writes 512
+/// records (44 KiB), the reader reads them (timed), and again, N records
+/// in all: the reader's own cost per record without the trip to memory
+/// that `r1_read` measures (in R1 the lines come from the producer's core).
+fn r1_read_hot(n: usize, bytes: &[u8]) -> f64 {
+    let cfg = RingConfig {
+        slots: 1,
+        slot_bytes: r1_slot(),
+        max_record: 256,
+        timestamps: false,
+    };
+    let zones = ring_zones(&cfg);
+    let ring = Ring::create(&zones.get("ring").unwrap(), &cfg).expect("ring");
+    let mut reader = ring.reader(Start::Oldest);
+    let mut log = ring.producer().expect("a slot");
+    let mut spent = Duration::ZERO;
+    let mut sum = 0;
+    for round in 0..n.div_ceil(512) {
+        for i in 0..512 {
+            log.write(rec(bytes, round * 512 + i, 64))
+                .expect("64 bytes fit");
+        }
+        let t = Instant::now();
+        sum += read_all_batch(&mut reader);
+        spent += t.elapsed();
+    }
+    assert_eq!(reader.lost(), 0);
+    assert_eq!(sum as u64, 64 * reader.read());
+    ns_per(spent, reader.read() as usize)
 }
 
 /// R2 once: records per second, records lost.
@@ -384,17 +432,26 @@ fn main() {
     for (stamp, on) in r1_runs {
         if on {
             eprintln!("R1{} ...", if stamp { " stamped" } else { "" });
-            let (mut ns, mut cpu, mut lost) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut ns, mut cpu, mut lost, mut busy) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for _ in 0..reps {
-                let (a, c, b) = r1(n, &bytes, stamp);
+                let (a, c, b, r) = r1(n, &bytes, stamp);
                 ns.push(a);
                 cpu.push(c);
                 lost.push(b as f64);
+                busy.push(r);
             }
             let imp = if stamp { "shmzone-stamped" } else { "shmzone" };
             let med = emit3("R1", "64", imp, ns, "ns/record");
             emit3("R1", "64", imp, cpu, "cpu-ns/record");
             emit3("R1", "64", imp, lost, "lost");
+            emit3(
+                "R1",
+                "64",
+                &format!("{imp}-reader"),
+                busy,
+                "busy-cpu-ns/record",
+            );
             if !stamp {
                 r1_ns = Some(med);
             }
@@ -412,6 +469,9 @@ fn main() {
             emit3("R1", "64", imp, ns, "ns/record");
             emit3("R1", "64", imp, cpu, "cpu-ns/record");
         }
+        eprintln!("R1 reader-alone-hot ...");
+        let v: Vec<f64> = (0..reps).map(|_| r1_read_hot(n, &bytes)).collect();
+        emit3("R1", "64", "reader-alone-hot", v, "ns/record");
     }
     if wants("R2") {
         eprintln!("R2 ...");
