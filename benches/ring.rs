@@ -5,7 +5,7 @@
 //! cargo bench --bench ring -- --quick    # N / 100, for a smoke run
 //! cargo bench --bench ring -- R1 R3      # only these
 //! cargo bench --bench ring -- R1plain     # R1 without timestamps only
-//! cargo bench --bench ring -- R1read      # R1's reader alone (diagnostic)
+//! cargo bench --bench ring -- R1read      # R1's reader alone (diagnostics)
 //! SHMZONE_BENCH_N=1000000 SHMZONE_BENCH_REPS=5 cargo bench --bench ring
 //! ```
 //!
@@ -15,11 +15,15 @@
 //!
 //! R1: the parent writes N 64-byte records into a one-slot ring (32 MiB, or
 //! `SHMZONE_RING_SLOT` bytes, in a 64 MiB zone) while a forked reader reads
-//! them all (a batching reader, `Reader::set_batching`, if
-//! `SHMZONE_RING_BATCHING` is set); ns per record written, timed in the
-//! writer (wall clock, and
-//! the writer's CPU time, since the bench shares its cores), and records
-//! the reader lost; then the same with timestamps on. R2: 4 forked
+//! them all with `Reader::read_batch` (a batching reader,
+//! `Reader::set_batching`, only if `SHMZONE_RING_BATCHING` is set: no gain
+//! was measured on the loaded machine, see `benches/README.md`); ns per
+//! record written, timed in the writer (wall clock, and the writer's CPU
+//! time, since the bench shares its cores), records the reader lost, and
+//! the reader's busy CPU ns per record (it keeps up only while that is
+//! under the writer's); then the same with timestamps on. R1read: the
+//! reader alone, from a slot filled beforehand (from memory: `read_batch`
+//! and `next_record`) and on records still in cache (`reader-alone-hot`). R2: 4 forked
 //! producers write N/4 records each of `16 + x % 241` bytes (seed 42 + w)
 //! into a 4-slot ring (8 MiB slots), one reader; records/s from the first
 //! fork until every producer exited, and lost. R3: R1's records written
