@@ -7,7 +7,7 @@
 //! tight loop and updates the cursor and the counters once per copy.
 
 use super::layout::RecHdr;
-use super::reader::{Reader, Record};
+use super::reader::{Reader, Record, SLACK};
 use super::RingError;
 
 impl Reader<'_> {
@@ -106,10 +106,11 @@ impl Reader<'_> {
         let base = self.bpos;
         let slot = self.bslot;
         let max = self.ring.geo().max_record;
-        // Words of the copy that were validated; `batch` has a few more
-        // (`SLACK`) so four header words can always be loaded.
-        let valid = (self.bvalid / 8) as usize;
+        // Words of the copy that were validated; `batch` has `SLACK` more,
+        // so four header words can always be loaded from a valid one.
         let words = &self.batch[..];
+        let valid = ((self.bvalid / 8) as usize).min(words.len() - SLACK);
+        let wp = words.as_ptr();
         // SAFETY: `words` is a live slice of `u64`s, readable as bytes for
         // its whole length; the view lives no longer than the borrow of
         // `self.batch` it comes from.
@@ -119,27 +120,36 @@ impl Reader<'_> {
         let mut at = ((self.bnext - base) / 8) as usize;
         // Bounded: `at` grows by at least three words per record.
         while at < valid {
-            let Some(w) = words.get(at..at + 4) else {
-                break;
+            // SAFETY: `at < valid <= words.len() - SLACK` and `SLACK >= 4`:
+            // the four words lie in `words`.
+            let w = unsafe {
+                [
+                    *wp.add(at),
+                    *wp.add(at + 1),
+                    *wp.add(at + 2),
+                    *wp.add(at + 3),
+                ]
             };
-            let w: [u64; 4] = [w[0], w[1], w[2], w[3]];
             let Some(h) = RecHdr::decode(w, base + 8 * at as u64, max) else {
                 break;
             };
             let nh = h.words();
             let len = h.len as usize;
-            let nw = nh + len.div_ceil(8);
+            let nw = nh + ((len + 7) >> 3);
             if h.seq != expect || nw > valid - at {
                 break;
             }
             expect = expect.wrapping_add(1);
             let from = 8 * (at + nh);
+            // SAFETY: `from + len <= 8 * (at + nw) <= 8 * valid <=
+            // bytes.len()`, as `nw <= valid - at` was just checked.
+            let data = unsafe { bytes.get_unchecked(from..from + len) };
             f(Record {
                 slot,
                 pid: h.pid,
                 seq: h.seq,
                 time_ns: (h.time != 0).then_some(h.time),
-                data: &bytes[from..from + len],
+                data,
             });
             at += nw;
         }
