@@ -5,7 +5,7 @@
 //! cargo bench --bench ring -- --quick    # N / 100, for a smoke run
 //! cargo bench --bench ring -- R1 R3      # only these
 //! cargo bench --bench ring -- R1plain     # R1 without timestamps only
-//! cargo bench --bench ring -- R1read      # R1's reader alone (diagnostic)
+//! cargo bench --bench ring -- R1read      # R1's reader alone (diagnostics)
 //! SHMZONE_BENCH_N=1000000 SHMZONE_BENCH_REPS=5 cargo bench --bench ring
 //! ```
 //!
@@ -15,11 +15,15 @@
 //!
 //! R1: the parent writes N 64-byte records into a one-slot ring (32 MiB, or
 //! `SHMZONE_RING_SLOT` bytes, in a 64 MiB zone) while a forked reader reads
-//! them all (a batching reader, `Reader::set_batching`, if
-//! `SHMZONE_RING_BATCHING` is set); ns per record written, timed in the
-//! writer (wall clock, and
-//! the writer's CPU time, since the bench shares its cores), and records
-//! the reader lost; then the same with timestamps on. R2: 4 forked
+//! them all with `Reader::read_batch` (a batching reader,
+//! `Reader::set_batching`, only if `SHMZONE_RING_BATCHING` is set: no gain
+//! was measured on the loaded machine, see `benches/README.md`); ns per
+//! record written, timed in the writer (wall clock, and the writer's CPU
+//! time, since the bench shares its cores), records the reader lost, and
+//! the reader's busy ns per record (it keeps up only while that is
+//! under the writer's); then the same with timestamps on. R1read: the
+//! reader alone, from a slot filled beforehand (from memory: `read_batch`
+//! and `next_record`) and on records still in cache (`reader-alone-hot`). R2: 4 forked
 //! producers write N/4 records each of `16 + x % 241` bytes (seed 42 + w)
 //! into a 4-slot ring (8 MiB slots), one reader; records/s from the first
 //! fork until every producer exited, and lost. R3: R1's records written
@@ -32,7 +36,7 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use shmzone::ring::{Ring, RingConfig, Start};
+use shmzone::ring::{Reader, Ring, RingConfig, Start};
 use shmzone::{Region, Zones};
 
 /// Repetitions of each workload: `SHMZONE_BENCH_REPS`, else 3.
@@ -111,7 +115,13 @@ fn wait(pid: libc::pid_t) {
 }
 
 /// A reader process: reads until `n` records were read or lost, then
-/// stores read and lost at `board[slot]`, `board[slot + 1]`.
+/// stores read and lost at `board[slot]`, `board[slot + 1]`, and its busy
+/// time: the wall-clock ns spent in one in 8 `read_batch` calls, those
+/// that found records, and the records they found, at `board[slot + 2]`
+/// and `board[slot + 3]` (to keep up, its busy ns per record must be under
+/// the producer's ns per record). A timed call that took over 200 µs
+/// (a copy takes a few) was preempted and is left out; not the thread's
+/// CPU clock, whose system call costs 2 µs or more on the bench's VM.
 fn reader(ring: &Ring<'_>, board: &Board, slot: usize, n: u64) -> libc::pid_t {
     let mut reader = ring.reader(Start::Oldest);
     if std::env::var_os("SHMZONE_RING_BATCHING").is_some() {
@@ -120,12 +130,24 @@ fn reader(ring: &Ring<'_>, board: &Board, slot: usize, n: u64) -> libc::pid_t {
     fork(move || {
         let mut reader = reader;
         let mut sum = 0usize;
+        let (mut busy, mut sampled, mut calls) = (0u64, 0u64, 0u64);
         while reader.read() + reader.lost() < n {
-            match reader.next_record() {
-                Ok(Some(r)) => sum += r.data.len(),
-                Ok(None) => {
+            calls += 1;
+            let timed = calls % 8 == 0;
+            let t = timed.then(Instant::now);
+            match reader.read_batch(|r| sum += r.data.len()) {
+                Ok(0) => {
                     for _ in 0..1024 {
                         std::hint::spin_loop();
+                    }
+                }
+                Ok(k) => {
+                    if let Some(t) = t {
+                        let d = t.elapsed().as_nanos() as u64;
+                        if d < 200_000 {
+                            busy += d;
+                            sampled += k as u64;
+                        }
                     }
                 }
                 Err(e) => panic!("{e}"),
@@ -134,7 +156,29 @@ fn reader(ring: &Ring<'_>, board: &Board, slot: usize, n: u64) -> libc::pid_t {
         black_box(sum);
         board.at(slot).store(reader.read(), Ordering::SeqCst);
         board.at(slot + 1).store(reader.lost(), Ordering::SeqCst);
+        board.at(slot + 2).store(busy, Ordering::SeqCst);
+        board.at(slot + 3).store(sampled, Ordering::SeqCst);
     })
+}
+
+/// Reads everything there is with `read_batch`; payload bytes read. Out
+/// of line, so that callgrind can count it alone
+/// (`--toggle-collect='*read_all_batch*'`).
+#[inline(never)]
+fn read_all_batch(reader: &mut Reader<'_>) -> usize {
+    let mut sum = 0usize;
+    while reader.read_batch(|r| sum += r.data.len()).expect("sound") > 0 {}
+    sum
+}
+
+/// Reads everything there is with `next_record`; payload bytes read.
+#[inline(never)]
+fn read_all_next(reader: &mut Reader<'_>) -> usize {
+    let mut sum = 0usize;
+    while let Some(r) = reader.next_record().expect("sound") {
+        sum += r.data.len();
+    }
+    sum
 }
 
 fn ring_zones(cfg: &RingConfig) -> Zones {
@@ -162,8 +206,9 @@ fn r1_slot() -> usize {
         .unwrap_or(32 << 20)
 }
 
-/// R1 once: ns per record written (wall, CPU), records lost.
-fn r1(n: usize, bytes: &[u8], stamp: bool) -> (f64, f64, u64) {
+/// R1 once: ns per record written (wall, CPU), records lost, the
+/// reader's busy ns per record read.
+fn r1(n: usize, bytes: &[u8], stamp: bool) -> (f64, f64, u64, f64) {
     let cfg = RingConfig {
         slots: 1,
         slot_bytes: r1_slot(),
@@ -181,21 +226,21 @@ fn r1(n: usize, bytes: &[u8], stamp: bool) -> (f64, f64, u64) {
     }
     let (el, cpu) = (t.elapsed(), cpu_ns() - c);
     wait(pid);
-    assert_eq!(
-        board.at(0).load(Ordering::SeqCst) + board.at(1).load(Ordering::SeqCst),
-        n as u64
-    );
-    (
-        ns_per(el, n),
-        cpu as f64 / n as f64,
+    let (read, lost) = (
+        board.at(0).load(Ordering::SeqCst),
         board.at(1).load(Ordering::SeqCst),
-    )
+    );
+    assert_eq!(read + lost, n as u64);
+    let busy = board.at(2).load(Ordering::SeqCst) as f64
+        / board.at(3).load(Ordering::SeqCst).max(1) as f64;
+    (ns_per(el, n), cpu as f64 / n as f64, lost, busy)
 }
 
 /// R1's reader alone, a diagnostic (it must outrun the producer for R1's
-/// 0 lost): ns per record read from a slot filled beforehand with
-/// `min(n, what the slot holds)` 64-byte records, in one process.
-fn r1_read(n: usize, bytes: &[u8]) -> f64 {
+/// 0 lost): ns per record read (wall and CPU) from a slot filled
+/// beforehand with `min(n, what the slot holds)` 64-byte records, in one
+/// process, with `read_batch` (what R1's reader uses) or `next_record`.
+fn r1_read(n: usize, bytes: &[u8], batch: bool) -> (f64, f64) {
     let cfg = RingConfig {
         slots: 1,
         slot_bytes: r1_slot(),
@@ -210,14 +255,46 @@ fn r1_read(n: usize, bytes: &[u8]) -> f64 {
     for i in 0..n {
         log.write(rec(bytes, i, 64)).expect("64 bytes fit");
     }
-    let t = Instant::now();
-    let mut sum = 0usize;
-    while let Some(r) = reader.next_record().expect("sound") {
-        sum += r.data.len();
+    let (t, c) = (Instant::now(), cpu_ns());
+    let sum = if batch {
+        read_all_batch(&mut reader)
+    } else {
+        read_all_next(&mut reader)
+    };
+    let (el, cpu) = (t.elapsed(), cpu_ns() - c);
+    assert_eq!((sum, reader.read(), reader.lost()), (64 * n, n as u64, 0));
+    (ns_per(el, n), cpu as f64 / n as f64)
+}
+
+/// R1's reader alone on records still in cache: the producer writes 512
+/// records (44 KiB), the reader reads them (timed), and again, N records
+/// in all: the reader's own cost per record without the trip to memory
+/// that `r1_read` measures (in R1 the lines come from the producer's core).
+fn r1_read_hot(n: usize, bytes: &[u8]) -> f64 {
+    let cfg = RingConfig {
+        slots: 1,
+        slot_bytes: r1_slot(),
+        max_record: 256,
+        timestamps: false,
+    };
+    let zones = ring_zones(&cfg);
+    let ring = Ring::create(&zones.get("ring").unwrap(), &cfg).expect("ring");
+    let mut reader = ring.reader(Start::Oldest);
+    let mut log = ring.producer().expect("a slot");
+    let mut spent = Duration::ZERO;
+    let mut sum = 0;
+    for round in 0..n.div_ceil(512) {
+        for i in 0..512 {
+            log.write(rec(bytes, round * 512 + i, 64))
+                .expect("64 bytes fit");
+        }
+        let t = Instant::now();
+        sum += read_all_batch(&mut reader);
+        spent += t.elapsed();
     }
-    let el = t.elapsed();
-    assert_eq!((sum, reader.lost()), (64 * n, 0));
-    ns_per(el, n)
+    assert_eq!(reader.lost(), 0);
+    assert_eq!(sum as u64, 64 * reader.read());
+    ns_per(spent, reader.read() as usize)
 }
 
 /// R2 once: records per second, records lost.
@@ -362,26 +439,40 @@ fn main() {
     for (stamp, on) in r1_runs {
         if on {
             eprintln!("R1{} ...", if stamp { " stamped" } else { "" });
-            let (mut ns, mut cpu, mut lost) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut ns, mut cpu, mut lost, mut busy) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for _ in 0..reps {
-                let (a, c, b) = r1(n, &bytes, stamp);
+                let (a, c, b, r) = r1(n, &bytes, stamp);
                 ns.push(a);
                 cpu.push(c);
                 lost.push(b as f64);
+                busy.push(r);
             }
             let imp = if stamp { "shmzone-stamped" } else { "shmzone" };
             let med = emit3("R1", "64", imp, ns, "ns/record");
             emit3("R1", "64", imp, cpu, "cpu-ns/record");
             emit3("R1", "64", imp, lost, "lost");
+            emit3("R1", "64", &format!("{imp}-reader"), busy, "busy-ns/record");
             if !stamp {
                 r1_ns = Some(med);
             }
         }
     }
     if wants("R1read") {
-        eprintln!("R1 reader alone ...");
-        let v: Vec<f64> = (0..reps).map(|_| r1_read(n, &bytes)).collect();
-        emit3("R1", "64", "reader-alone", v, "ns/record");
+        for (batch, imp) in [(true, "reader-alone"), (false, "reader-alone-next")] {
+            eprintln!("R1 {imp} ...");
+            let (mut ns, mut cpu) = (Vec::new(), Vec::new());
+            for _ in 0..reps {
+                let (a, c) = r1_read(n, &bytes, batch);
+                ns.push(a);
+                cpu.push(c);
+            }
+            emit3("R1", "64", imp, ns, "ns/record");
+            emit3("R1", "64", imp, cpu, "cpu-ns/record");
+        }
+        eprintln!("R1 reader-alone-hot ...");
+        let v: Vec<f64> = (0..reps).map(|_| r1_read_hot(n, &bytes)).collect();
+        emit3("R1", "64", "reader-alone-hot", v, "ns/record");
     }
     if wants("R2") {
         eprintln!("R2 ...");

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::named::{child_request, run_child, Fresh};
 use common::{fork_child, wait_ok, wait_within};
-use shmzone::ring::{Reader, Ring, RingConfig, RingError, Start};
+use shmzone::ring::{Reader, Record, Ring, RingConfig, RingError, Start};
 use shmzone::{NamedSpec, Region, Zones};
 
 const ROLE_VAR: &str = "SHMZONE_RING_TEST_ROLE";
@@ -117,17 +117,29 @@ fn four_producers_two_readers_read_everything_once_in_order() {
                     if Instant::now() > deadline {
                         return 2;
                     }
-                    match reader.next_record() {
-                        Ok(Some(rec)) => match parse(rec.data) {
-                            Some((p, i)) if p < 4 && i == next[p as usize] => {
-                                next[p as usize] += 1;
-                                if rec.time_ns.is_none() {
-                                    return 5;
-                                }
+                    // Reader 0 reads one record a call, reader 1 a copy a
+                    // call.
+                    let mut bad = 0;
+                    let mut see = |rec: Record<'_>| match parse(rec.data) {
+                        Some((p, i)) if p < 4 && i == next[p as usize] => {
+                            next[p as usize] += 1;
+                            if rec.time_ns.is_none() {
+                                bad = 5;
                             }
-                            _ => return 3,
-                        },
-                        Ok(None) => std::thread::sleep(Duration::from_micros(100)),
+                        }
+                        _ => bad = 3,
+                    };
+                    let got = if r == 0 {
+                        reader.next_record().map(|rec| rec.map(&mut see).is_some())
+                    } else {
+                        reader.read_batch(&mut see).map(|n| n > 0)
+                    };
+                    if bad != 0 {
+                        return bad;
+                    }
+                    match got {
+                        Ok(true) => {}
+                        Ok(false) => std::thread::sleep(Duration::from_micros(100)),
                         Err(_) => return 4,
                     }
                 }
@@ -219,19 +231,32 @@ fn lapped_readers_count_every_gap_and_never_see_a_torn_record() {
                         unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
                         return 2;
                     }
-                    match reader.next_record() {
-                        Ok(Some(rec)) => match parse(rec.data) {
-                            Some((p, i)) if p < 4 && i >= next[p as usize] => {
-                                gaps += i - next[p as usize];
-                                next[p as usize] = i + 1;
-                            }
-                            _ => return 3,
-                        },
+                    // Reader 0 reads one record a call, reader 1 a copy a
+                    // call.
+                    let before = reader.read();
+                    let mut bad = false;
+                    let mut see = |rec: Record<'_>| match parse(rec.data) {
+                        Some((p, i)) if p < 4 && i >= next[p as usize] => {
+                            gaps += i - next[p as usize];
+                            next[p as usize] = i + 1;
+                        }
+                        _ => bad = true,
+                    };
+                    let got = if r == 0 {
+                        reader.next_record().map(|rec| rec.map(&mut see).is_some())
+                    } else {
+                        reader.read_batch(&mut see).map(|n| n > 0)
+                    };
+                    if bad {
+                        return 3;
+                    }
+                    match got {
+                        Ok(true) => {}
                         // Slow down now and then, to be lapped.
-                        Ok(None) => std::thread::sleep(Duration::from_micros(50)),
+                        Ok(false) => std::thread::sleep(Duration::from_micros(50)),
                         Err(_) => return 4,
                     }
-                    if reader.read() % 1000 == 0 {
+                    if reader.read() / 1000 != before / 1000 {
                         std::thread::sleep(Duration::from_millis(1));
                     }
                 }

@@ -11,7 +11,8 @@ use shmzone::Zones;
 
 #[derive(Arbitrary, Debug)]
 struct Input {
-    /// 1..=4 slots (low bits); bit 6: the producers stamp records (4-word
+    /// 1..=4 slots (low bits); bit 5: the readers read with `read_batch`
+    /// (else `next_record`); bit 6: the producers stamp records (4-word
     /// headers); bit 7: the reader made after the damage batches.
     slots: u8,
     /// 4 KiB or 8 KiB slots.
@@ -26,10 +27,26 @@ struct Input {
     after: Vec<u8>,
 }
 
-/// Reads at most `n` records (every call must return: a hang is a
-/// fuzzer timeout).
-fn drain(r: &mut shmzone::ring::Reader<'_>, n: usize) {
+/// Reads at most `n` records, or `n` copies with `read_batch` (every call
+/// must return: a hang is a fuzzer timeout).
+fn drain(r: &mut shmzone::ring::Reader<'_>, n: usize, batch: bool) {
+    let max = r.ring().max_record();
     for _ in 0..n {
+        if batch {
+            let mut got = 0;
+            match r.read_batch(|rec| {
+                assert!(rec.data.len() <= max);
+                got += 1;
+            }) {
+                Ok(0) => {
+                    assert_eq!(got, 0);
+                    break;
+                }
+                Ok(k) => assert_eq!(k, got),
+                Err(_) => {}
+            }
+            continue;
+        }
         match r.next_record() {
             Ok(Some(rec)) => {
                 assert!(rec.data.len() <= r.ring().max_record());
@@ -55,6 +72,7 @@ fuzz_target!(|input: Input| {
     let zone = zones.get("log").unwrap();
     let ring = Ring::create(&zone, &cfg).expect("ring");
     let stamp = input.slots & 0x40 != 0;
+    let batch = input.slots & 0x20 != 0;
     let mut early = ring.reader(Start::Oldest);
     {
         let mut p = ring.producer().expect("a slot");
@@ -89,7 +107,7 @@ fuzz_target!(|input: Input| {
             }
         }
     }
-    drain(&mut early, 5000);
+    drain(&mut early, 5000, batch);
     let Ok(ring) = Ring::open(&zone) else {
         return;
     };
@@ -97,15 +115,15 @@ fuzz_target!(|input: Input| {
     let mut oldest = ring.reader(Start::Oldest);
     oldest.set_batching(input.slots & 0x80 != 0);
     let mut newest = ring.reader(Start::Newest);
-    drain(&mut oldest, 5000);
+    drain(&mut oldest, 5000, batch);
     if let Ok(mut p) = ring.producer() {
         p.set_timestamps(stamp);
         for (i, &len) in input.after.iter().take(2000).enumerate() {
             let _ = p.write(&vec![i as u8; (len % 201) as usize]);
         }
     }
-    drain(&mut newest, 5000);
-    drain(&mut oldest, 5000);
-    drain(&mut early, 5000);
+    drain(&mut newest, 5000, batch);
+    drain(&mut oldest, 5000, batch);
+    drain(&mut early, 5000, batch);
     let _ = ring.stats();
 });

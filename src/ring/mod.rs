@@ -55,7 +55,8 @@
 //! an eighth of the slot at a time (so a slot holds between 7/8 and all of
 //! its size in records), and counts those records (`overwritten`). It jumps
 //! to record starts it remembers in its own memory, one per eighth; only
-//! after taking a slot over does it walk the old records' headers. A reader copies records and then
+//! after taking a slot over does it walk the old records' headers. A reader copies records (up to
+//! [`BATCH_BYTES`] at a time, into its own memory) and then
 //! re-reads `claim` (seqlock-style): if the producer has claimed past the
 //! copied bytes by a whole lap, the copy is discarded and the reader jumps to
 //! `tail`; the records it missed show up as a gap in the sequence numbers,
@@ -84,11 +85,13 @@
 //! pid is checked with `kill(pid, 0)`); [`Ring::release_slots_of`] frees a
 //! dead worker's slots at once, so a reused pid cannot keep them.
 
+mod batch;
 mod error;
 mod layout;
 mod marks;
 mod producer;
 mod reader;
+mod refill;
 mod stats;
 
 use std::fmt;
@@ -97,7 +100,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use error::RingError;
 pub use producer::Producer;
-pub use reader::{Reader, ReaderStats, Record, Start};
+pub use reader::{Reader, ReaderStats, Record, Start, BATCH_BYTES};
 pub use stats::{RingStats, SlotStats};
 
 use layout::{Geometry, RingHdr, SlotHdr, F_STAMP, MAGIC, REC_HDR_STAMPED, VERSION};

@@ -1,9 +1,10 @@
 //! The reading side: a cursor per slot, in the reader's own process.
 
 use std::fmt;
-use std::sync::atomic::{fence, Ordering};
+use std::sync::atomic::Ordering;
 
 use super::layout::{rec_size, RecHdr, REC_HDR, REC_HDR_STAMPED};
+use super::refill::LINE;
 use super::{Ring, RingError};
 
 /// Where a new [`Reader`] starts in each slot.
@@ -35,19 +36,19 @@ pub struct Record<'r> {
 
 /// A reader's own position in one slot.
 #[derive(Clone, Copy, Debug)]
-struct Cursor {
+pub(super) struct Cursor {
     /// Byte position of the next record to read.
-    pos: u64,
+    pub(super) pos: u64,
     /// The sequence number the next record should carry, once known.
-    expect: Option<u64>,
+    pub(super) expect: Option<u64>,
     /// The slot's head when it was last found corrupted: the slot is
     /// skipped (silently) until its head moves.
-    bad_head: Option<u64>,
+    pub(super) bad_head: Option<u64>,
     /// The slot's head at the last refill (batching: a head that has not
     /// moved since is read up to).
-    seen_head: u64,
+    pub(super) seen_head: u64,
     /// The reader was lapped in this slot since its last record.
-    lapped: bool,
+    pub(super) lapped: bool,
 }
 
 /// What a reader has read and missed so far (see [`Reader::stats`]).
@@ -79,24 +80,28 @@ pub struct ReaderStats {
 ///
 /// Non-blocking: [`next_record`](Self::next_record) returns `Ok(None)` when nothing new
 /// is there; poll it (`shmzone-tail` sleeps a few ms between polls).
+/// [`read_batch`](Self::read_batch) hands a whole copy (up to
+/// [`BATCH_BYTES`] of records) to a closure per call, at about two thirds
+/// of `next_record`'s cost per record: the one for readers that must keep
+/// up with a fast producer.
 pub struct Reader<'a> {
-    ring: Ring<'a>,
-    cursors: Vec<Cursor>,
+    pub(super) ring: Ring<'a>,
+    pub(super) cursors: Vec<Cursor>,
     /// A copy of consecutive words of slot `bslot` from position `bpos`;
     /// `bvalid` bytes of it were validated; `bnext` is the next record's
     /// position; `bfull` says the copy reaches the slot's head.
-    batch: Vec<u64>,
-    bslot: usize,
-    bpos: u64,
-    bvalid: u64,
-    bnext: u64,
-    bfull: bool,
+    pub(super) batch: Vec<u64>,
+    pub(super) bslot: usize,
+    pub(super) bpos: u64,
+    pub(super) bvalid: u64,
+    pub(super) bnext: u64,
+    pub(super) bfull: bool,
     /// With batching on, the bytes a refill leaves below a moving head
     /// (see [`set_batching`](Self::set_batching)); 0 when off.
-    keep_off: u64,
+    pub(super) keep_off: u64,
     /// The slot to refill from next (round robin).
-    turn: usize,
-    stats: ReaderStats,
+    pub(super) turn: usize,
+    pub(super) stats: ReaderStats,
     /// Tests only: runs between a refill's copy and its check, so a test
     /// can make the producer lap the reader at that moment.
     #[cfg(test)]
@@ -112,17 +117,20 @@ impl fmt::Debug for Reader<'_> {
     }
 }
 
-/// Bytes of a cache line (positions are line-aligned in a slot: its data
-/// starts on a page and its size is a power of two of at least a page).
-const LINE: u64 = 64;
+/// The most bytes of records a reader copies from a slot at once (unless
+/// one largest record needs more): small enough that the copy is still in
+/// the reader's L1 cache while it is parsed, big enough that a refill's
+/// loads of the producer's header line are rare (one per about 190
+/// 64-byte records).
+pub const BATCH_BYTES: usize = 16 << 10;
 
-/// How many times a refill retries after being lapped mid-copy before it
-/// skips ahead (to the producer's mark, see `Reader::landing`).
-const LAPPED_TRIES: usize = 4;
+/// Words of the copy buffer past the batch, so that the fast loop can
+/// always load four header words (see `Reader::drain`).
+pub(super) const SLACK: usize = 4;
 
 /// The batch copied at once: at least one largest record, at most a slot.
 fn batch_bytes(ring: &Ring<'_>) -> u64 {
-    (64 << 10)
+    (BATCH_BYTES as u64)
         .max(2 * rec_size(ring.geo().max_record as u64, true))
         .min(ring.geo().slot_bytes)
 }
@@ -156,7 +164,7 @@ impl<'a> Reader<'a> {
             .collect();
         Reader {
             cursors,
-            batch: vec![0; (batch_bytes(&ring) / 8) as usize],
+            batch: vec![0; (batch_bytes(&ring) / 8) as usize + SLACK],
             bslot: 0,
             bpos: 0,
             bvalid: 0,
@@ -184,23 +192,25 @@ impl<'a> Reader<'a> {
             Some(h) => Some(h),
             None => self.next_slow()?,
         };
-        Ok(found.map(|(h, off): (RecHdr, usize)| {
-            // SAFETY: `parse` checked that `len` bytes from word `off` lie in
-            // the batch; u64s are readable as bytes.
-            let bytes = unsafe {
-                std::slice::from_raw_parts(
-                    self.batch.as_ptr().add(off).cast::<u8>(),
-                    h.len as usize,
-                )
-            };
-            Record {
-                slot: self.bslot,
-                pid: h.pid,
-                seq: h.seq,
-                time_ns: (h.time != 0).then_some(h.time),
-                data: bytes,
-            }
-        }))
+        Ok(found.map(|(h, off)| self.record_at(&h, off)))
+    }
+
+    /// The record whose header `parse` decoded as `h`, with its payload
+    /// from word `off` of the batch.
+    #[inline]
+    pub(super) fn record_at(&self, h: &RecHdr, off: usize) -> Record<'_> {
+        // SAFETY: `parse` checked that `len` bytes from word `off` lie in
+        // the batch; u64s are readable as bytes.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(self.batch.as_ptr().add(off).cast::<u8>(), h.len as usize)
+        };
+        Record {
+            slot: self.bslot,
+            pid: h.pid,
+            seq: h.seq,
+            time_ns: (h.time != 0).then_some(h.time),
+            data: bytes,
+        }
     }
 
     /// The common case of [`parse`](Self::parse): a whole, sound record in
@@ -274,7 +284,7 @@ impl<'a> Reader<'a> {
 
     /// The next record of the batch: its header and the word index of its
     /// payload in `batch`. `None` when the batch is used up.
-    fn parse(&mut self) -> Result<Option<(RecHdr, usize)>, RingError> {
+    pub(super) fn parse(&mut self) -> Result<Option<(RecHdr, usize)>, RingError> {
         let end = self.bpos + self.bvalid;
         if self.bnext >= end {
             return Ok(None);
@@ -338,7 +348,7 @@ impl<'a> Reader<'a> {
         })
     }
 
-    fn skip_to_head(&mut self, slot: usize) {
+    pub(super) fn skip_to_head(&mut self, slot: usize) {
         self.stats.corrupt += 1;
         let head = self.ring.slot(slot).head.load(Ordering::Acquire);
         let c = &mut self.cursors[slot];
@@ -347,131 +357,6 @@ impl<'a> Reader<'a> {
         c.bad_head = Some(head);
         self.bvalid = 0;
         self.bnext = self.bpos;
-    }
-
-    /// Copies the unread records of `slot` (up to a batch) and validates
-    /// the copy against the producer's claim. `Ok(false)` if there is
-    /// nothing new.
-    fn fill(&mut self, slot: usize) -> Result<bool, RingError> {
-        let s = self.ring.slot(slot);
-        let data = self.ring.data(slot);
-        let cap = self.ring.geo().slot_bytes;
-        let mask = cap / 8 - 1;
-        self.bslot = slot;
-        self.bpos = self.cursors[slot].pos;
-        self.bvalid = 0;
-        self.bnext = self.bpos;
-        for _ in 0..LAPPED_TRIES {
-            // The tail first: the producer stores it (release) after the
-            // head that is past it, so the head loaded next is not behind.
-            let tail = s.tail.load(Ordering::Acquire);
-            let head = s.head.load(Ordering::Acquire);
-            let c = self.cursors[slot];
-            if head == c.pos || c.bad_head == Some(head) {
-                return Ok(false);
-            }
-            self.cursors[slot].bad_head = None;
-            if head < c.pos || tail > head || (head | tail | c.pos) % 8 != 0 {
-                let reason = format!(
-                    "positions out of order (tail {tail}, head {head}, this reader at {})",
-                    c.pos
-                );
-                self.skip_to_head(slot);
-                return Err(RingError::Corrupt {
-                    zone: self.ring.zone().name().to_string(),
-                    slot,
-                    reason,
-                });
-            }
-            let from = c.pos.max(tail);
-            if from > c.pos {
-                self.cursors[slot].lapped = true;
-            }
-            if head - from > cap {
-                // The producer went on a lap between the two loads.
-                self.cursors[slot].pos = from;
-                self.cursors[slot].lapped = true;
-                continue;
-            }
-            let settled = head == self.cursors[slot].seen_head;
-            self.cursors[slot].seen_head = head;
-            let mut to = head.min(from.saturating_add(self.batch.len() as u64 * 8));
-            if self.keep_off != 0 && to == head && !settled {
-                // Batching, and the producer is still writing: stay off the
-                // cache line it writes; a whole record (at most `keep_off`
-                // bytes) lies below the line, so this copy has one.
-                let below = head & !(LINE - 1);
-                if below < from.saturating_add(self.keep_off) {
-                    return Ok(false);
-                }
-                to = below;
-            }
-            let words = ((to - from) / 8) as usize;
-            let first = ((from / 8) & mask) as usize;
-            let split = words.min(data.len() - first);
-            let (b1, b2) = self.batch[..words].split_at_mut(split);
-            for (b, d) in b1.iter_mut().zip(&data[first..first + split]) {
-                *b = d.load(Ordering::Relaxed);
-            }
-            for (b, d) in b2.iter_mut().zip(data) {
-                *b = d.load(Ordering::Relaxed);
-            }
-            #[cfg(test)]
-            if let Some(f) = self.mid_copy.as_mut() {
-                f();
-            }
-            // Any word the producer changed after claiming past it makes
-            // this load see that claim.
-            fence(Ordering::Acquire);
-            let claim = s.claim.load(Ordering::Relaxed);
-            if claim <= from.saturating_add(cap) {
-                self.cursors[slot].pos = from;
-                self.bpos = from;
-                self.bnext = from;
-                self.bvalid = to - from;
-                self.bfull = to == head;
-                return Ok(true);
-            }
-            // Lapped while copying: start again from the new tail.
-            self.cursors[slot].lapped = true;
-            self.cursors[slot].pos = s.tail.load(Ordering::Acquire).max(c.pos);
-        }
-        // The producer laps us faster than we copy: skip ahead.
-        self.cursors[slot].pos = self.landing(slot, self.cursors[slot].pos);
-        self.cursors[slot].lapped = true;
-        Ok(false)
-    }
-
-    /// Where a reader lapped on every try of a refill goes on in `slot`:
-    /// the producer's mark (a complete record at most about an eighth of
-    /// the slot behind its head), so that the reader has most of a lap to
-    /// copy in and, above all, reads a record there whose sequence number
-    /// counts what it skipped as lost, even if the producer writes nothing
-    /// more. Never behind `at` (a record start this reader knows: it stays
-    /// there if the mark is behind it); the head only when neither is sound
-    /// (a corrupted slot).
-    fn landing(&self, slot: usize, at: u64) -> u64 {
-        let s = self.ring.slot(slot);
-        let cap = self.ring.geo().slot_bytes;
-        let mut head = 0;
-        for _ in 0..LAPPED_TRIES {
-            // The mark first: it is stored after the head that passed its
-            // record, and the tail before the head past it.
-            let mark = s.mark.load(Ordering::Acquire);
-            let tail = s.tail.load(Ordering::Acquire);
-            head = s.head.load(Ordering::Acquire);
-            if tail > head || head - tail > cap {
-                continue;
-            }
-            let sound = |p: u64| tail <= p && p < head && p % 8 == 0;
-            if sound(mark) && mark >= at {
-                return mark;
-            }
-            if sound(at) {
-                return at;
-            }
-        }
-        head
     }
 
     /// Batching (off by default): while a slot's producer is writing, a

@@ -190,8 +190,21 @@ fn random_corruption_gives_errors_never_panics() {
             // this test alone.
             unsafe { zone.ptr_at(at).unwrap().as_ptr().cast::<u64>().write(v) };
         }
+        // Half the rounds read with `read_batch`.
+        let batch = round % 4 >= 2;
         let mut drain = |r: &mut Reader<'_>| {
             for _ in 0..2000 {
+                if batch {
+                    match r.read_batch(|rec| {
+                        assert!(rec.data.len() <= 200);
+                        records += 1;
+                    }) {
+                        Ok(0) => break,
+                        Ok(_) => {}
+                        Err(_) => errors += 1,
+                    }
+                    continue;
+                }
                 match r.next_record() {
                     Ok(Some(rec)) => {
                         assert!(rec.data.len() <= 200);
@@ -379,4 +392,176 @@ fn a_batching_reader_stays_off_the_line_being_written() {
     r.set_batching(false);
     p.write(&[204; 40]).unwrap();
     assert_eq!(drain(&mut r, &mut next), 1, "off: at once");
+}
+
+/// Everything a reader hands out and counts, as one list.
+type Seen = Vec<(usize, u64, Vec<u8>, Option<u64>)>;
+
+/// `read_batch` hands out the same records, in the same order, with the
+/// same counts as `next_record`, in random mixes of writes (some of them
+/// lapping the readers, some stamped), polls of both kinds and slots.
+#[test]
+fn read_batch_sees_what_next_record_sees() {
+    let mut x = 7u64;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let (mut lossless, mut lossy) = (0, 0);
+    for round in 0..200 {
+        let cfg = RingConfig {
+            slots: 1 + round % 3,
+            slot_bytes: 4096 << (round % 2),
+            max_record: 200,
+            timestamps: round % 4 == 1,
+        };
+        let zones = ring_zones(&cfg);
+        let ring = Ring::create(&zones.get("log").unwrap(), &cfg).unwrap();
+        let mut one = ring.reader(Start::Oldest);
+        let mut batched = ring.reader(Start::Oldest);
+        let mut mixed = ring.reader(Start::Oldest);
+        if round % 5 == 0 {
+            batched.set_batching(true);
+        }
+        let mut ps: Vec<_> = (0..cfg.slots).map(|_| ring.producer().unwrap()).collect();
+        let (mut s1, mut s2, mut s3) = (Seen::new(), Seen::new(), Seen::new());
+        let mut batches = 0;
+        let keep =
+            |s: &mut Seen, r: Record<'_>| s.push((r.slot, r.seq, r.data.to_vec(), r.time_ns));
+        // Odd rounds write little between polls: nothing is lost there.
+        let (most, polls) = if round % 2 == 0 { (150, 0) } else { (16, 1) };
+        for _ in 0..20 {
+            for _ in 0..rnd() % most {
+                let p = &mut ps[(rnd() % cfg.slots as u64) as usize];
+                p.set_timestamps(rnd() % 3 == 0);
+                let len = (rnd() % 201) as usize;
+                p.write_at(&vec![p.next_seq() as u8; len], rnd() % 2)
+                    .unwrap();
+            }
+            // Poll each a random number of times (the lapped ones lose
+            // records: the same ones as long as they poll alike).
+            for _ in 0..polls + rnd() % 4 {
+                while let Some(r) = one.next_record().unwrap() {
+                    keep(&mut s1, r);
+                }
+                while batched.read_batch(|r| keep(&mut s2, r)).unwrap() > 0 {
+                    batches += 1;
+                }
+                for k in 0.. {
+                    let got = if (k + round) % 3 == 0 {
+                        mixed
+                            .next_record()
+                            .unwrap()
+                            .map(|r| keep(&mut s3, r))
+                            .is_some()
+                    } else {
+                        mixed.read_batch(|r| keep(&mut s3, r)).unwrap() > 0
+                    };
+                    if !got {
+                        break;
+                    }
+                }
+            }
+        }
+        // The batching one reads up to the heads from the second poll on.
+        for _ in 0..2 {
+            while batched.read_batch(|r| keep(&mut s2, r)).unwrap() > 0 {}
+        }
+        while let Some(r) = one.next_record().unwrap() {
+            keep(&mut s1, r);
+        }
+        while let Some(r) = mixed.next_record().unwrap() {
+            keep(&mut s3, r);
+        }
+        let written = ring.stats().written;
+        for (name, r, s) in [
+            ("next", &one, &s1),
+            ("batch", &batched, &s2),
+            ("mixed", &mixed, &s3),
+        ] {
+            assert_eq!(r.read() + r.lost(), written, "round {round} {name}");
+            assert_eq!(r.read(), s.len() as u64, "round {round} {name}");
+            for w in s.windows(2) {
+                assert!(
+                    w[0].0 != w[1].0 || w[1].1 > w[0].1,
+                    "round {round} {name}: order"
+                );
+            }
+            for (_, seq, data, _) in s {
+                assert!(
+                    data.iter().all(|&b| b == *seq as u8),
+                    "round {round} {name}: torn"
+                );
+            }
+        }
+        if one.lost() == 0 && batched.lost() == 0 && mixed.lost() == 0 {
+            // Lossless: every record, and each reader saw them alike (the
+            // order of slots aside, which depends on when each polled).
+            let sorted = |s: &Seen| {
+                let mut s = s.clone();
+                s.sort_by_key(|e| (e.0, e.1));
+                s
+            };
+            assert_eq!(sorted(&s1), sorted(&s2), "round {round}");
+            assert_eq!(sorted(&s1), sorted(&s3), "round {round}");
+            assert_eq!(one.stats(), batched.stats(), "round {round}");
+            lossless += 1;
+        } else {
+            lossy += 1;
+        }
+        assert!(batches > 0 || written == 0);
+    }
+    assert!(
+        lossless > 20 && lossy > 20,
+        "{lossless} lossless, {lossy} lossy"
+    );
+}
+
+/// A reader lapped during every refill, reading with `read_batch`: what
+/// it reads is in order and sound, and read + lost covers every record.
+#[test]
+fn read_batch_when_lapped_on_every_try() {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    let cfg = RingConfig {
+        slots: 1,
+        ..small()
+    };
+    let zones = ring_zones(&cfg);
+    let ring = Ring::create(&zones.get("log").unwrap(), &cfg).unwrap();
+    let mut reader = ring.reader(Start::Oldest);
+    let p = Rc::new(RefCell::new(ring.producer().unwrap()));
+    let write = |p: &Rc<RefCell<Producer<'_>>>, n: usize| {
+        let mut p = p.borrow_mut();
+        for _ in 0..n {
+            let seq = p.next_seq();
+            p.write(&[seq as u8; 40]).unwrap();
+        }
+    };
+    write(&p, 10);
+    let laps = Rc::new(RefCell::new(0));
+    let (p2, laps2) = (p.clone(), laps.clone());
+    reader.mid_copy = Some(Box::new(move || {
+        let mut n = laps2.borrow_mut();
+        if *n < 6 {
+            *n += 1;
+            write(&p2, (cfg.slot_bytes / 64) + 3);
+        }
+    }));
+    let mut last = None;
+    for _ in 0..100 {
+        reader
+            .read_batch(|r| {
+                assert_eq!(r.data, &[r.seq as u8; 40][..]);
+                assert!(last.is_none_or(|l| r.seq > l));
+                last = Some(r.seq);
+            })
+            .unwrap();
+    }
+    let written = p.borrow().next_seq();
+    assert!(*laps.borrow() >= 4);
+    assert_eq!(reader.read() + reader.lost(), written);
+    assert!(reader.lost() > 0 && reader.read() > 0);
 }
