@@ -4,7 +4,9 @@
 //! one after another (each answered before the next) on 4 workers must be
 //! spread over them, not piled on one. Also: a worker at `--connections`
 //! leaves new connections to the others, and takes one again once one of
-//! its own closes.
+//! its own closes; and a worker more than one connection ahead of the least
+//! busy one (the workers' open-connection gauges in the counters zone)
+//! leaves new connections to it.
 //!
 //! (The imbalance the accept threads fix shows under load, where a worker
 //! busy serving kept accepting every connection queued when it looked:
@@ -68,5 +70,40 @@ fn a_worker_at_its_connection_cap_leaves_new_ones_to_the_others() {
     assert!(per.contains_key(&pid_of(&mut fifth)));
     drop(fifth);
     drop(clients);
+    server.stop();
+}
+
+#[test]
+fn a_worker_ahead_of_the_others_leaves_new_connections_to_them() {
+    let server = Server::start(&["--workers", "2"]);
+    server.wait_workers(Some(2), "2 workers");
+    std::thread::sleep(Duration::from_millis(300));
+    let mut clients: Vec<(u64, Client)> = (0..12)
+        .map(|_| {
+            let mut c = server.connect();
+            (pid_of(&mut c), c)
+        })
+        .collect();
+    // Close every connection of one worker: the other is now ahead by
+    // all of its own.
+    let x = clients[0].0;
+    let (xs, kept): (Vec<_>, Vec<_>) = clients.drain(..).partition(|(p, _)| *p == x);
+    let ahead = kept.len();
+    assert!(ahead >= 4, "12 connections went {} / {ahead}", xs.len());
+    drop(xs);
+    // The busy worker's accept thread was waiting in accept; it looks at
+    // the balance again within its socket's 100 ms timeout.
+    std::thread::sleep(Duration::from_millis(400));
+    // Until it is at most one ahead, new connections go to the other,
+    // which the kernel's turn alone would not do.
+    let mut new = Vec::new();
+    for _ in 0..ahead - 1 {
+        let mut c = server.connect();
+        let p = pid_of(&mut c);
+        new.push(c);
+        assert_eq!(p, x, "a new connection went to the busier worker");
+    }
+    drop(new);
+    drop(kept);
     server.stop();
 }

@@ -268,6 +268,11 @@ impl<'a> App<'a> {
         }
     }
 
+    /// The request counters (and the workers' open-connection gauges).
+    pub fn counters(&self) -> Option<Counters<'a>> {
+        self.counters
+    }
+
     /// Counts a connection event.
     pub fn event(&self, e: Event) {
         if let Some(c) = self.counters {

@@ -5,6 +5,15 @@
 //! each connection to the runtime: the kernel wakes one blocked acceptor
 //! per connection, the longest waiting, so connections on the shared socket
 //! go round the workers in turn instead of piling on whichever worker runs.
+//! That alone is not enough on a loaded machine: a woken acceptor that does
+//! not get a CPU at once leaves the connection queued, and the acceptor
+//! that does run takes it (wrk -c64 on 4 workers on 2 busy cores: 29/21/6/8
+//! or 63/1/0/0). So each worker publishes its open connections in its slot
+//! of the counters zone, and an acceptor more than [`LEAD_MAX`] ahead of
+//! the least busy worker leaves new connections to the others for up to
+//! [`DEFER_MAX`] each ([`Live::ahead`]): the same 64 go 16/16/16/16. A
+//! connection's latency grows with how many others its worker serves, so
+//! the busiest worker's connections set the p99.
 //! Every connection is a task on the runtime's one thread. What bounds a
 //! client:
 //!
@@ -44,7 +53,7 @@ use tokio::time::Instant;
 use shmzone::prefork::Worker;
 
 use crate::app::{App, Shared};
-use crate::counters::Event;
+use crate::counters::{Counters, Event};
 
 /// The worker's entry point (run by the master in each forked child).
 pub fn worker(shared: &Shared, w: &Worker) -> i32 {
@@ -76,12 +85,24 @@ pub fn worker(shared: &Shared, w: &Worker) -> i32 {
     let (stop_tx, stop_rx) = watch::channel(false);
     let (conn_tx, conn_rx) = mpsc::unbounded_channel();
     let done = AtomicBool::new(false);
+    let pid = std::process::id();
+    let gauge = app.counters();
+    if let Some(c) = gauge {
+        c.claim(w.index(), pid);
+    }
+    let workers = app.shared.config.workers();
     let live = Arc::new(Live {
         count: AtomicU32::new(0),
         handed: AtomicU32::new(0),
         max: app.shared.config.connections,
         closed: Notify::new(),
         acceptor: OnceLock::new(),
+        gauge,
+        slot: w.index(),
+        pid,
+        // Only workers sharing one socket can leave a connection to
+        // another; with --reuseport the kernel has chosen the socket.
+        balance: (shared.listeners.len() == 1 && workers > 1).then_some(workers),
     });
     std::thread::scope(|s| {
         s.spawn(|| {
@@ -106,13 +127,55 @@ pub fn worker(shared: &Shared, w: &Worker) -> i32 {
 /// stops accepting at `max`), connections handed to the runtime and not
 /// started yet, a wake-up for the runtime when one closes, and the accept
 /// thread to unpark when the count falls below `max` or the runtime has
-/// started what it was handed.
+/// started what it was handed. The count is also published in this
+/// worker's slot of the counters zone (`gauge`), where every worker's
+/// accept thread compares it ([`Live::ahead`]).
 struct Live {
     count: AtomicU32,
     handed: AtomicU32,
     max: u32,
     closed: Notify,
     acceptor: OnceLock<std::thread::Thread>,
+    gauge: Option<Counters<'static>>,
+    slot: usize,
+    pid: u32,
+    /// `Some(workers)`: balance against the slots `0..workers`.
+    balance: Option<usize>,
+}
+
+/// How many connections a worker may have above the least busy one
+/// before its accept thread leaves new ones to the others.
+const LEAD_MAX: u32 = 1;
+
+/// How long a connection may wait in the queue for a less busy worker to
+/// take it before a busier one takes it anyway (the less busy one may be
+/// stuck, dead, or not started yet).
+const DEFER_MAX: Duration = Duration::from_millis(20);
+
+impl Live {
+    fn opened(&self) {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        if let Some(c) = self.gauge {
+            c.open_add(self.slot, self.pid, true);
+        }
+    }
+
+    /// Whether this worker has more than [`LEAD_MAX`] connections above the
+    /// least busy worker's (as the workers' gauges say).
+    fn ahead(&self) -> bool {
+        let (Some(c), Some(n)) = (self.gauge, self.balance) else {
+            return false;
+        };
+        let mut mine = 0;
+        let mut least = u32::MAX;
+        for (i, open) in c.open(n).enumerate() {
+            if i == self.slot {
+                mine = open;
+            }
+            least = least.min(open);
+        }
+        mine > least.saturating_add(LEAD_MAX)
+    }
 }
 
 /// Decrements the live count when a connection task ends, however it ends.
@@ -120,6 +183,9 @@ struct LiveGuard(Arc<Live>);
 
 impl Drop for LiveGuard {
     fn drop(&mut self) {
+        if let Some(c) = self.0.gauge {
+            c.open_add(self.0.slot, self.0.pid, false);
+        }
         let before = self.0.count.fetch_sub(1, Ordering::AcqRel);
         if before >= self.0.max {
             if let Some(t) = self.0.acceptor.get() {
@@ -162,9 +228,15 @@ fn accept_loop(
             std::thread::park_timeout(Duration::from_millis(100));
             continue;
         }
+        // Ahead of the least busy worker: leave the next connection to the
+        // others (blocked in accept, they take it), unless it waits too
+        // long.
+        if live.ahead() && !take_anyway(listener, live) {
+            continue;
+        }
         match listener.accept() {
             Ok((stream, _)) => {
-                live.count.fetch_add(1, Ordering::AcqRel);
+                live.opened();
                 live.handed.fetch_add(1, Ordering::AcqRel);
                 if tx.send(stream).is_err() {
                     return;
@@ -182,6 +254,45 @@ fn accept_loop(
             }
         }
     }
+}
+
+/// For an accept thread that is ahead ([`Live::ahead`]): waits up to
+/// 100 ms for a connection to arrive, then gives the other workers
+/// [`DEFER_MAX`] to take it. True: accept now (no longer ahead, or the
+/// connection is still waiting); false: nothing to accept (none came, or
+/// another worker took it).
+fn take_anyway(listener: &StdListener, live: &Live) -> bool {
+    if !pending(listener, 100) {
+        return false;
+    }
+    let since = std::time::Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(1));
+        if !live.ahead() {
+            return true;
+        }
+        if !pending(listener, 0) {
+            return false;
+        }
+        if since.elapsed() >= DEFER_MAX {
+            return true;
+        }
+    }
+}
+
+/// Whether a connection waits in the listening socket's queue, waiting up
+/// to `ms` for one (a poll(2) for readability; errors count as none).
+fn pending(listener: &StdListener, ms: i32) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut p = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, for the call's duration; the descriptor is
+    // the listener's, open while `listener` is borrowed.
+    let n = unsafe { libc::poll(&mut p, 1, ms) };
+    n > 0 && p.revents & libc::POLLIN != 0
 }
 
 async fn serve(
