@@ -75,7 +75,18 @@ fn a_worker_at_its_connection_cap_leaves_new_ones_to_the_others() {
 
 #[test]
 fn a_worker_ahead_of_the_others_leaves_new_connections_to_them() {
-    let server = Server::start(&["--workers", "2"]);
+    ahead_leaves_new_connections(&[]);
+}
+
+/// With a socket per worker the kernel picks the socket by a hash of the
+/// addresses; the worker behind takes from the busier one's socket.
+#[test]
+fn with_reuseport_a_worker_behind_takes_from_the_others_sockets() {
+    ahead_leaves_new_connections(&["--reuseport"]);
+}
+
+fn ahead_leaves_new_connections(args: &[&str]) {
+    let server = Server::start(&[&["--workers", "2"], args].concat());
     server.wait_workers(Some(2), "2 workers");
     std::thread::sleep(Duration::from_millis(300));
     let mut clients: Vec<(u64, Client)> = (0..12)
@@ -91,11 +102,11 @@ fn a_worker_ahead_of_the_others_leaves_new_connections_to_them() {
     let ahead = kept.len();
     assert!(ahead >= 4, "12 connections went {} / {ahead}", xs.len());
     drop(xs);
-    // The busy worker's accept thread was waiting in accept; it looks at
-    // the balance again within its socket's 100 ms timeout.
+    // The busy worker's accept thread was waiting in accept (or poll); it
+    // looks at the balance again within its 100 ms timeout.
     std::thread::sleep(Duration::from_millis(400));
     // Until it is at most one ahead, new connections go to the other,
-    // which the kernel's turn alone would not do.
+    // which the kernel's turn (or hash) alone would not do.
     let mut new = Vec::new();
     for _ in 0..ahead - 1 {
         let mut c = server.connect();
