@@ -4,7 +4,7 @@
 //! one after another (each answered before the next) on 4 workers must be
 //! spread over them, not piled on one. Also: a worker at `--connections`
 //! leaves new connections to the others, and takes one again once one of
-//! its own closes; and a worker more than one connection ahead of the least
+//! its own closes; and a worker with more connections than the least
 //! busy one (the workers' open-connection gauges in the counters zone)
 //! leaves new connections to it.
 //!
@@ -105,10 +105,10 @@ fn ahead_leaves_new_connections(args: &[&str]) {
     // The busy worker's accept thread was waiting in accept (or poll); it
     // looks at the balance again within its 100 ms timeout.
     std::thread::sleep(Duration::from_millis(400));
-    // Until it is at most one ahead, new connections go to the other,
+    // Until the two are even, new connections go to the other,
     // which the kernel's turn (or hash) alone would not do.
     let mut new = Vec::new();
-    for _ in 0..ahead - 1 {
+    for _ in 0..ahead {
         let mut c = server.connect();
         let p = pid_of(&mut c);
         new.push(c);
