@@ -118,3 +118,42 @@ fn ahead_leaves_new_connections(args: &[&str]) {
     drop(kept);
     server.stop();
 }
+
+/// The gauges the workers balance on are in /metrics, one per worker,
+/// and count the connections open now (the scrape's own among them).
+#[test]
+fn metrics_show_each_workers_open_connections() {
+    let server = Server::start(&["--workers", "2"]);
+    server.wait_workers(Some(2), "2 workers");
+    let open = |c: &mut Client| -> Vec<u64> {
+        let (code, body) = c.get("/metrics").unwrap();
+        assert_eq!(code, 200, "{body}");
+        (0..2)
+            .map(|i| {
+                let key = format!("shmzone_http_open_connections{{worker=\"{i}\"}} ");
+                let line = body.lines().find(|l| l.starts_with(&key));
+                line.and_then(|l| l[key.len()..].trim().parse().ok())
+                    .unwrap_or_else(|| panic!("no {key} in {body}"))
+            })
+            .collect()
+    };
+    let mut clients: Vec<Client> = (0..6).map(|_| server.connect()).collect();
+    for c in clients.iter_mut() {
+        pid_of(c);
+    }
+    let mut probe = server.connect();
+    assert_eq!(open(&mut probe).iter().sum::<u64>(), 7);
+    drop(clients);
+    // Closed connections are counted off once their workers see the close.
+    let mut left = Vec::new();
+    for _ in 0..100 {
+        left = open(&mut probe);
+        if left.iter().sum::<u64>() == 1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(left.iter().sum::<u64>(), 1, "{left:?}");
+    drop(probe);
+    server.stop();
+}

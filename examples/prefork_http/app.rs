@@ -547,6 +547,13 @@ impl<'a> App<'a> {
                 );
             }
         }
+        if let Some(c) = self.counters {
+            let name = "shmzone_http_open_connections";
+            t.family(name, Kind::Gauge, "Open connections per worker slot.");
+            for (i, n) in c.open(self.shared.config.workers()).enumerate() {
+                t.sample(name, &[("worker", &i.to_string())], n);
+            }
+        }
         if let Some(d) = self.dict.as_ref() {
             write_dicts(&mut t, &[(d.zone_name().to_string(), d.stats())]);
         }
