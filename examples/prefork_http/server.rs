@@ -93,8 +93,9 @@ pub fn worker(shared: &Shared, w: &Worker) -> i32 {
                 }
             }
         });
+        // (With --reuseport the sockets are non-blocking, even just one.)
         let acceptor = s.spawn(|| match &shared.listeners[..] {
-            [one] => accept_shared(one, &live, &done, conn_tx),
+            [one] if !shared.config.reuseport => accept_shared(one, &live, &done, conn_tx),
             all => accept_reuseport(all, &live, &done, conn_tx),
         });
         let _ = live.acceptor.set(acceptor.thread().clone());
