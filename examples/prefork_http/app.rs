@@ -242,7 +242,7 @@ struct StatsJson {
 impl<'a> App<'a> {
     pub fn new(shared: &'a Shared, worker_index: usize) -> App<'a> {
         let zones = &shared.zones;
-        let dict = zones.get(KV).and_then(|z| match Dict::open(&z) {
+        let dict = zones.get(KV).and_then(|z| match kv::open(&z) {
             Ok(d) => Some(d),
             Err(e) => {
                 log::error!("zone {KV}: {e}");
