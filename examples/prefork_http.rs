@@ -17,6 +17,8 @@
 //! reloads on SIGHUP (zones kept, new workers, old ones finish and leave)
 //! and stops gracefully on SIGTERM or Ctrl-C. `--help` lists the options.
 
+#[path = "prefork_http/accept.rs"]
+mod accept;
 #[path = "prefork_http/app.rs"]
 mod app;
 #[path = "prefork_http/args.rs"]
@@ -216,10 +218,13 @@ fn listen(c: &Config) -> std::io::Result<Vec<TcpListener>> {
         }
         s.bind(&addr.into())?;
         s.listen(1024)?;
-        // Each worker's accept thread blocks in accept (the kernel wakes
-        // one waiter per connection, in turn); the timeout bounds a wait so
-        // that a stopping worker's thread notices within it.
-        s.set_nonblocking(false)?;
+        // On the shared socket each worker's accept thread blocks in
+        // accept (the kernel wakes one waiter per connection, in turn); the
+        // timeout bounds a wait so that a stopping worker's thread notices
+        // within it. With --reuseport every worker polls every socket and
+        // may take from another's (accept.rs): non-blocking, so a lost race
+        // costs nothing.
+        s.set_nonblocking(c.reuseport)?;
         s.set_read_timeout(Some(std::time::Duration::from_millis(100)))?;
         let l: TcpListener = s.into();
         // Port 0: the others join the port the first one got.

@@ -4,7 +4,9 @@
 //! one after another (each answered before the next) on 4 workers must be
 //! spread over them, not piled on one. Also: a worker at `--connections`
 //! leaves new connections to the others, and takes one again once one of
-//! its own closes.
+//! its own closes; and a worker with more connections than the least
+//! busy one (the workers' open-connection gauges in the counters zone)
+//! leaves new connections to it.
 //!
 //! (The imbalance the accept threads fix shows under load, where a worker
 //! busy serving kept accepting every connection queued when it looked:
@@ -68,5 +70,90 @@ fn a_worker_at_its_connection_cap_leaves_new_ones_to_the_others() {
     assert!(per.contains_key(&pid_of(&mut fifth)));
     drop(fifth);
     drop(clients);
+    server.stop();
+}
+
+#[test]
+fn a_worker_ahead_of_the_others_leaves_new_connections_to_them() {
+    ahead_leaves_new_connections(&[]);
+}
+
+/// With a socket per worker the kernel picks the socket by a hash of the
+/// addresses; the worker behind takes from the busier one's socket.
+#[test]
+fn with_reuseport_a_worker_behind_takes_from_the_others_sockets() {
+    ahead_leaves_new_connections(&["--reuseport"]);
+}
+
+fn ahead_leaves_new_connections(args: &[&str]) {
+    let server = Server::start(&[&["--workers", "2"], args].concat());
+    server.wait_workers(Some(2), "2 workers");
+    std::thread::sleep(Duration::from_millis(300));
+    let mut clients: Vec<(u64, Client)> = (0..12)
+        .map(|_| {
+            let mut c = server.connect();
+            (pid_of(&mut c), c)
+        })
+        .collect();
+    // Close every connection of one worker: the other is now ahead by
+    // all of its own.
+    let x = clients[0].0;
+    let (xs, kept): (Vec<_>, Vec<_>) = clients.drain(..).partition(|(p, _)| *p == x);
+    let ahead = kept.len();
+    assert!(ahead >= 4, "12 connections went {} / {ahead}", xs.len());
+    drop(xs);
+    // The busy worker's accept thread was waiting in accept (or poll); it
+    // looks at the balance again within its 100 ms timeout.
+    std::thread::sleep(Duration::from_millis(400));
+    // Until the two are even, new connections go to the other,
+    // which the kernel's turn (or hash) alone would not do.
+    let mut new = Vec::new();
+    for _ in 0..ahead {
+        let mut c = server.connect();
+        let p = pid_of(&mut c);
+        new.push(c);
+        assert_eq!(p, x, "a new connection went to the busier worker");
+    }
+    drop(new);
+    drop(kept);
+    server.stop();
+}
+
+/// The gauges the workers balance on are in /metrics, one per worker,
+/// and count the connections open now (the scrape's own among them).
+#[test]
+fn metrics_show_each_workers_open_connections() {
+    let server = Server::start(&["--workers", "2"]);
+    server.wait_workers(Some(2), "2 workers");
+    let open = |c: &mut Client| -> Vec<u64> {
+        let (code, body) = c.get("/metrics").unwrap();
+        assert_eq!(code, 200, "{body}");
+        (0..2)
+            .map(|i| {
+                let key = format!("shmzone_http_open_connections{{worker=\"{i}\"}} ");
+                let line = body.lines().find(|l| l.starts_with(&key));
+                line.and_then(|l| l[key.len()..].trim().parse().ok())
+                    .unwrap_or_else(|| panic!("no {key} in {body}"))
+            })
+            .collect()
+    };
+    let mut clients: Vec<Client> = (0..6).map(|_| server.connect()).collect();
+    for c in clients.iter_mut() {
+        pid_of(c);
+    }
+    let mut probe = server.connect();
+    assert_eq!(open(&mut probe).iter().sum::<u64>(), 7);
+    drop(clients);
+    // Closed connections are counted off once their workers see the close.
+    let mut left = Vec::new();
+    for _ in 0..100 {
+        left = open(&mut probe);
+        if left.iter().sum::<u64>() == 1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(left.iter().sum::<u64>(), 1, "{left:?}");
+    drop(probe);
     server.stop();
 }

@@ -242,7 +242,7 @@ struct StatsJson {
 impl<'a> App<'a> {
     pub fn new(shared: &'a Shared, worker_index: usize) -> App<'a> {
         let zones = &shared.zones;
-        let dict = zones.get(KV).and_then(|z| match Dict::open(&z) {
+        let dict = zones.get(KV).and_then(|z| match kv::open(&z) {
             Ok(d) => Some(d),
             Err(e) => {
                 log::error!("zone {KV}: {e}");
@@ -266,6 +266,11 @@ impl<'a> App<'a> {
             slot: worker_index,
             pid: std::process::id(),
         }
+    }
+
+    /// The request counters (and the workers' open-connection gauges).
+    pub fn counters(&self) -> Option<Counters<'a>> {
+        self.counters
     }
 
     /// Counts a connection event.
@@ -540,6 +545,13 @@ impl<'a> App<'a> {
                     &[("event", e.name())],
                     tot.events[e as usize],
                 );
+            }
+        }
+        if let Some(c) = self.counters {
+            let name = "shmzone_http_open_connections";
+            t.family(name, Kind::Gauge, "Open connections per worker slot.");
+            for (i, n) in c.open(self.shared.config.workers()).enumerate() {
+                t.sample(name, &[("worker", &i.to_string())], n);
             }
         }
         if let Some(d) = self.dict.as_ref() {

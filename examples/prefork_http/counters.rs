@@ -100,7 +100,10 @@ struct Slot {
     routes: [AtomicU64; 8],
     /// Responses per status class: index 1..=5 for 1xx..5xx.
     status: [AtomicU64; 6],
-    _pad: [u64; 2],
+    /// The connections open in this slot's worker: its pid in the high
+    /// 32 bits, the count in the low 32 (see [`Counters::claim`]).
+    open: AtomicU64,
+    _pad: [u64; 1],
     /// Per [`Event`].
     events: [AtomicU64; 8],
     _pad2: [u64; 8],
@@ -171,6 +174,52 @@ impl<'a> Counters<'a> {
     /// A connection event in `slot`.
     pub fn event(&self, slot: usize, e: Event) {
         self.root.slots[slot % SLOTS].events[e as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Makes `slot`'s open-connection gauge this process's, at 0: a
+    /// worker calls it once at start. The worker that had the slot before
+    /// (killed, or an old one finishing after a reload) no longer changes
+    /// it: its connections are gone or no longer counted.
+    pub fn claim(&self, slot: usize, pid: u32) {
+        self.root.slots[slot % SLOTS]
+            .open
+            .store(u64::from(pid) << 32, Ordering::Relaxed);
+    }
+
+    /// One connection more (`up`) or fewer in `slot`'s gauge, if process
+    /// `pid` still owns it.
+    pub fn open_add(&self, slot: usize, pid: u32, up: bool) {
+        let g = &self.root.slots[slot % SLOTS].open;
+        let mut cur = g.load(Ordering::Relaxed);
+        // Bounded: each failed exchange means another process changed the
+        // word, and only the owner (us) and a claim do; a claim ends it.
+        for _ in 0..64 {
+            if (cur >> 32) as u32 != pid {
+                return;
+            }
+            let n = cur as u32;
+            let n = if up {
+                n.saturating_add(1)
+            } else {
+                n.saturating_sub(1)
+            };
+            match g.compare_exchange_weak(
+                cur,
+                (cur & !0xffff_ffff) | u64::from(n),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// The open connections of slots `0..n` (a slot nobody claimed: 0).
+    pub fn open(&self, n: usize) -> impl Iterator<Item = u32> + '_ {
+        self.root.slots[..n.min(SLOTS)]
+            .iter()
+            .map(|s| s.open.load(Ordering::Relaxed) as u32)
     }
 
     /// Sums every slot.

@@ -1,10 +1,8 @@
 //! One worker process: a tokio current-thread runtime, made here after the
 //! fork, serving HTTP/1.1 with hyper on the socket the master bound.
 //!
-//! A small accept thread ([`accept_loop`]) blocks in `accept` and hands
-//! each connection to the runtime: the kernel wakes one blocked acceptor
-//! per connection, the longest waiting, so connections on the shared socket
-//! go round the workers in turn instead of piling on whichever worker runs.
+//! A small accept thread (`accept.rs`) takes new connections, spreading
+//! them evenly over the workers, and hands each to the runtime.
 //! Every connection is a task on the runtime's one thread. What bounds a
 //! client:
 //!
@@ -27,8 +25,6 @@
 
 use std::cell::Cell;
 use std::convert::Infallible;
-use std::io::ErrorKind;
-use std::net::TcpListener as StdListener;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -43,6 +39,7 @@ use tokio::time::Instant;
 
 use shmzone::prefork::Worker;
 
+use crate::accept::{accept_reuseport, accept_shared, Live, LiveGuard, HANDOFF_MAX};
 use crate::app::{App, Shared};
 use crate::counters::Event;
 
@@ -54,18 +51,24 @@ pub fn worker(shared: &Shared, w: &Worker) -> i32 {
     // every task holding this reference are dropped before this function
     // returns anyway.
     let shared: &'static Shared = unsafe { &*(shared as *const Shared) };
-    let listener = match shared.listeners[w.index() % shared.listeners.len()].try_clone() {
-        Ok(l) => l,
-        Err(e) => {
-            log::error!("worker {}: listener: {e}", w.index());
-            return shmzone::prefork::EXIT_FATAL;
-        }
-    };
     let app: &'static App<'static> = Box::leak(Box::new(App::new(shared, w.index())));
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder.enable_all();
+    // Before the runtime sleeps in epoll_wait, spin --busy-poll µs: on a
+    // busy machine the next requests usually come meanwhile and are
+    // served without a sleep and a wake-up, each of which is a chance to
+    // wait behind another task's time slice (`perf sched`, README
+    // "Against nginx": p99 7.5 ms without, 1.5-4.3 with 20 µs).
+    let spin = Duration::from_micros(shared.config.busy_poll);
+    if !spin.is_zero() {
+        builder.on_thread_park(move || {
+            let t = std::time::Instant::now();
+            while t.elapsed() < spin {
+                std::hint::spin_loop();
+            }
+        });
+    }
+    let rt = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {
             log::error!("worker {}: runtime: {e}", w.index());
@@ -76,12 +79,22 @@ pub fn worker(shared: &Shared, w: &Worker) -> i32 {
     let (stop_tx, stop_rx) = watch::channel(false);
     let (conn_tx, conn_rx) = mpsc::unbounded_channel();
     let done = AtomicBool::new(false);
+    let pid = std::process::id();
+    let gauge = app.counters();
+    if let Some(c) = gauge {
+        c.claim(w.index(), pid);
+    }
+    let workers = app.shared.config.workers();
     let live = Arc::new(Live {
         count: AtomicU32::new(0),
         handed: AtomicU32::new(0),
         max: app.shared.config.connections,
         closed: Notify::new(),
         acceptor: OnceLock::new(),
+        gauge,
+        slot: w.index(),
+        pid,
+        workers,
     });
     std::thread::scope(|s| {
         s.spawn(|| {
@@ -93,95 +106,17 @@ pub fn worker(shared: &Shared, w: &Worker) -> i32 {
                 }
             }
         });
-        let acceptor = s.spawn(|| accept_loop(&listener, &live, &done, conn_tx));
+        // (With --reuseport the sockets are non-blocking, even just one.)
+        let acceptor = s.spawn(|| match &shared.listeners[..] {
+            [one] if !shared.config.reuseport => accept_shared(one, &live, &done, conn_tx),
+            all => accept_reuseport(all, &live, &done, conn_tx),
+        });
         let _ = live.acceptor.set(acceptor.thread().clone());
         let local = tokio::task::LocalSet::new();
         let code = local.block_on(&rt, serve(app, live.clone(), conn_rx, stop_rx));
         done.store(true, Ordering::Relaxed);
         code
     })
-}
-
-/// Live connections of this worker (counted by the accept thread, which
-/// stops accepting at `max`), connections handed to the runtime and not
-/// started yet, a wake-up for the runtime when one closes, and the accept
-/// thread to unpark when the count falls below `max` or the runtime has
-/// started what it was handed.
-struct Live {
-    count: AtomicU32,
-    handed: AtomicU32,
-    max: u32,
-    closed: Notify,
-    acceptor: OnceLock<std::thread::Thread>,
-}
-
-/// Decrements the live count when a connection task ends, however it ends.
-struct LiveGuard(Arc<Live>);
-
-impl Drop for LiveGuard {
-    fn drop(&mut self) {
-        let before = self.0.count.fetch_sub(1, Ordering::AcqRel);
-        if before >= self.0.max {
-            if let Some(t) = self.0.acceptor.get() {
-                t.unpark();
-            }
-        }
-        self.0.closed.notify_one();
-    }
-}
-
-/// Connections the accept thread hands over before it waits for the
-/// runtime to start them: a runtime that is stuck holds at most this many
-/// connections it has not started (waiting for the runtime after each one
-/// spreads connections worse: the accept thread is then often not waiting
-/// in accept when a connection comes).
-const HANDOFF_MAX: u32 = 16;
-
-/// The accept thread: a blocking `accept` on the listening socket, handing
-/// each connection to the runtime. The kernel wakes one blocked acceptor
-/// per connection, the one that has waited longest: with one socket shared
-/// by all workers, new connections go round the workers in turn (what
-/// nginx gets from EPOLLEXCLUSIVE and one accept per wake-up), instead of
-/// the running worker taking every connection queued when it looks. The
-/// socket's receive timeout (set by the master) bounds each wait, so the
-/// thread sees `done` within it.
-fn accept_loop(
-    listener: &StdListener,
-    live: &Live,
-    done: &AtomicBool,
-    tx: mpsc::UnboundedSender<std::net::TcpStream>,
-) {
-    while !done.load(Ordering::Relaxed) {
-        // At the cap, or while the runtime has not started HANDOFF_MAX
-        // connections it was handed (it is stuck): leave new connections to
-        // the other workers until one of ours closes or the runtime takes
-        // what it was handed (both unpark us).
-        if live.count.load(Ordering::Acquire) >= live.max
-            || live.handed.load(Ordering::Acquire) >= HANDOFF_MAX
-        {
-            std::thread::park_timeout(Duration::from_millis(100));
-            continue;
-        }
-        match listener.accept() {
-            Ok((stream, _)) => {
-                live.count.fetch_add(1, Ordering::AcqRel);
-                live.handed.fetch_add(1, Ordering::AcqRel);
-                if tx.send(stream).is_err() {
-                    return;
-                }
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
-                ) => {}
-            Err(e) => {
-                // EMFILE and the like: back off instead of spinning.
-                log::warn!("accept: {e}");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    }
 }
 
 async fn serve(

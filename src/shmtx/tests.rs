@@ -1,6 +1,7 @@
 //! Unit tests of the lock's words and paths (the multi-process ones are in
 //! `tests/shmtx*.rs`).
 
+use super::wait::Waiter;
 use super::*;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -133,4 +134,22 @@ fn heal_after_rounds_up_to_milliseconds() {
     assert_eq!(m.heal_after(), Some(Duration::from_millis(2)));
     m.set_heal_after(None);
     assert_eq!(m.heal_after(), None);
+}
+
+#[test]
+fn spin_limit_is_bounded_whatever_the_word_holds() {
+    let m = ShmMutex::new();
+    assert_eq!(m.spin_limit(), SPIN_LIMIT);
+    m.set_spin_limit(Some(1));
+    assert_eq!(m.spin_limit(), 1);
+    // Garbage in shared memory: the spin still ends (n doubles past it).
+    m.spin.store(u32::MAX, Ordering::Relaxed);
+    assert_eq!(m.spin_limit(), MAX_SPIN_LIMIT);
+    let mut w = Waiter::for_test(os::process::current_pid());
+    let g = m.lock();
+    // Held by us: the spin phase gives up (bounded) instead of looping.
+    m.set_spin_limit(Some(64));
+    assert!(m.spin(&mut w).is_none());
+    drop(g);
+    assert!(m.spin(&mut w).is_some());
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::{
     process_heal_after, ShmGuard, ShmMutex, FAIR_AFTER, FREE, HEIR_NAP, MAX_SLEEP, RECOVERED,
-    SPIN_FIRST, SPIN_LIMIT,
+    SPIN_FIRST,
 };
 use crate::os::{self, futex};
 
@@ -27,6 +27,19 @@ pub(super) struct Waiter {
 }
 
 impl Waiter {
+    /// A fresh waiter with no deadline, for unit tests of the phases.
+    #[cfg(test)]
+    pub(super) fn for_test(pid: u32) -> Waiter {
+        Waiter {
+            pid,
+            deadline: None,
+            heal_due: None,
+            heir: false,
+            napped: false,
+            slept: false,
+        }
+    }
+
     fn past_deadline(&self) -> bool {
         self.deadline.is_some_and(|d| Instant::now() >= d)
     }
@@ -196,7 +209,8 @@ impl ShmMutex {
     /// streak alone.
     pub(super) fn spin(&self, w: &mut Waiter) -> Option<ShmGuard<'_>> {
         let mut n = SPIN_FIRST;
-        while n < SPIN_LIMIT {
+        let limit = self.spin_limit();
+        while n < limit {
             for _ in 0..n {
                 spin_loop();
             }
