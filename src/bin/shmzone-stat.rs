@@ -338,8 +338,16 @@ fn table(cli: &Cli, spec: &NamedSpec, snap: &Snapshot) -> String {
                 continue;
             }
         };
-        let reqs = st.classes.iter().map(|c| c.reqs).sum::<u64>() + st.page_reqs;
-        let fails = st.classes.iter().map(|c| c.fails).sum::<u64>() + st.page_fails;
+        // Saturating: each counter passed check() (at most 2^62), but 62
+        // classes of them can still add up past u64::MAX.
+        let reqs = st
+            .classes
+            .iter()
+            .fold(st.page_reqs, |a, c| a.saturating_add(c.reqs));
+        let fails = st
+            .classes
+            .iter()
+            .fold(st.page_fails, |a, c| a.saturating_add(c.fails));
         let _ = writeln!(
             s,
             "{:<24} {:>9} {:>6} {:>7} {:>7} {:>9} {:>9} {:>9} {:>6} {:>10} {:>6}  {}",
