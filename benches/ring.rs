@@ -206,15 +206,20 @@ fn r1_slot() -> usize {
         .unwrap_or(32 << 20)
 }
 
-/// R1 once: ns per record written (wall, CPU), records lost, the
-/// reader's busy ns per record read.
-fn r1(n: usize, bytes: &[u8], stamp: bool) -> (f64, f64, u64, f64) {
-    let cfg = RingConfig {
+/// R1's ring: one slot of [`r1_slot`] bytes, records up to 256 bytes.
+fn r1_config(timestamps: bool) -> RingConfig {
+    RingConfig {
         slots: 1,
         slot_bytes: r1_slot(),
         max_record: 256,
-        timestamps: stamp,
-    };
+        timestamps,
+    }
+}
+
+/// R1 once: ns per record written (wall, CPU), records lost, the
+/// reader's busy ns per record read.
+fn r1(n: usize, bytes: &[u8], stamp: bool) -> (f64, f64, u64, f64) {
+    let cfg = r1_config(stamp);
     let zones = ring_zones(&cfg);
     let ring = Ring::create(&zones.get("ring").unwrap(), &cfg).expect("ring");
     let board = Board::new();
@@ -241,12 +246,7 @@ fn r1(n: usize, bytes: &[u8], stamp: bool) -> (f64, f64, u64, f64) {
 /// beforehand with `min(n, what the slot holds)` 64-byte records, in one
 /// process, with `read_batch` (what R1's reader uses) or `next_record`.
 fn r1_read(n: usize, bytes: &[u8], batch: bool) -> (f64, f64) {
-    let cfg = RingConfig {
-        slots: 1,
-        slot_bytes: r1_slot(),
-        max_record: 256,
-        timestamps: false,
-    };
+    let cfg = r1_config(false);
     let n = n.min(r1_slot() / 96);
     let zones = ring_zones(&cfg);
     let ring = Ring::create(&zones.get("ring").unwrap(), &cfg).expect("ring");
@@ -271,12 +271,7 @@ fn r1_read(n: usize, bytes: &[u8], batch: bool) -> (f64, f64) {
 /// in all: the reader's own cost per record without the trip to memory
 /// that `r1_read` measures (in R1 the lines come from the producer's core).
 fn r1_read_hot(n: usize, bytes: &[u8]) -> f64 {
-    let cfg = RingConfig {
-        slots: 1,
-        slot_bytes: r1_slot(),
-        max_record: 256,
-        timestamps: false,
-    };
+    let cfg = r1_config(false);
     let zones = ring_zones(&cfg);
     let ring = Ring::create(&zones.get("ring").unwrap(), &cfg).expect("ring");
     let mut reader = ring.reader(Start::Oldest);

@@ -74,15 +74,8 @@ impl Reader<'_> {
             if got > 0 {
                 return Ok(got);
             }
-            let slot = self.turn;
-            self.turn = (self.turn + 1) % n;
-            if self.fill(slot)? {
-                empty = 0;
-            } else {
-                empty += 1;
-                if empty >= n {
-                    break;
-                }
+            if self.refill_turn(&mut empty)? {
+                break;
             }
         }
         Ok(0)

@@ -268,18 +268,26 @@ impl<'a> Reader<'a> {
             if let Some(h) = self.parse()? {
                 return Ok(Some(h));
             }
-            let slot = self.turn;
-            self.turn = (self.turn + 1) % n;
-            if self.fill(slot)? {
-                empty = 0;
-            } else {
-                empty += 1;
-                if empty >= n {
-                    break;
-                }
+            if self.refill_turn(&mut empty)? {
+                break;
             }
         }
         Ok(None)
+    }
+
+    /// Refills from the slot whose turn it is (round robin) and counts the
+    /// slots found with nothing new in a row in `empty`; whether every
+    /// slot has now been found so (time to stop looking).
+    pub(super) fn refill_turn(&mut self, empty: &mut usize) -> Result<bool, RingError> {
+        let n = self.ring.slots();
+        let slot = self.turn;
+        self.turn = (self.turn + 1) % n;
+        if self.fill(slot)? {
+            *empty = 0;
+        } else {
+            *empty += 1;
+        }
+        Ok(*empty >= n)
     }
 
     /// The next record of the batch: its header and the word index of its
