@@ -8,6 +8,7 @@ use super::layout::bump;
 use super::layout::{Entry, MAX_CHAIN};
 use super::section::{Found, Sec, ALLOC_NEED, FINISH_NEED, FREE_NEED};
 use super::{Dict, DictError};
+use crate::journal::MAX_RECORD;
 
 /// The slab's block size for a request of `size` bytes (its size class's
 /// chunk size; 0 for page runs: no class to match).
@@ -60,17 +61,26 @@ impl<'z> Dict<'z> {
     /// nodes are freed first, then (when `evict`) up to [`MAX_EVICT`]
     /// entries other than `protect`, expired ones first. Returns whether a
     /// live entry was evicted.
+    ///
+    /// Freeing to make room stops while the section's journal still holds
+    /// what the rest of the operation needs: the allocation, saving what
+    /// the new block overlaps of the blocks freed ([`Dict::max_fill`]),
+    /// the records that finish it, and `later` bytes for the steps after
+    /// it (a new list's first node). Past that it is `NoMemory`, never
+    /// `TooBigForOneSection` half-way through.
     pub(super) fn room(
         &self,
         s: &Sec<'_, '_, 'z>,
         size: usize,
         protect: *const Entry,
         evict: bool,
+        later: usize,
     ) -> Result<(*mut u8, bool), DictError> {
         if let Some(p) = s.try_alloc(size)? {
             return Ok((p, false));
         }
-        if self.reclaim(s, usize::MAX)? > 0 {
+        let keep = ALLOC_NEED + 2 * FINISH_NEED + Self::max_fill(size) + later;
+        if self.reclaim(s, usize::MAX, keep)? > 0 {
             if let Some(p) = s.try_alloc(size)? {
                 return Ok((p, false));
             }
@@ -79,10 +89,7 @@ impl<'z> Dict<'z> {
         let mut evicted = 0;
         if evict {
             for _ in 0..MAX_EVICT {
-                if s.g.journal_room()
-                    < FREE_NEED + ALLOC_NEED + 2 * FINISH_NEED + self.max_fill(size)
-                    || !s.can_free()
-                {
+                if s.g.journal_room() < FREE_NEED + keep || !s.can_free() {
                     break;
                 }
                 let class = size_class(size);
@@ -106,7 +113,7 @@ impl<'z> Dict<'z> {
                     // No block of the needed class was found to evict: empty
                     // the victim's slab instead, so that its pages can be
                     // reused for any class.
-                    let (n, f2) = self.evict_slab(s, slab, protect, MAX_EVICT - evicted)?;
+                    let (n, f2) = self.evict_slab(s, slab, protect, MAX_EVICT - evicted, keep)?;
                     evicted += n;
                     forcible |= f2;
                     if n > 0 {
@@ -138,22 +145,23 @@ impl<'z> Dict<'z> {
 
     /// Evicts the entries in a slab (its first chunk's address, chunk
     /// size, chunk count, as `PoolGuard::slab_chunks_locked` gives), at
-    /// most `max` (while the journal has room): each chunk start that
-    /// holds an entry the table links there is one. How many, and whether
-    /// a live one was among them.
+    /// most `max` (while the journal keeps `keep` bytes beyond a free):
+    /// each chunk start that holds an entry the table links there is one.
+    /// How many, and whether a live one was among them.
     fn evict_slab(
         &self,
         s: &Sec<'_, '_, 'z>,
         (page, class, chunks): (usize, usize, usize),
         protect: *const Entry,
         max: usize,
+        keep: usize,
     ) -> Result<(usize, bool), DictError> {
         let (mut n, mut forcible) = (0, false);
         for slot in (0..chunks).map(|k| k * class) {
             if n >= max
                 || !s.can_free()
                 || s.pending_room() < 2
-                || s.g.journal_room() < FREE_NEED + ALLOC_NEED + 2 * FINISH_NEED
+                || s.g.journal_room() < FREE_NEED + keep
             {
                 break;
             }
@@ -193,20 +201,34 @@ impl<'z> Dict<'z> {
         Ok((n, forcible))
     }
 
-    /// Journal room kept for saving what a new block of `size` bytes may
-    /// overlap of the blocks freed to make room for it.
-    fn max_fill(&self, size: usize) -> usize {
-        size + 256
+    /// Journal bytes that saving what a new block of `size` bytes overlaps
+    /// of blocks freed earlier in the section may take: [`Sec::fill`]
+    /// saves one span inside the block, in records of at most
+    /// [`MAX_RECORD`] bytes, each with a header word and padding to a word.
+    pub(super) fn max_fill(size: usize) -> usize {
+        size + 15 * size.div_ceil(MAX_RECORD).max(1)
     }
 
-    /// Frees up to `max` garbage list nodes while the journal has room;
-    /// how many it freed.
-    pub(super) fn reclaim(&self, s: &Sec<'_, '_, 'z>, max: usize) -> Result<usize, DictError> {
+    /// Journal bytes a store of a `size`-byte block may take after its
+    /// start: an allocation tried before the old entry is freed, the free,
+    /// a second allocation, the fill and the finishing records.
+    pub(super) fn store_need(size: usize) -> usize {
+        2 * ALLOC_NEED + FREE_NEED + 3 * FINISH_NEED + Self::max_fill(size)
+    }
+
+    /// Frees up to `max` garbage list nodes while the journal keeps `keep`
+    /// bytes beyond a free; how many it freed.
+    pub(super) fn reclaim(
+        &self,
+        s: &Sec<'_, '_, 'z>,
+        max: usize,
+        keep: usize,
+    ) -> Result<usize, DictError> {
         let h = s.hdr();
         let mut n = 0;
         // SAFETY: header words, under the lock.
         while n < max && unsafe { (*h).garbage } != 0 {
-            if s.g.journal_room() < FREE_NEED + 2 * FINISH_NEED || !s.can_free() {
+            if s.g.journal_room() < FREE_NEED + keep || !s.can_free() {
                 break;
             }
             // SAFETY: as above.
@@ -333,27 +355,53 @@ impl<'z> Dict<'z> {
     }
 
     /// Frees a few garbage list nodes, if there are any: every store does
-    /// this, so that deleted lists are given back steadily.
+    /// this, so that deleted lists are given back steadily. It keeps
+    /// `need` journal bytes for the operation that follows.
     #[inline]
-    pub(super) fn tidy(&self, s: &Sec<'_, '_, 'z>) -> Result<(), DictError> {
+    pub(super) fn tidy(&self, s: &Sec<'_, '_, 'z>, need: usize) -> Result<(), DictError> {
         // SAFETY: a header word, under the lock.
         if unsafe { (*s.hdr()).ngarbage } != 0 {
-            self.reclaim(s, TIDY)?;
+            self.reclaim(s, TIDY, need)?;
         }
         Ok(())
+    }
+
+    /// Frees every garbage list node, a journal's worth per lock hold; how
+    /// many. Each hold frees at least one node or ends the loop, and a
+    /// chain that leads back to a node freed already is an error (the
+    /// free is refused), so it ends.
+    pub(super) fn collect_garbage(&self) -> Result<usize, DictError> {
+        let mut n = 0;
+        loop {
+            let g = self.pool.lock();
+            let s = self.section(&g)?;
+            match self.reclaim(&s, usize::MAX, 2 * FINISH_NEED)? {
+                0 => return Ok(n),
+                k => n += k,
+            }
+        }
+    }
+
+    /// Runs a store (`op(first)`, `first` true on the first try). When it
+    /// found no memory while deleted lists' nodes still held some, those
+    /// are all given back ([`Dict::collect_garbage`], each lock hold its
+    /// own section: a store's section could free only a journal's worth,
+    /// and undoes it when the store fails) and the store is tried once
+    /// more.
+    pub(super) fn after_gc<T>(
+        &self,
+        mut op: impl FnMut(bool) -> Result<T, DictError>,
+    ) -> Result<T, DictError> {
+        match op(true) {
+            Err(DictError::NoMemory { .. }) if self.collect_garbage()? > 0 => op(false),
+            r => r,
+        }
     }
 
     /// Frees expired entries, up to `max` (0: all), a batch of buckets per
     /// lock hold, and every garbage list node; how many entries it freed.
     pub(super) fn flush_expired_inner(&self, max: usize) -> Result<usize, DictError> {
-        // The garbage first, a journal's worth per lock hold.
-        loop {
-            let g = self.pool.lock();
-            let s = self.section(&g)?;
-            if self.reclaim(&s, usize::MAX)? == 0 {
-                break;
-            }
-        }
+        self.collect_garbage()?;
         let max = if max == 0 { usize::MAX } else { max };
         let nb = self.mask as u64 + 1;
         let mut freed = 0;
@@ -361,7 +409,7 @@ impl<'z> Dict<'z> {
         while b < nb && freed < max {
             let g = self.pool.lock();
             let s = self.section(&g)?;
-            self.reclaim(&s, usize::MAX)?;
+            self.reclaim(&s, usize::MAX, 2 * FINISH_NEED)?;
             let end = (b + SWEEP_BATCH as u64).min(nb);
             while b < end && freed < max {
                 let (n, done) = self.sweep_bucket(&s, b as u32, max - freed)?;

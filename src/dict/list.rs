@@ -5,10 +5,15 @@
 //! list at once.
 
 use super::layout::bump;
-use super::layout::{hash, value_at, Entry, ListHead, Node, K_LIST};
-use super::section::Sec;
+use super::layout::{entry_size, hash, value_at, Entry, ListHead, Node, K_LIST};
+use super::section::{Sec, ALLOC_NEED, FINISH_NEED};
 use super::value::{decode, kind_name, Encoded};
 use super::{Dict, DictError, OwnedValue, Value};
+
+/// The block size of a list node holding `len` bytes.
+fn node_size(len: usize) -> usize {
+    std::mem::size_of::<Node>() + len
+}
 
 impl<'z> Dict<'z> {
     /// The ListHead of a list entry.
@@ -36,23 +41,33 @@ impl<'z> Dict<'z> {
             });
         }
         let h = hash(self.seed, key);
-        let g = self.pool.lock();
-        let s = self.section(&g)?;
-        let found = s.find(h, key)?;
-        let live = found.filter(|f| s.live(f.e));
-        if let Some(f) = live {
-            // SAFETY: a checked entry.
-            let kind = unsafe { u32::from((*f.e).kind) };
-            if kind != K_LIST {
-                return Err(DictError::WrongType {
-                    found: kind_name(kind),
-                });
+        self.after_gc(|first| {
+            let g = self.pool.lock();
+            let s = self.section(&g)?;
+            let found = s.find(h, key)?;
+            let live = found.filter(|f| s.live(f.e));
+            if let Some(f) = live {
+                // SAFETY: a checked entry.
+                let kind = unsafe { u32::from((*f.e).kind) };
+                if kind != K_LIST {
+                    return Err(DictError::WrongType {
+                        found: kind_name(kind),
+                    });
+                }
             }
-        }
-        bump(&self.h().sets);
-        self.tidy(&s)?;
-        s.all_or_nothing(|| {
-            self.push_locked(&s, h, key, bytes, v.kind, left, found, live.map(|f| f.e))
+            if first {
+                bump(&self.h().sets);
+            }
+            self.tidy(
+                &s,
+                2 * ALLOC_NEED
+                    + 3 * FINISH_NEED
+                    + Self::max_fill(entry_size(key.len(), 16))
+                    + Self::max_fill(node_size(bytes.len())),
+            )?;
+            s.all_or_nothing(|| {
+                self.push_locked(&s, h, key, bytes, v.kind, left, found, live.map(|f| f.e))
+            })
         })
     }
 
@@ -76,14 +91,16 @@ impl<'z> Dict<'z> {
                     s.unlink(&f)?;
                     s.free_entry(f.e)?;
                 }
-                let size = super::layout::entry_size(key.len(), 16);
-                let (p, _) = self.room(s, size, std::ptr::null(), true)?;
+                let size = entry_size(key.len(), 16);
+                // Keeps what the node's allocation below needs.
+                let later = ALLOC_NEED + 2 * FINISH_NEED + Self::max_fill(node_size(bytes.len()));
+                let (p, _) = self.room(s, size, std::ptr::null(), true, later)?;
                 let e = s.insert(p, h, key, K_LIST, &[0u8; 16], 0, 0)?;
                 s.totals(0, -16)?;
                 e
             }
         };
-        let (p, _) = self.room(s, std::mem::size_of::<Node>() + bytes.len(), e, true)?;
+        let (p, _) = self.room(s, node_size(bytes.len()), e, true, 0)?;
         let node = p.cast::<Node>();
         let lh = Self::list_head(e);
         // SAFETY: `lh` is inside a checked list entry; `node` is fresh.

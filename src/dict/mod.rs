@@ -35,6 +35,12 @@
 //!   first), preferring an entry whose block has the size class the new
 //!   one needs (else the candidate's whole page is emptied). [`Stored::forcible`] says
 //!   whether live entries were evicted.
+//! - Deleting a list frees its entry at once and its nodes later: every
+//!   store frees a few, and a store (`set` family, `lpush`/`rpush`) that
+//!   finds no memory while such nodes remain first gives them all back,
+//!   a journal's worth per lock hold, then tries once more. Making room
+//!   never takes the journal bytes the rest of the store needs: a store
+//!   that cannot make room says `NoMemory`, not `TooBigForOneSection`.
 //! - **A call that fails changes nothing.** shdict's `safe_set` deletes the
 //!   old value when the new one does not fit; here the old value stays
 //!   (the section is rolled back to its savepoint), and so do the entries

@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 
 use super::layout::bump;
 use super::layout::{entry_size, hash, value_at, Entry, ENTRY_MUT_FROM, K_INT, K_LIST};
-use super::section::Sec;
+use super::section::{Sec, FINISH_NEED};
 use super::value::{decode, kind_name, Encoded};
 use super::{Dict, DictError, Got, Stored, Value};
 
@@ -57,19 +57,26 @@ impl<'z> Dict<'z> {
         let v = Encoded::new(value);
         self.check_value(&v)?;
         let h = hash(self.seed, key);
-        let g = self.pool.lock();
-        let s = self.section(&g)?;
-        let found = s.find(h, key)?;
-        let live = found.is_some_and(|f| s.live(f.e));
-        match mode {
-            Mode::Add if live => return Err(DictError::Exists),
-            Mode::Replace if !live => return Err(DictError::NotFound),
-            _ => {}
-        }
-        let exp = expiry(&s, ttl_ms);
-        bump(&self.h().sets);
-        self.tidy(&s)?;
-        self.put(&s, h, key, &v, flags, exp, found, evict)
+        self.after_gc(|first| {
+            let g = self.pool.lock();
+            let s = self.section(&g)?;
+            let found = s.find(h, key)?;
+            let live = found.is_some_and(|f| s.live(f.e));
+            match mode {
+                Mode::Add if live => return Err(DictError::Exists),
+                Mode::Replace if !live => return Err(DictError::NotFound),
+                _ => {}
+            }
+            let exp = expiry(&s, ttl_ms);
+            if first {
+                bump(&self.h().sets);
+            }
+            self.tidy(
+                &s,
+                Self::store_need(entry_size(key.len(), v.as_slice().len())),
+            )?;
+            self.put(&s, h, key, &v, flags, exp, found, evict)
+        })
     }
 
     /// Writes `v` for `key`: in place when the old entry has the same
@@ -112,7 +119,7 @@ impl<'z> Dict<'z> {
             }
             let (p, forcible) = match early {
                 Some(p) => (p, false),
-                None => self.room(s, size, std::ptr::null(), evict)?,
+                None => self.room(s, size, std::ptr::null(), evict, 0)?,
             };
             s.insert(p, h, key, v.kind, bytes, flags, exp)?;
             Ok(Stored { forcible })
@@ -184,7 +191,7 @@ impl<'z> Dict<'z> {
         s.all_or_nothing(|| {
             s.unlink(f)?;
             s.free_entry(f.e)?;
-            self.tidy(s)
+            self.tidy(s, 2 * FINISH_NEED)
         })
     }
 

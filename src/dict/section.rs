@@ -9,7 +9,7 @@ use super::layout::{
     entry_size, value_at, Bucket, Entry, ListHead, Node, K_LIST, MAX_CHAIN, MAX_KEY, MAX_PENDING,
 };
 use super::{Dict, DictError};
-use crate::journal::JournalFull;
+use crate::journal::{JournalFull, MAX_RECORD};
 use crate::os::clock;
 use crate::slab::PoolGuard;
 
@@ -407,18 +407,31 @@ impl<'g, 'd, 'z> Sec<'g, 'd, 'z> {
     /// without records: saves whatever part of it overlaps a block freed
     /// earlier in the section (the allocator may hand that memory out
     /// again, and a rollback makes the freed block live again).
+    ///
+    /// One span is saved, from the first overlapped byte to the last (in
+    /// records of at most `MAX_RECORD` bytes): at most `len` bytes and a
+    /// header word per record, however many freed blocks it overlaps
+    /// (`Dict::max_fill`). Saving the free bytes between them too is
+    /// harmless: they are inside the new block, which nothing else in the
+    /// section wrote, and a rollback frees it again.
     pub fn fill(&self, p: *mut u8, len: usize) -> Result<(), DictError> {
         let start = p as usize - self.d.base as usize;
         let end = start + len;
         let f = self.freed.get();
+        let (mut lo, mut hi) = (end, start);
         for &(off8, flen) in &f[..self.nfreed.get()] {
             let (fs, fe) = (off8 as usize * 8, off8 as usize * 8 + flen as usize);
             let (a, b) = (start.max(fs), end.min(fe));
             if a < b {
-                // SAFETY: a..b lies in the zone (inside both blocks); only
-                // lock holders write it.
-                unsafe { self.g.save(self.d.base.add(a), b - a) }?;
+                (lo, hi) = (lo.min(a), hi.max(b));
             }
+        }
+        while lo < hi {
+            let n = (hi - lo).min(MAX_RECORD);
+            // SAFETY: lo..lo+n lies inside the new block, in the zone; only
+            // lock holders write it.
+            unsafe { self.g.save(self.d.base.add(lo), n) }?;
+            lo += n;
         }
         Ok(())
     }

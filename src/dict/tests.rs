@@ -506,3 +506,51 @@ fn eviction_takes_the_oldest_first() {
     assert!(first <= 5, "{first} of the 50 oldest keys kept");
     d.check().unwrap();
 }
+
+/// A dictionary whose memory is all held by deleted lists' nodes (freed a
+/// few per store, and a journal's worth inside a store's own section,
+/// which a failed store undoes): a store that finds no memory gives the
+/// garbage back in sections of its own and tries again, so stores succeed
+/// at once (without that, all 400 said `NoMemory`), and none
+/// says `TooBigForOneSection`. (The fuzz inputs
+/// `fuzz/regressions/dict_ops/*-overflows-section` replay the section
+/// overflow itself.)
+#[test]
+fn stores_into_a_dictionary_full_of_deleted_lists_give_the_garbage_back() {
+    let z = zones(1 << 20);
+    let d = Dict::open(&z.get("d").unwrap()).unwrap();
+    // Lists of small nodes until the zone is full, then all deleted: the
+    // memory is held by garbage nodes, freed a journal's worth at a time.
+    // The nodes (16 + 40 bytes) are of the class of the new lists' entries
+    // (32 + 8 + 16), so making a new list frees garbage for its entry too.
+    let mut lists = 0;
+    let small = [1u8; 40];
+    'fill: for l in 0..1000 {
+        let key = format!("l{l}");
+        for _ in 0..500 {
+            match d.rpush(key.as_bytes(), &small[..]) {
+                Ok(_) => {}
+                Err(DictError::NoMemory { .. }) => break 'fill,
+                Err(e) => panic!("rpush: {e}"),
+            }
+        }
+        lists += 1;
+    }
+    assert!(lists > 10, "only {lists} lists fit");
+    for l in 0..=lists {
+        d.delete(format!("l{l}").as_bytes()).unwrap();
+    }
+    assert!(d.stats().garbage > 10_000, "{:?}", d.stats());
+    d.check().unwrap();
+    let big = vec![7u8; 1900];
+    let (mut stored, mut refused) = (0, 0);
+    for k in 0..400 {
+        match d.rpush(format!("n{k}").as_bytes(), &big[..]) {
+            Ok(1) => stored += 1,
+            Err(DictError::NoMemory { .. }) => refused += 1,
+            other => panic!("push {k}: {other:?} ({:?})", d.stats()),
+        }
+        d.check().unwrap();
+    }
+    assert!(stored > 200, "stored {stored}, refused {refused}");
+}

@@ -12,7 +12,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::layout::{bump, hash, value_at, K_BYTES, K_LIST};
+use super::layout::{bump, entry_size, hash, value_at, K_BYTES, K_LIST};
 use super::ops::expiry;
 use super::value::{decode_small, kind_name, Encoded};
 use super::{Dict, DictError, OwnedValue, Value};
@@ -186,7 +186,10 @@ impl<'z> Dict<'z> {
         bump(&self.h().sets);
         // `put` rolls back its own part; this also undoes what `tidy` freed.
         s.all_or_nothing(|| {
-            self.tidy(&s)?;
+            self.tidy(
+                &s,
+                Self::store_need(entry_size(key.len(), v.as_slice().len())),
+            )?;
             self.put(&s, h, key, &v, flags, exp, found, true)
         })?;
         Ok(out)

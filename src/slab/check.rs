@@ -4,7 +4,7 @@
 use std::fmt;
 
 use super::layout::{
-    Desc, Link, State, FIRST_DESC_BITMAP_CLASS, INTERNAL, MAX_REQS, NCLASSES, NIL, SLAB_PAGE,
+    Desc, Link, State, FIRST_DESC_BITMAP_CLASS, INTERNAL, NCLASSES, NIL, SLAB_PAGE,
 };
 use super::{Pool, PoolGuard};
 
@@ -250,12 +250,9 @@ pub(crate) fn check(st: &State, d: &[Desc], pages: *const u8) -> Result<(), Chec
             );
         }
         let s = &st.classes[c];
-        if s.reqs > MAX_REQS {
-            // No pool makes 2^62 requests (146 years at 10^9 a second): a
-            // garbage counter, which the next allocation would wrap.
-            return fail_pool("class request counter out of range", s.reqs, MAX_REQS);
-        }
-        if s.fails > s.reqs || s.used > s.reqs - s.fails {
+        // A saturated request counter (see `count`) no longer says how many
+        // requests there were: nothing to relate.
+        if s.reqs != u64::MAX && (s.fails > s.reqs || s.used > s.reqs - s.fails) {
             return fail_pool(
                 "class requests fewer than failures plus chunks in use",
                 s.reqs,

@@ -343,7 +343,7 @@ impl<'a> PoolGuard<'a> {
         for c in NCLASSES..chunks.len() {
             // Cached page runs: the runs handed out from caches are
             // requests; the runs sitting in them are no user's.
-            s.page_reqs = s.page_reqs.wrapping_add(reqs[c]);
+            s.page_reqs = s.page_reqs.saturating_add(reqs[c]);
             s.bytes_requested = s.bytes_requested.wrapping_add(bytes[c]);
             s.bytes_handed_out = s
                 .bytes_handed_out
@@ -352,7 +352,7 @@ impl<'a> PoolGuard<'a> {
         for (c, cs) in s.classes.iter_mut().enumerate() {
             cs.cached = chunks[c];
             cs.used = cs.used.saturating_sub(chunks[c]);
-            cs.reqs = cs.reqs.wrapping_add(reqs[c]);
+            cs.reqs = cs.reqs.saturating_add(reqs[c]);
             s.bytes_requested = s.bytes_requested.wrapping_add(bytes[c]);
             s.bytes_handed_out = s
                 .bytes_handed_out

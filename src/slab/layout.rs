@@ -43,11 +43,24 @@ pub(crate) const MAX_NARROW_CHUNK: usize = 1024;
 /// Pools of this many pages (8 MiB) or more cut the classes' slabs from
 /// the wide table (see `slab_pages`).
 pub(crate) const WIDE_PAGES: usize = 2048;
-/// The largest class request counter `check` accepts: no pool makes 2^62
-/// requests (146 years at 10^9 a second), so a larger one is garbage,
-/// which the next allocation would wrap. `recount` and `reformat` bring
-/// the counters back under it.
-pub(crate) const MAX_REQS: u64 = 1 << 62;
+/// Counts one more in a statistics counter (requests, failures). The
+/// counters saturate at `u64::MAX` rather than wrap: a garbage counter
+/// (written over, or left by a bug) stays at the top, where `check` no
+/// longer relates it to the others, instead of wrapping to a value that
+/// contradicts them. No pool makes 2^64 requests.
+#[inline(always)]
+pub(crate) fn count(x: &mut u64) {
+    *x = x.saturating_add(1);
+}
+
+/// Takes back a [`count`] (a request that turned into another kind), unless
+/// the counter is saturated.
+#[inline(always)]
+pub(crate) fn uncount(x: &mut u64) {
+    if *x != u64::MAX {
+        *x = x.saturating_sub(1);
+    }
+}
 /// The most pages one slab of a class spans.
 pub(crate) const MAX_SLAB_PAGES: u32 = 8;
 

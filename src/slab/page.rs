@@ -10,8 +10,8 @@
 
 use super::error::FreeError;
 use super::layout::{
-    chunk_at, class_size, pages_for, ClassState, Classes, Desc, Header, Link, State,
-    FIRST_DESC_BITMAP_CLASS, INTERNAL, JOURNAL_OFF, MAX_REQS, NCLASSES, NIL, PAGE_SHIFT, SLAB_PAGE,
+    chunk_at, class_size, count, pages_for, uncount, ClassState, Classes, Desc, Header, Link,
+    State, FIRST_DESC_BITMAP_CLASS, INTERNAL, JOURNAL_OFF, NCLASSES, NIL, PAGE_SHIFT, SLAB_PAGE,
 };
 use crate::journal::{record_words, Journal, JournalHeader};
 use crate::killpoint;
@@ -269,7 +269,7 @@ impl Core<'_> {
         // from the pages after a rollback, and the statistics (requests,
         // failures, bytes asked for) count a rolled-back call as made.
         let cs = &mut self.st.classes[c];
-        cs.reqs = cs.reqs.wrapping_add(1);
+        count(&mut cs.reqs);
         let head = cs.head;
         // NIL (like any index out of range) is past the descriptors' end,
         // and so is any slab that would not fit (one compare for both).
@@ -349,11 +349,11 @@ impl Core<'_> {
         let n = pages_for(size).max(1);
         if RUN && n < self.cls[c].pages as usize {
             let cs = &mut self.st.classes[c];
-            cs.reqs = cs.reqs.wrapping_sub(1);
+            uncount(&mut cs.reqs);
             return self.alloc_run(n, size);
         }
         let cs = &mut self.st.classes[c];
-        cs.fails = cs.fails.wrapping_add(1);
+        count(&mut cs.fails);
         None
     }
 
@@ -448,8 +448,8 @@ impl Core<'_> {
     #[inline]
     pub fn alloc_run_checked(&mut self, n: usize, size: usize, npages: usize) -> Option<usize> {
         if n > npages {
-            self.st.page_reqs = self.st.page_reqs.wrapping_add(1);
-            self.st.page_fails = self.st.page_fails.wrapping_add(1);
+            count(&mut self.st.page_reqs);
+            count(&mut self.st.page_fails);
             return None;
         }
         self.alloc_run(n, size)
@@ -458,9 +458,9 @@ impl Core<'_> {
     /// A run of `n` pages, as an offset from the first page.
     #[inline]
     fn alloc_run(&mut self, n: usize, size: usize) -> Option<usize> {
-        self.st.page_reqs = self.st.page_reqs.wrapping_add(1);
+        count(&mut self.st.page_reqs);
         let Some(first) = self.alloc_pages_or_trim(n) else {
-            self.st.page_fails = self.st.page_fails.wrapping_add(1);
+            count(&mut self.st.page_fails);
             return None;
         };
         let n32 = n as u32;
@@ -910,9 +910,9 @@ impl Core<'_> {
         }
         for c in 0..NCLASSES {
             let s = self.st.classes[c];
-            // fails <= reqs - used, reqs <= MAX_REQS (what check wants).
-            let fails = s.fails.min(MAX_REQS - used[c]);
-            let reqs = s.reqs.max(fails + used[c]).min(MAX_REQS);
+            // fails <= reqs - used (what check wants).
+            let fails = s.fails.min(u64::MAX - used[c]);
+            let reqs = s.reqs.max(fails + used[c]);
             if (s.used, s.total, s.reqs, s.fails) != (used[c], total[c], reqs, fails) {
                 self.save_class(c);
                 let s = &mut self.st.classes[c];
@@ -943,8 +943,7 @@ impl Core<'_> {
     /// page, no classes. Not journaled (see `Pool::reinit`).
     pub fn reformat(&mut self) {
         let npages = self.d.len() as u32;
-        let keep_fails: [u64; NCLASSES] =
-            std::array::from_fn(|c| self.st.classes[c].fails.min(MAX_REQS));
+        let keep_fails: [u64; NCLASSES] = std::array::from_fn(|c| self.st.classes[c].fails);
         for (c, cs) in self.st.classes.iter_mut().enumerate() {
             *cs = ClassState::EMPTY;
             cs.fails = keep_fails[c];

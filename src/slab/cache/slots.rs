@@ -114,7 +114,7 @@ impl Pool {
         };
         core.mark_internal((off >> PAGE_SHIFT) as u32, true);
         // Not a user's request: keep the run counters to real requests.
-        core.st.page_reqs = core.st.page_reqs.wrapping_sub(1);
+        crate::slab::layout::uncount(&mut core.st.page_reqs);
         core.st.run_bytes_requested = core.st.run_bytes_requested.wrapping_sub(BODY as u64);
         core.st.run_bytes = core
             .st
