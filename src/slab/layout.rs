@@ -333,14 +333,18 @@ const fn class_of_size(size: usize) -> usize {
 }
 
 /// The index of the chunk of a class-`info` slab that starts at byte `off`
-/// of the slab (`off < pages * SLAB_PAGE`), or `None` if no chunk starts
-/// there: a mask, a shift and a multiply, no division.
+/// of the slab, or `None` if no chunk starts there (also for any `off`
+/// past the slab's pages, below 2^32): a mask, a shift and a multiply, no
+/// division.
 ///
 /// With `size = m << shift` (m odd) and `x = off >> shift`: if m divides
-/// x, `x * inv = x / m` modulo 2^32; if not, `q = x * inv` is at least
-/// `chunks`, because `q < chunks` would give `m * q = x` (both sides are
-/// below 2^32 and equal modulo 2^32), so m would divide x. The unit test
-/// `chunk_at_is_exact` checks every offset of every class.
+/// x, `x * inv = x / m` modulo 2^32 (at least `chunks` past the slab's
+/// chunks); if not, `q = x * inv` is at least `chunks`, because
+/// `q < chunks` would give `m * q = x` (both sides are below 2^32 and
+/// equal modulo 2^32), so m would divide x. The unit test
+/// `chunk_at_is_exact` checks every offset of every class up to
+/// [`MAX_SLAB_PAGES`] + 1 pages (the lock-free free path passes offsets
+/// that far).
 #[inline(always)]
 pub(crate) const fn chunk_at(info: &ClassInfo, off: usize) -> Option<u32> {
     if off as u32 & info.low != 0 {
@@ -782,7 +786,7 @@ mod tests {
         for info in CLASS.iter().chain(CLASS_WIDE.iter()) {
             let size = info.size as usize;
             assert_eq!((info.size >> info.shift).wrapping_mul(info.inv), 1);
-            for o in 0..info.pages as usize * SLAB_PAGE {
+            for o in 0..(MAX_SLAB_PAGES as usize + 1) * SLAB_PAGE {
                 let want =
                     (o % size == 0 && o / size < info.chunks as usize).then_some((o / size) as u32);
                 assert_eq!(chunk_at(info, o), want, "size {size} offset {o}");

@@ -55,8 +55,8 @@ use static_assertions::{assert_eq_size, const_assert, const_assert_eq};
 
 use super::error::FreeError;
 use super::layout::{
-    chunk_at as slab_chunk_at, class_size, Desc, Link, FIRST_DESC_BITMAP_CLASS, INTERNAL, NCLASSES,
-    PAGE_SHIFT, SLAB_PAGE,
+    chunk_at as slab_chunk_at, class_size, Desc, Link, FIRST_DESC_BITMAP_CLASS, INTERNAL,
+    MAX_SLAB_PAGES, NCLASSES, PAGE_SHIFT, SLAB_PAGE,
 };
 use super::page::{ALLOC_BUDGET, FREE_BUDGET};
 use super::Pool;
@@ -560,37 +560,55 @@ impl Pool {
     /// the first page's `slab` word; `None` if the page is in no slab.
     #[inline(always)]
     fn slab_racy(&self, idx: usize, in_page: usize) -> Option<(usize, usize, usize, u64)> {
-        let (link, slab) = self.desc_racy(idx);
-        match link.class() {
-            Some(c) => Some((c, idx, in_page, slab)),
-            None => self.inner_racy(idx, in_page, link),
-        }
+        self.slab_of_link(idx, in_page, self.desc_racy(idx).0)
     }
 
     /// Whether page `idx` is a page (first or inner) of a slab of class
-    /// `c`, read racily: its tag alone says.
+    /// `c`, read racily: its tag alone says. Without a branch on which of
+    /// the two tags it is (with random sizes, which kind of page a chunk
+    /// lies on is random; `a == x || a == y` compiles to two branches):
+    /// the product of the two differences is 0 exactly when one is (tags
+    /// are 8 bits, so it cannot overflow).
     #[inline(always)]
     fn in_slab_of(&self, idx: usize, c: usize) -> bool {
         let t = self.desc_racy(idx).0.tag();
-        t == Link::SLAB0 + c as u32 || t == Link::INNER0 + c as u32
+        let first = t ^ (Link::SLAB0 + c as u32);
+        let inner = t ^ (Link::INNER0 + c as u32);
+        first * inner == 0
     }
 
-    /// `slab_racy` for an inner page of a multi-page slab (`link` is its
-    /// descriptor's): the slab is found from its first page.
+    /// [`slab_racy`](Self::slab_racy) given page `idx`'s descriptor link.
+    /// A first page and an inner page of a multi-page slab take the same
+    /// path, the choices made with conditional moves: in a wide pool with
+    /// random sizes, whether a freed chunk lies on its slab's first page
+    /// is random, and a branch on it was mispredicted about once in two
+    /// frees (callgrind's branch simulation on W2). The first page's
+    /// descriptor is read again for a first page (a cache hit).
     #[inline(always)]
-    fn inner_racy(
+    fn slab_of_link(
         &self,
         idx: usize,
         in_page: usize,
         link: Link,
     ) -> Option<(usize, usize, usize, u64)> {
-        let c = link.inner_class()?;
-        let first = link.idx() as usize;
-        let k = idx.wrapping_sub(first);
-        if k == 0 || k >= self.cls[c].pages as usize {
+        let t = link.tag();
+        let inner = t >= Link::INNER0;
+        let c = (t as usize).wrapping_sub(pick(inner, Link::INNER0 as usize, Link::SLAB0 as usize));
+        let first = pick(inner, link.idx() as usize, idx);
+        // A tag below SLAB0 (free, run) wraps c.
+        if c >= NCLASSES {
             return None;
         }
-        // first < idx < npages: a descriptor inside the pool.
+        // An inner page lies 1..pages pages after its first page; a first
+        // page is its own (k = 0). k below the most pages any slab spans
+        // keeps first <= idx < npages (a descriptor inside the pool); an
+        // offset past the slab's own pages is no chunk of it
+        // (`chunk_set_racy` refuses it), and an inner page that names
+        // itself fails the tag compare.
+        let k = idx.wrapping_sub(first);
+        if k >= MAX_SLAB_PAGES as usize {
+            return None;
+        }
         let (l, slab) = self.desc_racy(first);
         if l.tag() != Link::SLAB0 + c as u32 {
             return None;
@@ -703,15 +721,11 @@ impl Pool {
     #[inline(always)]
     pub(crate) fn cache_push(&self, slot: NonNull<SlotHead>, idx: u32, in_page: usize) -> Push {
         let (prev, slab) = self.desc_racy(idx as usize);
-        let (c, first, o, slab) = match prev.class() {
-            Some(c) => (c, idx as usize, in_page, slab),
-            None if prev.tag() >= Link::INNER0 => {
-                match self.inner_racy(idx as usize, in_page, prev) {
-                    Some(x) => x,
-                    None => return Push::No,
-                }
-            }
-            None => return self.cache_push_run(slot, idx, in_page, prev, slab),
+        if prev.tag() < Link::SLAB0 {
+            return self.cache_push_run(slot, idx, in_page, prev, slab);
+        }
+        let Some((c, first, o, slab)) = self.slab_of_link(idx as usize, in_page, prev) else {
+            return Push::No;
         };
         if !self.chunk_set_racy(c, first, o, slab) {
             return Push::No;
@@ -767,6 +781,15 @@ impl Pool {
         let e = (((idx as usize) << PAGE_SHIFT) >> 3) as u32;
         self.mag_push(slot, c, e, FreeError::PageAlreadyFree)
     }
+}
+
+/// `a` if `cond`, else `b`, with masks instead of a branch (the
+/// condition is data the branch predictor cannot learn; `select_unpredictable`
+/// needs Rust 1.88, above this crate's MSRV).
+#[inline(always)]
+fn pick(cond: bool, a: usize, b: usize) -> usize {
+    let m = (cond as usize).wrapping_neg();
+    (a & m) | (b & !m)
 }
 
 /// Whether `e` is one of the entries (a vector compare of all of them).
