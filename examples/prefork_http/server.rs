@@ -42,6 +42,7 @@ use shmzone::prefork::Worker;
 use crate::accept::{accept_reuseport, accept_shared, Live, LiveGuard, HANDOFF_MAX};
 use crate::app::{App, Shared};
 use crate::counters::Event;
+use crate::park::{epoll_fds, BusyPoll};
 
 /// The worker's entry point (run by the master in each forked child).
 pub fn worker(shared: &Shared, w: &Worker) -> i32 {
@@ -54,20 +55,18 @@ pub fn worker(shared: &Shared, w: &Worker) -> i32 {
     let app: &'static App<'static> = Box::leak(Box::new(App::new(shared, w.index())));
     let mut builder = tokio::runtime::Builder::new_current_thread();
     builder.enable_all();
-    // Before the runtime sleeps in epoll_wait, spin --busy-poll µs: on a
-    // busy machine the next requests usually come meanwhile and are
-    // served without a sleep and a wake-up, each of which is a chance to
-    // wait behind another task's time slice (`perf sched`, README
-    // "Against nginx": p99 7.5 ms without, 1.5-4.3 with 20 µs).
+    // Before the runtime sleeps in epoll_wait, spin up to --busy-poll µs
+    // or until an event is ready (`park.rs`): on a busy machine the next
+    // requests usually come meanwhile and are served without a sleep and
+    // a wake-up, each of which is a chance to wait behind another task's
+    // time slice (`perf sched`, README "Against nginx").
     let spin = Duration::from_micros(shared.config.busy_poll);
+    let busy = BusyPoll::new(spin);
     if !spin.is_zero() {
-        builder.on_thread_park(move || {
-            let t = std::time::Instant::now();
-            while t.elapsed() < spin {
-                std::hint::spin_loop();
-            }
-        });
+        let b = busy.clone();
+        builder.on_thread_park(move || b.park());
     }
+    let before = epoll_fds();
     let rt = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -75,6 +74,13 @@ pub fn worker(shared: &Shared, w: &Worker) -> i32 {
             return shmzone::prefork::EXIT_FATAL;
         }
     };
+    let after = epoll_fds();
+    if !spin.is_zero() && !busy.found(&before, &after) {
+        log::debug!(
+            "worker {}: runtime's epoll not found: --busy-poll spins its whole budget",
+            w.index()
+        );
+    }
     log::debug!("worker {} (generation {}) ready", w.index(), w.generation());
     let (stop_tx, stop_rx) = watch::channel(false);
     let (conn_tx, conn_rx) = mpsc::unbounded_channel();
