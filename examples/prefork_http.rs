@@ -31,6 +31,8 @@ mod kv;
 mod park;
 #[path = "prefork_http/server.rs"]
 mod server;
+#[path = "prefork_http/watchdog.rs"]
+mod watchdog;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};

@@ -7,13 +7,17 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::TcpListener;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Body, Incoming};
 use hyper::header::{HeaderMap, HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE};
+use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode, Version};
 use serde::Serialize;
 
@@ -84,6 +88,19 @@ thread_local! {
     /// connection going round, where a new one per answer cost two
     /// allocations and their frees (`reply`, [`App::answer`]).
     static SPARE_HEADERS: Cell<Option<HeaderMap>> = const { Cell::new(None) };
+    /// Where /hit and /limit write their JSON, copied out at its exact
+    /// size (one allocation, which `Bytes` takes as it is).
+    static JSON_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An answer whose JSON body `write` makes.
+fn json_with(status: StatusCode, write: impl FnOnce(&mut Vec<u8>)) -> Reply {
+    let body = JSON_BUF.with_borrow_mut(|b| {
+        b.clear();
+        write(b);
+        Bytes::copy_from_slice(b)
+    });
+    reply(status, "application/json", body)
 }
 
 fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Reply {
@@ -306,16 +323,8 @@ impl<'a> App<'a> {
         }
     }
 
-    /// Answers one request.
-    pub async fn handle(&self, req: Request<Incoming>) -> Reply {
-        let route = Route::of(req.uri().path());
-        // The access log's line starts before the request is consumed (the
-        // clock is read only for it).
-        let line = self
-            .log
-            .as_ref()
-            .map(|_| (format!("{} {}", req.method(), req.uri()), Instant::now()));
-        let r = self.answer(route, req).await;
+    /// Counts an answer and writes its access-log record.
+    fn done(&self, route: Route, line: Option<(String, Instant)>, r: Reply) -> Reply {
         if let Some(c) = self.counters {
             c.request(self.slot, route, r.status().as_u16());
         }
@@ -334,34 +343,27 @@ impl<'a> App<'a> {
         r
     }
 
-    async fn answer(&self, route: Route, req: Request<Incoming>) -> Reply {
-        // HTTP/1.1 requires Host (RFC 9112 3.2); hyper leaves that to us.
-        if req.version() == Version::HTTP_11 && !req.headers().contains_key("host") {
-            return closing(StatusCode::BAD_REQUEST, "Host header required\n");
-        }
-        let (mut parts, body) = req.into_parts();
-        // The request's header map becomes the answer's (`SPARE_HEADERS`).
-        parts.headers.clear();
-        SPARE_HEADERS.set(Some(std::mem::take(&mut parts.headers)));
-        // Read a body whole (PUT /kv/KEY will store it; elsewhere it is
-        // dropped), within the size cap and the body timeout.
-        let body: Bytes = if body.is_end_stream() {
-            Bytes::new()
-        } else {
-            let c = &self.shared.config;
-            let read = Limited::new(body, c.max_body).collect();
-            match tokio::time::timeout(c.body_timeout, read).await {
-                Ok(Ok(b)) => b.to_bytes(),
-                Ok(Err(e)) if e.is::<LengthLimitError>() => {
-                    return closing(StatusCode::PAYLOAD_TOO_LARGE, "body too large\n")
-                }
-                Ok(Err(_)) => return closing(StatusCode::BAD_REQUEST, "bad body\n"),
-                Err(_) => {
-                    self.event(Event::BodyTimeout);
-                    return closing(StatusCode::REQUEST_TIMEOUT, "body timeout\n");
-                }
+    /// Reads a body whole (PUT /kv/KEY will store it; elsewhere it is
+    /// dropped), within the size cap and the body timeout; the error
+    /// answer otherwise.
+    async fn read_body(&self, body: Incoming) -> Result<Bytes, Reply> {
+        let c = &self.shared.config;
+        let read = Limited::new(body, c.max_body).collect();
+        match tokio::time::timeout(c.body_timeout, read).await {
+            Ok(Ok(b)) => Ok(b.to_bytes()),
+            Ok(Err(e)) if e.is::<LengthLimitError>() => {
+                Err(closing(StatusCode::PAYLOAD_TOO_LARGE, "body too large\n"))
             }
-        };
+            Ok(Err(_)) => Err(closing(StatusCode::BAD_REQUEST, "bad body\n")),
+            Err(_) => {
+                self.event(Event::BodyTimeout);
+                Err(closing(StatusCode::REQUEST_TIMEOUT, "body timeout\n"))
+            }
+        }
+    }
+
+    /// The answer to a request whose body (if any) was read.
+    fn answer(&self, route: Route, parts: &Parts, body: &[u8]) -> Reply {
         // The methods each route takes.
         let (allowed, ok): (&'static str, bool) = match route {
             Route::Other => return text(StatusCode::NOT_FOUND, "not found\n"),
@@ -384,7 +386,7 @@ impl<'a> App<'a> {
             return r;
         }
         match route {
-            Route::Kv => self.kv(&parts.method, &parts.uri, &body),
+            Route::Kv => self.kv(&parts.method, &parts.uri, body),
             Route::Hit => self.hit(),
             Route::Limit => self.limit(parts.uri.query().unwrap_or("")),
             Route::Stats => self.stats(),
@@ -449,15 +451,13 @@ impl<'a> App<'a> {
         match kv::hit(d) {
             // {"hits":N,"pid":P}, written directly (the hot path: serde_json
             // took about 8 % of a request's instructions).
-            Ok(hits) => {
-                let mut b = Vec::with_capacity(48);
+            Ok(hits) => json_with(StatusCode::OK, |b| {
                 b.extend_from_slice(b"{\"hits\":");
-                push_u64(&mut b, hits.max(0) as u64);
+                push_u64(b, hits.max(0) as u64);
                 b.extend_from_slice(b",\"pid\":");
-                push_u64(&mut b, u64::from(self.pid));
+                push_u64(b, u64::from(self.pid));
                 b.extend_from_slice(b"}\n");
-                reply(StatusCode::OK, "application/json", b)
-            }
+            }),
             Err(e) => text(kv::error_status(&e), format!("hits: {e}\n")),
         }
     }
@@ -485,21 +485,20 @@ impl<'a> App<'a> {
         };
         // {"key":K,"allowed":B,"excess":X,"pid":P}, written directly but
         // for the key (escaped by serde_json).
-        let mut b = Vec::with_capacity(80 + key.len());
-        b.extend_from_slice(b"{\"key\":");
-        if serde_json::to_writer(&mut b, key).is_err() {
-            return text(StatusCode::INTERNAL_SERVER_ERROR, "json\n");
-        }
-        b.extend_from_slice(if allowed {
-            b",\"allowed\":true,\"excess\":"
-        } else {
-            b",\"allowed\":false,\"excess\":"
-        });
-        push_milli(&mut b, excess);
-        b.extend_from_slice(b",\"pid\":");
-        push_u64(&mut b, u64::from(self.pid));
-        b.extend_from_slice(b"}\n");
-        reply(status, "application/json", b)
+        json_with(status, |b| {
+            b.extend_from_slice(b"{\"key\":");
+            // (Writing into a Vec cannot fail.)
+            let _ = serde_json::to_writer(&mut *b, key);
+            b.extend_from_slice(if allowed {
+                b",\"allowed\":true,\"excess\":"
+            } else {
+                b",\"allowed\":false,\"excess\":"
+            });
+            push_milli(b, excess);
+            b.extend_from_slice(b",\"pid\":");
+            push_u64(b, u64::from(self.pid));
+            b.extend_from_slice(b"}\n");
+        })
     }
 
     fn stats(&self) -> Reply {
@@ -608,6 +607,58 @@ impl<'a> App<'a> {
             "text/plain; version=0.0.4; charset=utf-8",
             t.finish(),
         )
+    }
+}
+
+impl App<'static> {
+    /// Answers one request: at once when it has no body (most requests:
+    /// no future to keep), else once the body is read.
+    pub fn handle(&'static self, req: Request<Incoming>) -> Answer {
+        let route = Route::of(req.uri().path());
+        // The access log's line starts before the request is consumed (the
+        // clock is read only for it).
+        let line = self
+            .log
+            .as_ref()
+            .map(|_| (format!("{} {}", req.method(), req.uri()), Instant::now()));
+        // HTTP/1.1 requires Host (RFC 9112 3.2); hyper leaves that to us.
+        if req.version() == Version::HTTP_11 && !req.headers().contains_key("host") {
+            let r = closing(StatusCode::BAD_REQUEST, "Host header required\n");
+            return Answer::Now(Some(self.done(route, line, r)));
+        }
+        let (mut parts, body) = req.into_parts();
+        // The request's header map becomes the answer's (`SPARE_HEADERS`).
+        parts.headers.clear();
+        SPARE_HEADERS.set(Some(std::mem::take(&mut parts.headers)));
+        if body.is_end_stream() {
+            let r = self.answer(route, &parts, &[]);
+            return Answer::Now(Some(self.done(route, line, r)));
+        }
+        Answer::Later(Box::pin(async move {
+            let r = match self.read_body(body).await {
+                Ok(b) => self.answer(route, &parts, &b),
+                Err(r) => r,
+            };
+            self.done(route, line, r)
+        }))
+    }
+}
+
+/// The answer to a request, as a future: ready, or waiting for the body.
+pub enum Answer {
+    Now(Option<Reply>),
+    Later(Pin<Box<dyn Future<Output = Reply>>>),
+}
+
+impl Future for Answer {
+    type Output = Reply;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Reply> {
+        match self.get_mut() {
+            // (Polled again after Ready: a broken executor; hyper never does.)
+            Answer::Now(r) => Poll::Ready(r.take().expect("Answer polled after completion")),
+            Answer::Later(f) => f.as_mut().poll(cx),
+        }
     }
 }
 
