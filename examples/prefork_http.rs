@@ -27,8 +27,6 @@ mod args;
 mod counters;
 #[path = "prefork_http/kv.rs"]
 mod kv;
-#[path = "prefork_http/park.rs"]
-mod park;
 #[path = "prefork_http/server.rs"]
 mod server;
 #[path = "prefork_http/watchdog.rs"]
