@@ -231,6 +231,7 @@ async fn connection(
         .timer(TickTimer)
         .header_read_timeout(c.header_timeout)
         .max_buf_size(8192)
+        .writev(false)
         .serve_connection(TokioIo::new(stream), svc);
     tokio::pin!(conn);
     let mut closing = false;
