@@ -282,3 +282,60 @@ impl Drop for TickSleep {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::rt::Timer;
+
+    fn poll(s: &mut Pin<Box<dyn hyper::rt::Sleep>>) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        s.as_mut().poll(&mut cx).is_ready()
+    }
+
+    #[test]
+    fn header_timers_fire_on_the_sweep_after_their_deadline() {
+        let t0 = Instant::now();
+        let mut a = TickTimer.sleep_until(t0 + Duration::from_secs(1));
+        let mut b = TickTimer.sleep_until(t0 + Duration::from_secs(3));
+        assert!(!poll(&mut a) && !poll(&mut b));
+        fire_timers(t0 + Duration::from_millis(999));
+        assert!(!poll(&mut a) && !poll(&mut b));
+        fire_timers(t0 + Duration::from_secs(1));
+        assert!(poll(&mut a) && !poll(&mut b));
+        // A dropped timer frees its entry for the next one, which is not
+        // fired by the old one's deadline.
+        drop(b);
+        let mut c = TickTimer.sleep_until(t0 + Duration::from_secs(5));
+        assert!(!poll(&mut c));
+        fire_timers(t0 + Duration::from_secs(4));
+        assert!(!poll(&mut c));
+        fire_timers(t0 + Duration::from_secs(5));
+        assert!(poll(&mut c));
+        TIMERS.with_borrow(|t| assert!(t.entries.iter().all(|e| e.owner.is_none())));
+    }
+
+    #[test]
+    fn idle_connections_close_after_the_keepalive_and_all_on_stop() {
+        let dog = Watchdog::new(Duration::from_secs(2));
+        let t0 = Instant::now();
+        let (idle, busy) = (dog.watch(), dog.watch());
+        let cx = Context::from_waker(Waker::noop());
+        let closed = Cell::new(0);
+        let count = || closed.set(closed.get() + 1);
+        for s in 1..=4 {
+            // `busy` answers a request each second.
+            busy.served.set(busy.served.get() + 1);
+            dog.sweep(t0 + Duration::from_secs(s), count);
+        }
+        assert!(idle.must_close(&cx) && !busy.must_close(&cx));
+        assert_eq!(closed.get(), 1);
+        // A request in flight for long is not idle.
+        busy.in_flight.set(1);
+        dog.sweep(t0 + Duration::from_secs(9), count);
+        assert!(!busy.must_close(&cx));
+        dog.stop_all();
+        assert!(busy.must_close(&cx) && dog.watch().must_close(&cx));
+        assert_eq!(closed.get(), 1);
+    }
+}
