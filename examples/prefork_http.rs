@@ -27,6 +27,8 @@ mod args;
 mod counters;
 #[path = "prefork_http/kv.rs"]
 mod kv;
+#[path = "prefork_http/reply.rs"]
+mod reply;
 #[path = "prefork_http/server.rs"]
 mod server;
 #[path = "prefork_http/watchdog.rs"]
