@@ -11,6 +11,7 @@
 #   SHMZONE_ARGS="--reuseport" benches/http_vs_nginx.sh
 #   BIN=/tmp/prefork_http-old benches/http_vs_nginx.sh   # another build
 #   NICE=-10 benches/http_vs_nginx.sh      # shielded from other sessions
+#   ONLY=limit CONNS=64 benches/http_vs_nginx.sh   # rows whose path matches
 #
 # NICE runs the whole comparison (nginx, ours and wrk alike) in a new
 # session whose autogroup gets that nice value: on a machine shared with
@@ -91,6 +92,14 @@ if [ "${code:0:1}" = 2 ]; then
     paths+=(/kv/k1)
 else
     echo "(PUT /kv/k1 on the example server answered $code: /kv skipped)" >&2
+fi
+
+if [ -n "${ONLY:-}" ]; then
+    kept=()
+    for p in "${paths[@]}"; do
+        if [[ $p =~ $ONLY ]]; then kept+=("$p"); fi
+    done
+    paths=("${kept[@]}")
 fi
 
 # wrk's latency "99%  1.23ms" in milliseconds.

@@ -27,8 +27,12 @@ mod args;
 mod counters;
 #[path = "prefork_http/kv.rs"]
 mod kv;
+#[path = "prefork_http/reply.rs"]
+mod reply;
 #[path = "prefork_http/server.rs"]
 mod server;
+#[path = "prefork_http/watchdog.rs"]
+mod watchdog;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};

@@ -7,11 +7,12 @@
 //! client:
 //!
 //! - **head**: hyper's header read timeout (`--header-timeout`), counted
-//!   from the connection's start or the previous response; a head larger
+//!   from the connection's start or the previous response (its timer is
+//!   the watchdog's, [`TickTimer`]); a head larger
 //!   than 8 KiB gets 431. A slowloris client dripping a head is closed when
 //!   it runs out, and costs a task, not a thread, meanwhile.
 //! - **idle**: a keep-alive connection with no request for `--keepalive`
-//!   is closed (the watchdog in [`connection`]).
+//!   is closed (the worker's [`Watchdog`], which looks every 250 ms).
 //! - **body**: read whole within `--body-timeout` and `--max-body`
 //!   ([`App::handle`](crate::app::App::handle)), else 408 or 413.
 //! - **count**: at most `--connections` per worker; past it the worker stops
@@ -23,25 +24,27 @@
 //! timeout), lets each connection finish its request in flight (idle ones
 //! close at once) and returns.
 
-use std::cell::Cell;
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Notify};
-use tokio::time::Instant;
 
 use shmzone::prefork::Worker;
 
 use crate::accept::{accept_reuseport, accept_shared, Live, LiveGuard, HANDOFF_MAX};
-use crate::app::{App, Shared};
+use crate::app::{Answer, App, Reply, Shared};
 use crate::counters::Event;
+use crate::watchdog::{ConnState, TickTimer, Watchdog};
 
 /// The worker's entry point (run by the master in each forked child).
 pub fn worker(shared: &Shared, w: &Worker) -> i32 {
@@ -58,7 +61,11 @@ pub fn worker(shared: &Shared, w: &Worker) -> i32 {
     // busy machine the next requests usually come meanwhile and are
     // served without a sleep and a wake-up, each of which is a chance to
     // wait behind another task's time slice (`perf sched`, README
-    // "Against nginx": p99 7.5 ms without, 1.5-4.3 with 20 µs).
+    // "Against nginx": p99 7.5 ms without, 1.5-4.3 with 20 µs). The whole
+    // budget, also when an event comes early: ending the spin at the first
+    // event (poll(2) on the runtime's epoll descriptor, tried) served
+    // requests one by one, p50 lower but p90/p99 as without the spin,
+    // where the full spin gathers a batch per epoll_wait.
     let spin = Duration::from_micros(shared.config.busy_poll);
     if !spin.is_zero() {
         builder.on_thread_park(move || {
@@ -125,11 +132,13 @@ async fn serve(
     mut conns: mpsc::UnboundedReceiver<std::net::TcpStream>,
     mut stop: watch::Receiver<bool>,
 ) -> i32 {
+    let dog = Rc::new(Watchdog::new(app.shared.config.keepalive));
+    tokio::task::spawn_local(dog.clone().run(move || app.event(Event::IdleClosed)));
     let mut open = true;
     while !*stop.borrow() {
         tokio::select! {
             s = conns.recv() => match s {
-                Some(s) => start(app, s, &stop, &live),
+                Some(s) => start(app, s, &dog, &live),
                 None => {
                     open = false;
                     break;
@@ -139,17 +148,18 @@ async fn serve(
         }
     }
     // Stop: the accept thread sees `done` within its socket timeout and
-    // ends (the others keep accepting). Connections it handed over
-    // meanwhile are started closing; then wait for every connection to
-    // finish what it is doing. The master SIGKILLs us after its stop
-    // timeout if a client keeps one busy.
+    // ends (the others keep accepting). Every connection, and those it
+    // handed over meanwhile, is told to close once its request in flight
+    // is answered; then wait for every connection to finish. The master
+    // SIGKILLs us after its stop timeout if a client keeps one busy.
+    dog.stop_all();
     loop {
         if !open && live.count.load(Ordering::Acquire) == 0 {
             break;
         }
         tokio::select! {
             s = conns.recv(), if open => match s {
-                Some(s) => start(app, s, &stop, &live),
+                Some(s) => start(app, s, &dog, &live),
                 None => open = false,
             },
             _ = live.closed.notified() => {}
@@ -159,12 +169,7 @@ async fn serve(
 }
 
 /// Starts a connection task for a stream the accept thread counted.
-fn start(
-    app: &'static App<'static>,
-    s: std::net::TcpStream,
-    stop: &watch::Receiver<bool>,
-    live: &Arc<Live>,
-) {
+fn start(app: &'static App<'static>, s: std::net::TcpStream, dog: &Watchdog, live: &Arc<Live>) {
     let guard = LiveGuard(live.clone());
     if live.handed.fetch_sub(1, Ordering::AcqRel) == HANDOFF_MAX {
         if let Some(t) = live.acceptor.get() {
@@ -182,74 +187,62 @@ fn start(
             return;
         }
     };
-    tokio::task::spawn_local(connection(app, stream, stop.clone(), guard));
+    tokio::task::spawn_local(connection(app, stream, dog.watch(), guard));
 }
 
-/// What the watchdog needs to know about a connection.
-struct ConnState {
-    /// Requests being answered now.
-    in_flight: Cell<u32>,
-    /// When the last request was answered (or the connection accepted).
-    last_done: Cell<Instant>,
+/// A request's answer, counted in its connection's [`ConnState`] when
+/// done.
+struct Counted {
+    state: Rc<ConnState>,
+    answer: Answer,
 }
 
-/// Serves one connection until it closes, times out idle, or the worker
-/// stops.
+impl Future for Counted {
+    type Output = Result<Reply, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let r = std::task::ready!(Pin::new(&mut self.answer).poll(cx));
+        let st = &self.state;
+        st.in_flight.set(st.in_flight.get() - 1);
+        st.served.set(st.served.get() + 1);
+        Poll::Ready(Ok(r))
+    }
+}
+
+/// Serves one connection until it closes, or the watchdog tells it to
+/// (idle, or the worker stops).
 async fn connection(
     app: &'static App<'static>,
     stream: TcpStream,
-    mut stop: watch::Receiver<bool>,
+    state: Rc<ConnState>,
     _live: LiveGuard,
 ) {
     let _ = stream.set_nodelay(true);
     let c = &app.shared.config;
-    let state = Rc::new(ConnState {
-        in_flight: Cell::new(0),
-        last_done: Cell::new(Instant::now()),
-    });
     let st = state.clone();
     let svc = service_fn(move |req| {
-        let st = st.clone();
         st.in_flight.set(st.in_flight.get() + 1);
-        async move {
-            let r = app.handle(req).await;
-            st.in_flight.set(st.in_flight.get() - 1);
-            st.last_done.set(Instant::now());
-            Ok::<_, Infallible>(r)
+        Counted {
+            state: st.clone(),
+            answer: app.handle(req),
         }
     });
     let conn = http1::Builder::new()
-        .timer(TokioTimer::new())
+        .timer(TickTimer)
         .header_read_timeout(c.header_timeout)
         .max_buf_size(8192)
+        .writev(false)
         .serve_connection(TokioIo::new(stream), svc);
     tokio::pin!(conn);
-    let mut closing = *stop.borrow();
-    if closing {
-        conn.as_mut().graceful_shutdown();
-    }
-    let keepalive = c.keepalive;
-    let mut deadline = Instant::now() + keepalive;
-    let result = loop {
-        tokio::select! {
-            biased;
-            r = conn.as_mut() => break r,
-            _ = stop.changed(), if !closing => {
-                closing = true;
-                conn.as_mut().graceful_shutdown();
-            }
-            _ = tokio::time::sleep_until(deadline), if !closing => {
-                let idle_since = state.last_done.get();
-                if state.in_flight.get() == 0 && idle_since + keepalive <= Instant::now() {
-                    app.event(Event::IdleClosed);
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
-                } else {
-                    deadline = idle_since.max(Instant::now()) + keepalive;
-                }
-            }
+    let mut closing = false;
+    let result = std::future::poll_fn(|cx| {
+        if !closing && state.must_close(cx) {
+            closing = true;
+            conn.as_mut().graceful_shutdown();
         }
-    };
+        conn.as_mut().poll(cx)
+    })
+    .await;
     if let Err(e) = result {
         let event = if e.is_timeout() {
             Event::HeaderTimeout
