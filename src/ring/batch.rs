@@ -8,6 +8,7 @@
 
 use super::layout::RecHdr;
 use super::reader::{Reader, Record, SLACK};
+use super::refill::{prefetch_word, LINE};
 use super::RingError;
 
 impl Reader<'_> {
@@ -111,6 +112,15 @@ impl Reader<'_> {
             unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), words.len() * 8) };
         let mut expect = first;
         let mut at = ((self.bnext - base) / 8) as usize;
+        // While this copy is parsed, the next one's lines are asked for
+        // (one copy's length ahead of the record being parsed), so that
+        // they cross from the producer's core while this core computes:
+        // below the head seen at the refill only (the lines past it are
+        // the producer's to write).
+        let slot_words = self.ring.data(slot);
+        let ahead = self.bvalid;
+        let pf_end = c.seen_head;
+        let mut pf = (base + 8 * at as u64 + ahead) & !(LINE - 1);
         // Bounded: `at` grows by at least two words per record.
         while at < valid {
             // SAFETY: `at < valid <= words.len() - SLACK` and `SLACK >= 3`:
@@ -126,6 +136,13 @@ impl Reader<'_> {
                 break;
             }
             expect = expect.wrapping_add(1);
+            // Bounded: `pf` only grows, by a line, up to a copy's length
+            // past this copy.
+            let pf_to = (base + 8 * (at + nw) as u64 + ahead).min(pf_end);
+            while pf < pf_to {
+                prefetch_word(slot_words, (pf / 8) as usize);
+                pf += LINE;
+            }
             let from = 8 * (at + nh);
             // SAFETY: `from + len <= 8 * (at + nw) <= 8 * valid <=
             // bytes.len()`, as `nw <= valid - at` was just checked.

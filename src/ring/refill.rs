@@ -189,3 +189,19 @@ fn copy_span(dst: &mut [u64], src: &[AtomicU64]) {
         *d = s.load(Ordering::Relaxed);
     }
 }
+
+/// Asks for the cache line of word `i` (taken modulo the slot's words) of
+/// a slot's `data`, to be read soon (nothing on targets other than
+/// x86-64).
+#[inline(always)]
+pub(super) fn prefetch_word(data: &[AtomicU64], i: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let w = &data[i & (data.len() - 1)];
+        // SAFETY: a prefetch only hints the cache; `w` is a valid address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(w.as_ptr().cast::<i8>().cast_const()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (data, i);
+}
