@@ -123,7 +123,7 @@ impl fmt::Debug for Reader<'_> {
 /// The most bytes of records a reader copies from a slot at once (unless
 /// one largest record needs more): small enough that the copy is still in
 /// the reader's L1 cache while it is parsed, big enough that a refill's
-/// loads of the producer's header line are rare (one per about 190
+/// loads of the producer's header line are rare (one per about 200
 /// 64-byte records).
 pub const BATCH_BYTES: usize = 16 << 10;
 
