@@ -6,6 +6,7 @@
 //! cargo bench --bench ring -- R1 R3      # only these
 //! cargo bench --bench ring -- R1plain     # R1 without timestamps only
 //! cargo bench --bench ring -- R1read      # R1's reader alone (diagnostics)
+//! cargo bench --bench ring -- R1turns     # R1's writer and reader in turns
 //! SHMZONE_BENCH_N=1000000 SHMZONE_BENCH_REPS=5 cargo bench --bench ring
 //! ```
 //!
@@ -23,7 +24,10 @@
 //! the reader's busy ns per record (it keeps up only while that is
 //! under the writer's); then the same with timestamps on. R1read: the
 //! reader alone, from a slot filled beforehand (from memory: `read_batch`
-//! and `next_record`) and on records still in cache (`reader-alone-hot`). R2: 4 forked
+//! and `next_record`) and on records still in cache (`reader-alone-hot`).
+//! R1turns: the writer writes 4096 (or 65536) records, then the forked
+//! reader reads them while the writer waits, and again: each side's cost
+//! per record without the other running (see `r1_turns`). R2: 4 forked
 //! producers write N/4 records each of `16 + x % 241` bytes (seed 42 + w)
 //! into a 4-slot ring (8 MiB slots), one reader; records/s from the first
 //! fork until every producer exited, and lost. R3: R1's records written
@@ -181,9 +185,13 @@ fn read_all_next(reader: &mut Reader<'_>) -> usize {
     sum
 }
 
+/// A zone of 64 MiB for the ring, or as much as it needs if more (R1
+/// with `SHMZONE_RING_SLOT` over 32 MiB).
 fn ring_zones(cfg: &RingConfig) -> Zones {
-    assert!(cfg.zone_size() <= ZONE);
-    Zones::builder().zone("ring", ZONE).build().expect("zones")
+    Zones::builder()
+        .zone("ring", cfg.zone_size().max(ZONE))
+        .build()
+        .expect("zones")
 }
 
 /// The thread's CPU time in ns (the bench shares its cores: wall time
@@ -290,6 +298,68 @@ fn r1_read_hot(n: usize, bytes: &[u8]) -> f64 {
     assert_eq!(reader.lost(), 0);
     assert_eq!(sum as u64, 64 * reader.read());
     ns_per(spent, reader.read() as usize)
+}
+
+/// R1 in turns, a diagnostic: the producer writes `k` records, then the
+/// forked reader reads them (timed) while the producer waits, and again,
+/// N records in all. The reader's cost per record on lines that sit in
+/// the other core's cache (`k` = 4096: 320 KiB, in the producer's L2) or
+/// have left it (`k` = 65536: 5 MiB), against the producer's own cost per
+/// record in the same run, neither slowed by the other (R1 runs them at
+/// once): the margin the reader has for catching up. Returns (reader,
+/// writer) ns per record.
+fn r1_turns(n: usize, bytes: &[u8], k: usize) -> (f64, f64) {
+    let cfg = r1_config(false);
+    let zones = ring_zones(&cfg);
+    let ring = Ring::create(&zones.get("ring").unwrap(), &cfg).expect("ring");
+    let board = Board::new();
+    let turns = (n / k).max(1) as u64;
+    let mut reader = ring.reader(Start::Oldest);
+    let b = &board;
+    // Bounded waits: a turn takes well under a second.
+    let wait_for = |at: &AtomicU64, v: u64| {
+        let t = Instant::now();
+        while at.load(Ordering::Acquire) < v {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "the other side is stuck"
+            );
+            std::hint::spin_loop();
+        }
+    };
+    let pid = fork(move || {
+        let (mut spent, mut sum) = (0u64, 0usize);
+        for turn in 1..=turns {
+            wait_for(b.at(0), turn);
+            let t = Instant::now();
+            while reader.read() + reader.lost() < turn * k as u64 {
+                sum += read_all_batch(&mut reader);
+            }
+            spent += t.elapsed().as_nanos() as u64;
+            b.at(1).store(turn, Ordering::Release);
+        }
+        black_box(sum);
+        b.at(2).store(spent, Ordering::SeqCst);
+        b.at(3).store(reader.lost(), Ordering::SeqCst);
+    });
+    let mut log = ring.producer().expect("a slot");
+    let mut spent = Duration::ZERO;
+    for turn in 1..=turns {
+        let t = Instant::now();
+        for i in 0..k {
+            log.write(rec(bytes, i, 64)).expect("64 bytes fit");
+        }
+        spent += t.elapsed();
+        board.at(0).store(turn, Ordering::Release);
+        wait_for(board.at(1), turn);
+    }
+    wait(pid);
+    assert_eq!(board.at(3).load(Ordering::SeqCst), 0, "lost in turns");
+    let total = turns as usize * k;
+    (
+        board.at(2).load(Ordering::SeqCst) as f64 / total as f64,
+        ns_per(spent, total),
+    )
 }
 
 /// R2 once: records per second, records lost.
@@ -468,6 +538,20 @@ fn main() {
         eprintln!("R1 reader-alone-hot ...");
         let v: Vec<f64> = (0..reps).map(|_| r1_read_hot(n, &bytes)).collect();
         emit3("R1", "64", "reader-alone-hot", v, "ns/record");
+    }
+    if wants("R1turns") {
+        for k in [4096usize, 65536] {
+            eprintln!("R1 turns of {k} ...");
+            let (mut rv, mut wv) = (Vec::new(), Vec::new());
+            for _ in 0..reps {
+                let (r, w) = r1_turns(n, &bytes, k);
+                rv.push(r);
+                wv.push(w);
+            }
+            let param = format!("64/{k}");
+            emit3("R1turns", &param, "reader", rv, "ns/record");
+            emit3("R1turns", &param, "writer", wv, "ns/record");
+        }
     }
     if wants("R2") {
         eprintln!("R2 ...");

@@ -12,7 +12,7 @@ use shmzone::Zones;
 #[derive(Arbitrary, Debug)]
 struct Input {
     /// 1..=4 slots (low bits); bit 5: the readers read with `read_batch`
-    /// (else `next_record`); bit 6: the producers stamp records (4-word
+    /// (else `next_record`); bit 6: the producers stamp records (3-word
     /// headers); bit 7: the reader made after the damage batches.
     slots: u8,
     /// 4 KiB or 8 KiB slots.

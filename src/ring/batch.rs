@@ -8,6 +8,7 @@
 
 use super::layout::RecHdr;
 use super::reader::{Reader, Record, SLACK};
+use super::refill::{prefetch_word, LINE};
 use super::RingError;
 
 impl Reader<'_> {
@@ -56,7 +57,7 @@ impl Reader<'_> {
         // As `next_slow`: every slot gets a few turns at most.
         for _ in 0..4 * n + 4 {
             // The fast loop, and whatever stops it one record at a time:
-            // the copy's last records (it wants four header words in the
+            // the copy's last records (it wants three header words in the
             // copy), a gap in the sequence numbers, a record the copy
             // cuts, a bad header. Bounded: each turn hands out a record or
             // ends the copy.
@@ -84,7 +85,7 @@ impl Reader<'_> {
     /// The fast loop of [`read_batch`](Self::read_batch): hands out the
     /// copy's whole, sound records from `bnext` on while each carries the
     /// sequence number expected, and stops at the first one it is not sure
-    /// of (fewer than four header words left, a record the copy cuts, a
+    /// of (fewer than three header words left, a record the copy cuts, a
     /// header that fails its check, a gap: anything to count), which
     /// [`parse`](Self::parse) then sorts out.
     #[inline]
@@ -100,7 +101,7 @@ impl Reader<'_> {
         let slot = self.bslot;
         let max = self.ring.geo().max_record;
         // Words of the copy that were validated; `batch` has `SLACK` more,
-        // so four header words can always be loaded from a valid one.
+        // so three header words can always be loaded from a valid one.
         let words = &self.batch[..];
         let valid = ((self.bvalid / 8) as usize).min(words.len() - SLACK);
         let wp = words.as_ptr();
@@ -111,28 +112,37 @@ impl Reader<'_> {
             unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), words.len() * 8) };
         let mut expect = first;
         let mut at = ((self.bnext - base) / 8) as usize;
-        // Bounded: `at` grows by at least three words per record.
+        // While this copy is parsed, the next one's lines are asked for
+        // (one copy's length ahead of the record being parsed), so that
+        // they cross from the producer's core while this core computes:
+        // below the head seen at the refill only (the lines past it are
+        // the producer's to write).
+        let slot_words = self.ring.data(slot);
+        let ahead = self.bvalid;
+        let pf_end = c.seen_head;
+        let mut pf = (base + 8 * at as u64 + ahead) & !(LINE - 1);
+        // Bounded: `at` grows by at least two words per record.
         while at < valid {
-            // SAFETY: `at < valid <= words.len() - SLACK` and `SLACK >= 4`:
-            // the four words lie in `words`.
-            let w = unsafe {
-                [
-                    *wp.add(at),
-                    *wp.add(at + 1),
-                    *wp.add(at + 2),
-                    *wp.add(at + 3),
-                ]
-            };
-            let Some(h) = RecHdr::decode(w, base + 8 * at as u64, max) else {
+            // SAFETY: `at < valid <= words.len() - SLACK` and `SLACK >= 3`:
+            // the three words lie in `words`.
+            let w = unsafe { [*wp.add(at), *wp.add(at + 1), *wp.add(at + 2)] };
+            let Some(h) = RecHdr::decode_seq(w, base + 8 * at as u64, max, expect) else {
                 break;
             };
             let nh = h.words();
             let len = h.len as usize;
             let nw = nh + ((len + 7) >> 3);
-            if h.seq != expect || nw > valid - at {
+            if nw > valid - at {
                 break;
             }
             expect = expect.wrapping_add(1);
+            // Bounded: `pf` only grows, by a line, up to a copy's length
+            // past this copy.
+            let pf_to = (base + 8 * (at + nw) as u64 + ahead).min(pf_end);
+            while pf < pf_to {
+                prefetch_word(slot_words, (pf / 8) as usize);
+                pf += LINE;
+            }
             let from = 8 * (at + nh);
             // SAFETY: `from + len <= 8 * (at + nw) <= 8 * valid <=
             // bytes.len()`, as `nw <= valid - at` was just checked.

@@ -12,14 +12,14 @@ use static_assertions::const_assert_eq;
 /// "shmzRNG1", little-endian: the first word of a ring header.
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"shmzRNG1");
 /// The layout version of a ring header, slot headers and records.
-pub(crate) const VERSION: u32 = 2;
+pub(crate) const VERSION: u32 = 3;
 
-/// Bytes of a record's header without a time: length and pid, sequence,
-/// check.
-pub(crate) const REC_HDR: u64 = 24;
-/// Bytes of a record's header with a time: length and pid, sequence, time,
-/// check.
-pub(crate) const REC_HDR_STAMPED: u64 = 32;
+/// Bytes of a record's header without a time: length and pid, keyed
+/// sequence.
+pub(crate) const REC_HDR: u64 = 16;
+/// Bytes of a record's header with a time: length and pid, keyed
+/// sequence, time.
+pub(crate) const REC_HDR_STAMPED: u64 = 24;
 /// Bit of a record's first word (above the length) saying that a time
 /// word follows the sequence word.
 const STAMPED: u64 = 1 << 31;
@@ -28,7 +28,7 @@ const LEN_MASK: u64 = STAMPED - 1;
 /// Flag in [`RingHdr::flags`]: producers stamp records with the time.
 pub(crate) const F_STAMP: u32 = 1;
 
-/// Salt of the record check, so zeroed memory never passes.
+/// Salt of the record key, so zeroed memory never passes.
 const REC_SALT: u64 = 0x5bd1_e995_a5a5_3c3c;
 /// Salt of the ring-header check.
 const HDR_SALT: u64 = 0x6a09_e667_f3bc_c908;
@@ -152,18 +152,17 @@ pub(crate) fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-/// The check word of a record with header words `w0`, `w1` (sequence) and
-/// `w2` (time, 0 if none) at byte position `pos`: a record read from the
-/// wrong place, from an older lap, or from garbage fails it. One multiply
-/// (the reader checks every record, the producer makes one per record),
-/// not a checksum of the payload: torn records are kept out by the
-/// publishing order, this only catches memory that is not a record at all.
-/// The sequence number is rotated into the high half, where positions of
-/// other laps (which differ in bits 12 and up) do not cancel it.
+/// The key of a record with first word `w0` and time `time` (0 if none)
+/// at byte position `pos`; the record's second word is its sequence number
+/// xor this key. One multiply (the reader decodes every record, the
+/// producer makes one per record), not a checksum of the payload: torn
+/// records are kept out by the publishing order, this only makes memory
+/// that is not a record (read from the wrong place, from an older lap, or
+/// garbage) decode to a sequence number far from any the slot has given
+/// out, which the reader rejects.
 #[inline]
-pub(crate) fn rec_check(w0: u64, w1: u64, w2: u64, pos: u64) -> u64 {
-    let x = (w0 ^ w1.rotate_left(32) ^ w2.rotate_left(17) ^ pos ^ REC_SALT)
-        .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+pub(crate) fn rec_key(w0: u64, time: u64, pos: u64) -> u64 {
+    let x = (w0 ^ time.rotate_left(17) ^ pos ^ REC_SALT).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     x ^ (x >> 32)
 }
 
@@ -174,10 +173,21 @@ pub(crate) fn rec_size(len: u64, stamped: bool) -> u64 {
     REC_HDR + 8 * stamped as u64 + ((len + 7) & !7)
 }
 
+/// The sequence numbers a record in a slot can carry, given the slot's
+/// `next_seq` (loaded after the record's words were found complete) and
+/// its size: the ones given out before `next_seq`, at most one lap of the
+/// smallest records back (plus one, a record torn by a death). Memory
+/// that is not a record decodes to a number in it with odds of about
+/// `cap / 2^68`.
+#[inline]
+pub(crate) fn seq_window(next_seq: u64, cap: u64) -> std::ops::Range<u64> {
+    next_seq.saturating_sub(cap / REC_HDR + 2)..next_seq
+}
+
 /// A decoded record header (`time` 0: the record has no time word).
 ///
-/// In the slot: `len | STAMPED << 31 | pid << 32`, `seq`, then `time` if
-/// stamped, then the check word: three words, or four with a time.
+/// In the slot: `len | STAMPED << 31 | pid << 32`, `seq ^ rec_key(..)`,
+/// then `time` if stamped: two words, or three with a time.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct RecHdr {
     pub len: u32,
@@ -187,16 +197,16 @@ pub(crate) struct RecHdr {
 }
 
 impl RecHdr {
-    /// Header words of a record whose first word is `w0`: 3 or 4.
+    /// Header words of a record whose first word is `w0`: 2 or 3.
     #[inline]
     pub fn words_for(w0: u64) -> usize {
-        3 + (w0 & STAMPED != 0) as usize
+        2 + (w0 & STAMPED != 0) as usize
     }
 
     /// Header words of this record.
     #[inline]
     pub fn words(&self) -> usize {
-        3 + (self.time != 0) as usize
+        2 + (self.time != 0) as usize
     }
 
     /// Bytes this record takes in the slot.
@@ -205,20 +215,40 @@ impl RecHdr {
         rec_size(self.len as u64, self.time != 0)
     }
 
-    /// Decodes the header whose words `w` were read at `pos` (the fourth
-    /// word only counts for a stamped record: callers that have only three
-    /// words pass 0 for it); `None` if the check fails or the length is
-    /// over `max`.
+    /// Decodes the header whose words `w` were read at `pos` (the third
+    /// word only counts for a stamped record: callers that have only two
+    /// words pass 0 for it); `None` if its sequence number is outside
+    /// `seqs` (see [`seq_window`]), a stamped record has time 0, or the
+    /// length is over `max`.
     #[inline]
-    pub fn decode(w: [u64; 4], pos: u64, max: u32) -> Option<RecHdr> {
-        let [w0, seq, w2, w3] = w;
-        let stamped = w0 & STAMPED != 0;
-        let (time, check) = if stamped { (w2, w3) } else { (0, w2) };
-        if rec_check(w0, seq, time, pos) != check || (stamped && time == 0) {
+    pub fn decode(w: [u64; 3], pos: u64, max: u32, seqs: std::ops::Range<u64>) -> Option<RecHdr> {
+        let [w0, w1, w2] = w;
+        let time = if w0 & STAMPED != 0 { w2 } else { 0 };
+        let seq = w1 ^ rec_key(w0, time, pos);
+        let len = (w0 & LEN_MASK) as u32;
+        if !seqs.contains(&seq) || (w0 & STAMPED != 0 && time == 0) || len > max {
             return None;
         }
+        Some(RecHdr {
+            len,
+            pid: (w0 >> 32) as u32,
+            seq,
+            time,
+        })
+    }
+
+    /// [`decode`](Self::decode) for a record that must carry sequence
+    /// number `seq` (the one after the last record read).
+    #[inline(always)]
+    pub fn decode_seq(w: [u64; 3], pos: u64, max: u32, seq: u64) -> Option<RecHdr> {
+        let [w0, w1, w2] = w;
+        let stamped = w0 & STAMPED != 0;
+        let time = if stamped { w2 } else { 0 };
         let len = (w0 & LEN_MASK) as u32;
-        (len <= max).then_some(RecHdr {
+        if w1 ^ rec_key(w0, time, pos) != seq || (stamped && time == 0) || len > max {
+            return None;
+        }
+        Some(RecHdr {
             len,
             pid: (w0 >> 32) as u32,
             seq,
@@ -229,15 +259,10 @@ impl RecHdr {
     /// The header words of this record at `pos` (the first
     /// [`words`](Self::words) of them).
     #[inline]
-    pub fn encode(&self, pos: u64) -> [u64; 4] {
+    pub fn encode(&self, pos: u64) -> [u64; 3] {
         let stamped = self.time != 0;
         let w0 = self.len as u64 | if stamped { STAMPED } else { 0 } | (self.pid as u64) << 32;
-        let check = rec_check(w0, self.seq, self.time, pos);
-        if stamped {
-            [w0, self.seq, self.time, check]
-        } else {
-            [w0, self.seq, check, 0]
-        }
+        [w0, self.seq ^ rec_key(w0, self.time, pos), self.time]
     }
 }
 
@@ -247,6 +272,8 @@ mod tests {
 
     #[test]
     fn record_header_round_trip_and_check() {
+        let cap = 1 << 20;
+        let all = seq_window(1000, cap);
         for time in [99, 0] {
             let h = RecHdr {
                 len: 61,
@@ -256,19 +283,46 @@ mod tests {
             };
             let w = h.encode(4096);
             let n = h.words();
-            assert_eq!((n, RecHdr::words_for(w[0])), (4 - (time == 0) as usize, n));
-            let d = RecHdr::decode(w, 4096, 100).unwrap();
+            assert_eq!((n, RecHdr::words_for(w[0])), (3 - (time == 0) as usize, n));
+            let d = RecHdr::decode(w, 4096, 100, all.clone()).unwrap();
             assert_eq!((d.len, d.pid, d.seq, d.time), (61, 4242, 7, time));
             assert!(
-                RecHdr::decode(w, 4096 + (1 << 20), 100).is_none(),
+                RecHdr::decode(w, 4096 + cap, 100, all.clone()).is_none(),
                 "other lap"
             );
-            assert!(RecHdr::decode(w, 4096, 60).is_none(), "over the maximum");
+            assert!(
+                RecHdr::decode(w, 4096, 60, all.clone()).is_none(),
+                "over the maximum"
+            );
+            assert!(
+                RecHdr::decode(w, 4096, 100, 8..9).is_none(),
+                "not the one expected"
+            );
+            assert!(RecHdr::decode(w, 4096, 100, 7..8).is_some());
+            let mut bad = w;
+            bad[0] ^= 1 << 40;
+            assert!(
+                RecHdr::decode(bad, 4096, 100, all.clone()).is_none(),
+                "pid changed"
+            );
+            if time != 0 {
+                bad = w;
+                bad[2] ^= 1;
+                assert!(
+                    RecHdr::decode(bad, 4096, 100, all.clone()).is_none(),
+                    "time changed"
+                );
+            }
         }
-        assert!(RecHdr::decode([0; 4], 0, 100).is_none(), "zeroed memory");
-        assert_eq!(rec_size(0, false), 24);
-        assert_eq!(rec_size(1, false), 32);
-        assert_eq!(rec_size(64, false), 88);
-        assert_eq!(rec_size(64, true), 96);
+        assert!(
+            RecHdr::decode([0; 3], 0, 100, all.clone()).is_none(),
+            "zeroed memory"
+        );
+        assert_eq!(seq_window(5, cap), 0..5);
+        assert_eq!(seq_window(1 << 40, cap), (1 << 40) - cap / 16 - 2..1 << 40);
+        assert_eq!(rec_size(0, false), 16);
+        assert_eq!(rec_size(1, false), 24);
+        assert_eq!(rec_size(64, false), 80);
+        assert_eq!(rec_size(64, true), 88);
     }
 }

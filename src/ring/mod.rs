@@ -34,12 +34,17 @@
 //! slow a producer (beyond sharing cache lines).
 //!
 //! **Records.** Up to [`RingConfig::max_record`] bytes of payload after a
-//! 24-byte header (32 with a time): payload length and the producer's pid
-//! in one word, the slot's sequence number, the time if the record has one
-//! (`CLOCK_REALTIME` in ns since the Unix epoch, read through
-//! `std::time::SystemTime`; no time word when the ring does not stamp), and
-//! a check word over those and the record's position. The payload is
-//! padded to 8 bytes. Sequence numbers count per slot and continue across the
+//! 16-byte header (24 with a time): payload length and the producer's pid
+//! in one word, then the slot's sequence number xor a key (a hash of the
+//! first word, the time and the record's position), then the time if the
+//! record has one (`CLOCK_REALTIME` in ns since the Unix epoch, read through
+//! `std::time::SystemTime`; no time word when the ring does not stamp). A
+//! reader takes a header as a record's only if the sequence number it
+//! decodes to is the one it expects next, or else one the slot gave out in
+//! its last lap (below the slot's `next_seq`): memory that is not a record
+//! (garbage, an older lap, the wrong place) passes with odds of about
+//! `slot_bytes / 2^68`. The payload is padded to 8 bytes: a 64-byte record
+//! takes 80 bytes. Sequence numbers count per slot and continue across the
 //! producers that use a slot one after the other.
 //!
 //! **Publishing.** A producer first stores the slot's `claim` (the end of
@@ -68,8 +73,8 @@
 //!
 //! **Bounds.** Every position read from shared memory is reduced by the
 //! slot's mask before use and checked against the others (`tail <= head <=
-//! claim`, no more than one lap apart), every record header carries a check
-//! word, and every loop is bounded by the slot's size: corrupted memory
+//! claim`, no more than one lap apart), every record header is checked
+//! through its keyed sequence number, and every loop is bounded by the slot's size: corrupted memory
 //! gives [`RingError::Corrupt`] or [`RingError::BadRing`], never a hang, a
 //! read outside the ring or a panic.
 //!
@@ -117,9 +122,8 @@ pub const MIN_SLOT_BYTES: usize = 4096;
 pub const MAX_SLOT_BYTES: usize = 1 << 30;
 /// The largest record maximum a ring can be made with.
 pub const MAX_RECORD_LIMIT: usize = 1 << 20;
-/// Bytes of a record's header in the ring, at most: length and pid,
-/// sequence, time, check word (a record without a time has no time word:
-/// 24 bytes).
+/// Bytes of a record's header in the ring, at most: length and pid, keyed
+/// sequence, time (a record without a time has no time word: 16 bytes).
 pub const RECORD_HEADER: usize = REC_HDR_STAMPED as usize;
 
 /// How to make a ring.

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 
-use super::layout::{rec_size, RecHdr, SlotHdr, F_STAMP, REC_HDR};
+use super::layout::{rec_size, seq_window, RecHdr, SlotHdr, F_STAMP, REC_HDR};
 use super::marks::Marks;
 use super::{Ring, RingError};
 use crate::os::process::{current_pid, pid_alive};
@@ -163,10 +163,11 @@ impl<'a> Producer<'a> {
             return Some(self.seq);
         }
         let w = self.tail / 8;
-        let words: [u64; 4] = std::array::from_fn(|k| {
+        let words: [u64; 3] = std::array::from_fn(|k| {
             self.data[((w + k as u64) & self.mask) as usize].load(Ordering::Relaxed)
         });
-        RecHdr::decode(words, self.tail, self.ring.geo().max_record).map(|h| h.seq)
+        let seqs = seq_window(self.seq, self.cap);
+        RecHdr::decode(words, self.tail, self.ring.geo().max_record, seqs).map(|h| h.seq)
     }
 
     /// The pid that claimed the slot (this process).
@@ -246,7 +247,7 @@ impl<'a> Producer<'a> {
             time: time_ns,
         }
         .encode(pos);
-        let nh = 3 + (time_ns != 0) as usize;
+        let nh = 2 + (time_ns != 0) as usize;
         let first = ((pos / 8) & self.mask) as usize;
         if first + ((end - pos) / 8) as usize <= self.data.len() {
             // SAFETY: the record's words, `first..first + nh + ceil(len /
@@ -298,7 +299,7 @@ impl<'a> Producer<'a> {
 
     /// A record that runs past the end of the slot's words: word by word.
     #[cold]
-    fn store_wrapped(&self, first: usize, h: [u64; 4], nh: usize, data: &[u8]) {
+    fn store_wrapped(&self, first: usize, h: [u64; 3], nh: usize, data: &[u8]) {
         let n = self.data.len();
         let payload = data.chunks(8).map(|c| {
             let mut b = [0u8; 8];
@@ -339,10 +340,10 @@ impl<'a> Producer<'a> {
                 break;
             }
             let w = self.tail / 8;
-            let words: [u64; 4] = std::array::from_fn(|k| {
+            let words: [u64; 3] = std::array::from_fn(|k| {
                 self.data[((w + k as u64) & self.mask) as usize].load(Ordering::Relaxed)
             });
-            match RecHdr::decode(words, self.tail, max) {
+            match RecHdr::decode(words, self.tail, max, seq_window(self.seq, self.cap)) {
                 Some(h) => {
                     self.tail += h.size();
                     n += 1;
@@ -389,14 +390,14 @@ fn now_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-/// Stores a record's `nh` (3 or 4) header words `h` and its payload into
+/// Stores a record's `nh` (2 or 3) header words `h` and its payload into
 /// the words from `dst` on (not wrapping).
 ///
 /// # Safety
 /// `dst` points into a slot's words with `nh + ceil(data.len() / 8)` of
-/// them from there; `nh` is 3 or 4.
+/// them from there; `nh` is 2 or 3.
 #[inline(always)]
-unsafe fn store_record(dst: *const AtomicU64, h: [u64; 4], nh: usize, data: &[u8]) {
+unsafe fn store_record(dst: *const AtomicU64, h: [u64; 3], nh: usize, data: &[u8]) {
     // SAFETY: every `dst.add(k)` below has `k < nh + ceil(len / 8)`, in
     // bounds by the caller's promise (they are atomics, shared with
     // readers); the payload reads are bytes `8k..8k + 8` of `data` with
@@ -404,9 +405,8 @@ unsafe fn store_record(dst: *const AtomicU64, h: [u64; 4], nh: usize, data: &[u8
     unsafe {
         (*dst).store(h[0], Ordering::Relaxed);
         (*dst.add(1)).store(h[1], Ordering::Relaxed);
-        (*dst.add(2)).store(h[2], Ordering::Relaxed);
-        if nh == 4 {
-            (*dst.add(3)).store(h[3], Ordering::Relaxed);
+        if nh == 3 {
+            (*dst.add(2)).store(h[2], Ordering::Relaxed);
         }
         let dst = dst.add(nh);
         let full = data.len() / 8;

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::atomic::Ordering;
 
-use super::layout::{rec_size, RecHdr, REC_HDR, REC_HDR_STAMPED};
+use super::layout::{rec_size, seq_window, RecHdr, REC_HDR, REC_HDR_STAMPED};
 use super::refill::LINE;
 use super::{Ring, RingError};
 
@@ -96,6 +96,9 @@ pub struct Reader<'a> {
     pub(super) bvalid: u64,
     pub(super) bnext: u64,
     pub(super) bfull: bool,
+    /// The slot's `next_seq` loaded after the copy was validated: records
+    /// in it carry sequence numbers in [`seq_window`] of it.
+    pub(super) bseq: u64,
     /// With batching on, the bytes a refill leaves below a moving head
     /// (see [`set_batching`](Self::set_batching)); 0 when off.
     pub(super) keep_off: u64,
@@ -120,13 +123,13 @@ impl fmt::Debug for Reader<'_> {
 /// The most bytes of records a reader copies from a slot at once (unless
 /// one largest record needs more): small enough that the copy is still in
 /// the reader's L1 cache while it is parsed, big enough that a refill's
-/// loads of the producer's header line are rare (one per about 190
+/// loads of the producer's header line are rare (one per about 200
 /// 64-byte records).
 pub const BATCH_BYTES: usize = 16 << 10;
 
 /// Words of the copy buffer past the batch, so that the fast loop can
-/// always load four header words (see `Reader::drain`).
-pub(super) const SLACK: usize = 4;
+/// always load three header words (see `Reader::drain`).
+pub(super) const SLACK: usize = 3;
 
 /// The batch copied at once: at least one largest record, at most a slot.
 fn batch_bytes(ring: &Ring<'_>) -> u64 {
@@ -170,6 +173,7 @@ impl<'a> Reader<'a> {
             bvalid: 0,
             bnext: 0,
             bfull: false,
+            bseq: 0,
             keep_off: 0,
             turn: 0,
             stats: ReaderStats::default(),
@@ -219,14 +223,15 @@ impl<'a> Reader<'a> {
     fn parse_fast(&mut self) -> Option<(RecHdr, usize)> {
         let pos = self.bnext;
         let end = self.bpos + self.bvalid;
-        // Four words (a stamped header) in the copy; a shorter rest is
+        // Three words (a stamped header) in the copy; a shorter rest is
         // left to the slow path.
         if end.saturating_sub(pos) < REC_HDR_STAMPED || cfg!(target_endian = "big") {
             return None;
         }
         let off = ((pos - self.bpos) / 8) as usize;
-        let w: [u64; 4] = self.batch.get(off..off + 4)?.try_into().ok()?;
-        let h = RecHdr::decode(w, pos, self.ring.geo().max_record)?;
+        let w: [u64; 3] = self.batch.get(off..off + 3)?.try_into().ok()?;
+        let seqs = seq_window(self.bseq, self.ring.geo().slot_bytes);
+        let h = RecHdr::decode(w, pos, self.ring.geo().max_record, seqs)?;
         let size = h.size();
         if end - pos < size {
             return None;
@@ -320,9 +325,10 @@ impl<'a> Reader<'a> {
             cut(self);
             return Ok(None);
         }
-        let mut w = [0; 4];
+        let mut w = [0; 3];
         w[..nh].copy_from_slice(&self.batch[off..off + nh]);
-        let Some(h) = RecHdr::decode(w, pos, max) else {
+        let seqs = seq_window(self.bseq, self.ring.geo().slot_bytes);
+        let Some(h) = RecHdr::decode(w, pos, max, seqs) else {
             return self.corrupt(format!("bad record header at {pos}"));
         };
         let size = h.size();

@@ -39,7 +39,7 @@ fn config_bounds() {
             ..small()
         },
         RingConfig {
-            max_record: 1000,
+            max_record: 1001,
             ..small()
         },
     ] {
@@ -279,7 +279,7 @@ fn zone_size_is_enough() {
 
 /// A one-slot ring with 10 records, and a reader that the producer laps
 /// during each of its first 6 refills (a slot's worth of 64-byte records,
-/// 24 of header and 40 of payload, and 3 more: the copy is always stale).
+/// 16 of header and 48 of payload, and 3 more: the copy is always stale).
 /// `read` is called until it has counted 100 calls (it says which count);
 /// then at least 4 laps happened, every record was read or counted lost,
 /// and some were lost. Returns the reader's stats.
@@ -298,7 +298,7 @@ fn lapped_on_every_try(mut read: impl FnMut(&mut Reader<'_>) -> bool) -> ReaderS
         let mut p = p.borrow_mut();
         for _ in 0..n {
             let seq = p.next_seq();
-            p.write(&[seq as u8; 40]).unwrap();
+            p.write(&[seq as u8; 48]).unwrap();
         }
     };
     write(&p, 10);
@@ -343,7 +343,7 @@ fn a_reader_lapped_on_every_try_counts_what_it_skipped() {
     // Counts the calls that find nothing.
     let stats = lapped_on_every_try(|reader| match reader.next_record().unwrap() {
         Some(r) => {
-            assert_eq!(r.data, &[r.seq as u8; 40][..]);
+            assert_eq!(r.data, &[r.seq as u8; 48][..]);
             assert!(last.is_none_or(|l| r.seq > l), "{:?} after {last:?}", r.seq);
             last = Some(r.seq);
             false
@@ -372,7 +372,7 @@ fn a_batching_reader_stays_off_the_line_being_written() {
     let drain = |r: &mut Reader<'_>, expect: &mut u64| {
         let mut n = 0;
         while let Some(rec) = r.next_record().unwrap() {
-            assert_eq!((rec.seq, rec.data), (*expect, &[*expect as u8; 40][..]));
+            assert_eq!((rec.seq, rec.data), (*expect, &[*expect as u8; 48][..]));
             *expect += 1;
             n += 1;
         }
@@ -380,7 +380,7 @@ fn a_batching_reader_stays_off_the_line_being_written() {
     };
     let mut next = 0;
     for i in 0..3u64 {
-        p.write(&[i as u8; 40]).unwrap();
+        p.write(&[i as u8; 48]).unwrap();
     }
     // The head moved since the reader last looked: nothing yet.
     assert_eq!(drain(&mut r, &mut next), 0);
@@ -390,11 +390,11 @@ fn a_batching_reader_stays_off_the_line_being_written() {
     // more record (the producer is still writing): the polls read all but
     // the one in the head's cache line.
     for i in 3..203u64 {
-        p.write(&[i as u8; 40]).unwrap();
+        p.write(&[i as u8; 48]).unwrap();
     }
     assert!(r.next_record().unwrap().is_some());
     next += 1;
-    p.write(&[203; 40]).unwrap();
+    p.write(&[203; 48]).unwrap();
     let got = 1 + drain(&mut r, &mut next);
     let left = p.next_seq() - 3 - got;
     assert_eq!(left, 1, "read {got}");
@@ -402,7 +402,7 @@ fn a_batching_reader_stays_off_the_line_being_written() {
     assert_eq!(drain(&mut r, &mut next), left);
     assert_eq!((r.read(), r.lost(), next), (204, 0, 204));
     r.set_batching(false);
-    p.write(&[204; 40]).unwrap();
+    p.write(&[204; 48]).unwrap();
     assert_eq!(drain(&mut r, &mut next), 1, "off: at once");
 }
 
@@ -540,7 +540,7 @@ fn read_batch_when_lapped_on_every_try() {
     let stats = lapped_on_every_try(|reader| {
         reader
             .read_batch(|r| {
-                assert_eq!(r.data, &[r.seq as u8; 40][..]);
+                assert_eq!(r.data, &[r.seq as u8; 48][..]);
                 assert!(last.is_none_or(|l| r.seq > l));
                 last = Some(r.seq);
             })
