@@ -79,3 +79,19 @@ pub use slab::{
     CacheStats, CheckError, ClassStats, FreeError, Pool, PoolError, PoolGuard, PoolStats, SLAB_PAGE,
 };
 pub use zone::{ReloadReport, Zone, ZoneInit, Zones, ZonesBuilder};
+
+/// Helpers of the crate's unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    /// xorshift64 (the benchmarks' generator) from `seed`, advanced before
+    /// each value.
+    pub fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+        let mut x = seed;
+        move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        }
+    }
+}

@@ -79,7 +79,7 @@ impl<'z> Dict<'z> {
         if let Some(p) = s.try_alloc(size)? {
             return Ok((p, false));
         }
-        let keep = ALLOC_NEED + 2 * FINISH_NEED + Self::max_fill(size) + later;
+        let keep = Self::room_need(size) + later;
         if self.reclaim(s, usize::MAX, keep)? > 0 {
             if let Some(p) = s.try_alloc(size)? {
                 return Ok((p, false));
@@ -207,6 +207,13 @@ impl<'z> Dict<'z> {
     /// [`MAX_RECORD`] bytes, each with a header word and padding to a word.
     pub(super) fn max_fill(size: usize) -> usize {
         size + 15 * size.div_ceil(MAX_RECORD).max(1)
+    }
+
+    /// Journal bytes an allocation of `size` bytes by [`Dict::room`] needs
+    /// kept after the frees that make room for it: the allocation, the
+    /// fill, the finishing records.
+    pub(super) fn room_need(size: usize) -> usize {
+        ALLOC_NEED + 2 * FINISH_NEED + Self::max_fill(size)
     }
 
     /// Journal bytes a store of a `size`-byte block may take after its

@@ -93,7 +93,7 @@ impl<'z> Dict<'z> {
                 }
                 let size = entry_size(key.len(), 16);
                 // Keeps what the node's allocation below needs.
-                let later = ALLOC_NEED + 2 * FINISH_NEED + Self::max_fill(node_size(bytes.len()));
+                let later = Self::room_need(node_size(bytes.len()));
                 let (p, _) = self.room(s, size, std::ptr::null(), true, later)?;
                 let e = s.insert(p, h, key, K_LIST, &[0u8; 16], 0, 0)?;
                 s.totals(0, -16)?;

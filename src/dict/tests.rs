@@ -291,13 +291,7 @@ fn model_program() {
     let z = zones(4 << 20);
     let d = Dict::open(&z.get("d").unwrap()).unwrap();
     let mut model: HashMap<Vec<u8>, OwnedValue> = HashMap::new();
-    let mut x: u64 = 42;
-    let mut next = || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
+    let mut next = crate::testing::xorshift(42);
     for step in 0..20_000 {
         let r = next();
         let key = format!("k{}", r % 300).into_bytes();

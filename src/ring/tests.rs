@@ -147,13 +147,7 @@ fn get_or_create_makes_one_ring() {
 /// in tests), no endless loop.
 #[test]
 fn random_corruption_gives_errors_never_panics() {
-    let mut x = 42u64;
-    let mut rnd = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
+    let mut rnd = crate::testing::xorshift(42);
     let (mut opened, mut records, mut errors) = (0, 0, 0);
     for round in 0..1000 {
         let cfg = RingConfig {
@@ -414,13 +408,7 @@ type Seen = Vec<(usize, u64, Vec<u8>, Option<u64>)>;
 /// lapping the readers, some stamped), polls of both kinds and slots.
 #[test]
 fn read_batch_sees_what_next_record_sees() {
-    let mut x = 7u64;
-    let mut rnd = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
+    let mut rnd = crate::testing::xorshift(7);
     let (mut lossless, mut lossy) = (0, 0);
     for round in 0..200 {
         let cfg = RingConfig {

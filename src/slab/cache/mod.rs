@@ -579,7 +579,7 @@ impl Pool {
 
     /// [`slab_racy`](Self::slab_racy) given page `idx`'s descriptor link.
     /// A first page and an inner page of a multi-page slab take the same
-    /// path, the choices made with conditional moves: in a wide pool with
+    /// path, the choices made with masks ([`pick`]): in a wide pool with
     /// random sizes, whether a freed chunk lies on its slab's first page
     /// is random, and a branch on it was mispredicted about once in two
     /// frees (callgrind's branch simulation on W2). The first page's
