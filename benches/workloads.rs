@@ -374,8 +374,11 @@ fn w4_check_after(pool: &Pool, procs: usize) {
     }
 }
 
-/// W4 once with `procs` processes: ns per op over all of them.
-fn w4_once(n: usize, procs: usize) -> f64 {
+/// W4 once with `procs` processes: ns per op over all of them. With
+/// `private`, each child makes its own pool after the fork and nothing is
+/// shared: the same work, so its P=2/P=1 is the most this machine gives
+/// at that moment (two vCPUs are not always two cores' worth).
+fn w4_once(n: usize, procs: usize, private: bool) -> f64 {
     let zone = Zone::new();
     // Made before the fork: each child uses its own copy.
     let mut slots = vec![(std::ptr::null_mut(), 0); K / procs];
@@ -388,10 +391,12 @@ fn w4_once(n: usize, procs: usize) -> f64 {
         assert!(pid >= 0, "fork failed");
         if pid == 0 {
             let seed = 42 + w as u64;
+            let own = private.then(Zone::new);
+            let pool = own.as_ref().map_or(&zone.pool, |z| &z.pool);
             match procs {
-                1 => w2::<_, K>(&zone.pool, &mut slots, n, seed),
-                2 => w2::<_, { K / 2 }>(&zone.pool, &mut slots, n / 2, seed),
-                _ => w2::<_, { K / 4 }>(&zone.pool, &mut slots, n / 4, seed),
+                1 => w2::<_, K>(pool, &mut slots, n, seed),
+                2 => w2::<_, { K / 2 }>(pool, &mut slots, n / 2, seed),
+                _ => w2::<_, { K / 4 }>(pool, &mut slots, n / 4, seed),
             };
             // SAFETY: ends the child without running destructors.
             unsafe { libc::_exit(0) };
@@ -408,6 +413,9 @@ fn w4_once(n: usize, procs: usize) -> f64 {
         );
     }
     let ns = ns_per(t.elapsed(), n);
+    if private {
+        return ns;
+    }
     // The children's per-thread caches go back to the pool, as the
     // prefork master's recovery does for dead workers: one each.
     let back = zone.pool.reclaim_caches();
@@ -421,32 +429,41 @@ fn w4_once(n: usize, procs: usize) -> f64 {
 /// W4: each repetition runs P = 1, 2, 4 in turn (so that a change in the
 /// machine's speed falls on all three), and besides each P's figures the
 /// throughput ratios P=2/P=1 and P=4/P=2 of each repetition are reported
-/// (impl `2/1`, `4/2`: median, min, max).
+/// (impl `2/1`, `4/2`: median, min, max). Each repetition also runs the
+/// same children on private pools (impl `private`: nothing shared, so no
+/// lock and no line moves between processes) right after the shared run of
+/// the same P: its ratios are what the machine allowed in that
+/// repetition, and `shmzone/private` (ratio over ratio) is the part of it
+/// the shared zone reached.
 fn bench_w4(cfg: &Cfg) {
     let n = cfg.n(5_000_000);
-    let mut v: Vec<Vec<f64>> = vec![Vec::new(); W4_PROCS.len()];
+    let np = W4_PROCS.len();
+    // v[i]: shared at W4_PROCS[i]; v[np + i]: private.
+    let mut v: Vec<Vec<f64>> = vec![Vec::new(); 2 * np];
     for rep in 0..REPS {
         for (i, &procs) in W4_PROCS.iter().enumerate() {
             eprintln!("W4 P={procs} (repetition {}) ...", rep + 1);
-            v[i].push(w4_once(n, procs));
+            v[i].push(w4_once(n, procs, false));
+            v[np + i].push(w4_once(n, procs, true));
         }
     }
-    for (i, &procs) in W4_PROCS.iter().enumerate() {
-        let ns = Spread::of(v[i].clone());
-        emit(
-            "W4",
-            &procs.to_string(),
-            Pool::NAME,
-            ns.map(|x| 1e3 / x),
-            "Mops/s",
-        );
-        emit("W4", &procs.to_string(), Pool::NAME, ns, "ns/op");
+    for (off, imp) in [(0, Pool::NAME), (np, "private")] {
+        for (i, &procs) in W4_PROCS.iter().enumerate() {
+            let ns = Spread::of(v[off + i].clone());
+            emit("W4", &procs.to_string(), imp, ns.map(|x| 1e3 / x), "Mops/s");
+            emit("W4", &procs.to_string(), imp, ns, "ns/op");
+        }
     }
     // Throughput ratios: time of the smaller P over time of the larger.
     for (lo, hi) in [(0, 1), (1, 2)] {
-        let r: Vec<f64> = (0..REPS).map(|k| v[lo][k] / v[hi][k]).collect();
         let name = format!("{}/{}", W4_PROCS[hi], W4_PROCS[lo]);
-        emit("W4", &name, Pool::NAME, Spread::of(r), "x");
+        let ratio = |off: usize, k: usize| v[off + lo][k] / v[off + hi][k];
+        let shared: Vec<f64> = (0..REPS).map(|k| ratio(0, k)).collect();
+        let private: Vec<f64> = (0..REPS).map(|k| ratio(np, k)).collect();
+        let rel: Vec<f64> = (0..REPS).map(|k| ratio(0, k) / ratio(np, k)).collect();
+        emit("W4", &name, Pool::NAME, Spread::of(shared), "x");
+        emit("W4", &name, "private", Spread::of(private), "x");
+        emit("W4", &name, "shmzone/private", Spread::of(rel), "x");
     }
 }
 
