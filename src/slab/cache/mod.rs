@@ -7,7 +7,8 @@
 //!   epoch     even: caching on, odd: off; +2 asks every cache to flush
 //!   slots[64] {pid, tid, page, npages}: who owns which slot body
 //! slot body (a page run allocated from the pool by its owner)
-//!   SlotHead  token (proves the body is the caller's), seen epoch
+//!   SlotHead  token (proves the body is the caller's), key (the epoch
+//!             it last synced with, XOR the token)
 //!   Mag[c]    word = generation << 32 | count, cap, entries[32] (u32:
 //!             data offset / 8 of a cached chunk of class c)
 //! ```
@@ -130,8 +131,11 @@ assert_eq_size!(CacheDir, [u8; 64 + NSLOTS * 16]);
 pub(crate) struct SlotHead {
     /// The owner's token (see [`token`]); 0 once released.
     pub token: AtomicU64,
-    /// The directory epoch this cache last synced with.
-    pub seen: AtomicU64,
+    /// The directory epoch this cache last synced with, XOR `token`: one
+    /// compare (`key == epoch ^ the token the thread holds`) tells the
+    /// fast path both that the body is still the caller's and that no
+    /// flush was asked for since.
+    pub key: AtomicU64,
     pub _pad: [u64; 6],
 }
 
@@ -249,8 +253,9 @@ fn token(nonce: u64, pid: u32, tid: u32, idx: usize) -> u64 {
 struct Held {
     /// The pool's base in this process (0: none).
     base: usize,
-    /// The slot body's offset from base; `usize::MAX`: no slot could be
-    /// had (all taken) at epoch `token`.
+    /// The slot body's offset from base (below the pool's length, set by
+    /// `claim`); `usize::MAX`: no slot could be had (all taken) at epoch
+    /// `token` (never the MRU: see `set_mru`).
     slot: usize,
     token: u64,
     pid: u32,
@@ -281,6 +286,7 @@ thread_local! {
 /// an empty MRU (`forget_mru` runs in it) instead of its parent's slot.
 /// Until then every call takes the slow path, which compares pids.
 fn set_mru(h: Held) {
+    debug_assert!(h.slot != usize::MAX);
     if fork_handler_ready() {
         on_fork_child(forget_mru);
         MRU.with(|m| m.set(h));
@@ -428,14 +434,15 @@ impl Pool {
     pub(crate) fn my_slot_fast(&self) -> Option<NonNull<SlotHead>> {
         let h = MRU.with(Cell::get);
         // No pid compare: a forked child starts with an empty MRU (see
-        // `set_mru`), so a slot found here is this process's.
-        if h.base == self.base.as_ptr() as usize && h.slot < self.len {
+        // `set_mru`), so a slot found here is this process's. The MRU only
+        // ever holds a slot `claim` placed inside this pool (never the
+        // "refused" entry), so its offset needs no bounds check.
+        if h.base == self.base.as_ptr() as usize {
             let s = self.base.as_ptr().wrapping_add(h.slot).cast::<SlotHead>();
-            // SAFETY: h.slot < len: inside the pool, and 64-aligned (set from
-            // a page run by `claim`).
+            // SAFETY: h.slot < len (set from a page run by `claim`): inside
+            // the pool, and 64-aligned.
             let sh = unsafe { &*s };
-            if sh.token.load(Ordering::Relaxed) == h.token
-                && sh.seen.load(Ordering::Relaxed) == self.dir().epoch.load(Ordering::Relaxed)
+            if sh.key.load(Ordering::Relaxed) == self.dir().epoch.load(Ordering::Relaxed) ^ h.token
             {
                 // SAFETY: in the pool, non-null.
                 return Some(unsafe { NonNull::new_unchecked(s) });
@@ -483,7 +490,7 @@ impl Pool {
                 // SAFETY: non-null (inside the pool).
                 let slot = unsafe { NonNull::new_unchecked(s) };
                 if sh.token.load(Ordering::Relaxed) == h.token {
-                    if sh.seen.load(Ordering::Relaxed) != epoch {
+                    if sh.key.load(Ordering::Relaxed) != epoch ^ h.token {
                         // Caching was turned off, or memory ran short, or
                         // the pool was re-initialised: give everything back.
                         if !self.sync_epoch(slot) {

@@ -27,7 +27,8 @@ impl Pool {
             self.forget_held(base);
             return false;
         }
-        sh.seen.store(now, Ordering::Relaxed);
+        let tok = sh.token.load(Ordering::Relaxed);
+        sh.key.store(now ^ tok, Ordering::Relaxed);
         drop(g);
         true
     }
@@ -129,7 +130,7 @@ impl Pool {
         unsafe {
             body.as_ptr().write(SlotHead {
                 token: AtomicU64::new(tok),
-                seen: AtomicU64::new(epoch),
+                key: AtomicU64::new(epoch ^ tok),
                 _pad: [0; 6],
             });
         }
@@ -453,7 +454,9 @@ impl Pool {
             // Our own cache (just flushed) follows the new epoch at once.
             if let Some(slot) = mine {
                 // SAFETY: our slot, checked by my_slot_fast.
-                unsafe { slot.as_ref() }.seen.store(e, Ordering::Relaxed);
+                let sh = unsafe { slot.as_ref() };
+                sh.key
+                    .store(e ^ sh.token.load(Ordering::Relaxed), Ordering::Relaxed);
             }
         }
         drop(g);
@@ -729,7 +732,9 @@ impl Pool {
             if ds.pid != 0 {
                 if let Some(body) = self.body_of(i, &ds) {
                     // SAFETY: the body's head, inside the pool.
-                    unsafe { body.as_ref() }.token.store(0, Ordering::Relaxed);
+                    let sh = unsafe { body.as_ref() };
+                    sh.token.store(0, Ordering::Relaxed);
+                    sh.key.store(0, Ordering::Relaxed);
                 }
             }
             // SAFETY: as above.
