@@ -67,8 +67,9 @@ pub fn worker(shared: &Shared, w: &Worker) -> i32 {
     // send the next requests, or another worker with requests waiting --
     // and with 20 µs it cut p99 only in some runs; a yield gives that task
     // the CPU at once and returns at once when nothing else wants it.
-    // Alternated against the spin (README, session 7): -c64 p99 2-3.6 ms
-    // against 5-11 ms and 10-20 % more requests/s. The whole budget, also
+    // In the H runs of session 7 (README): -c64 p99 3.2-7.4 ms against
+    // the spin's 8-10 ms and nginx's 6.7-9.6, requests/s about the same
+    // as with the spin; -c256 unchanged. The whole budget, also
     // when an event comes early: ending at the first event (poll(2) on the
     // runtime's epoll descriptor, tried in session 6) served requests one
     // by one, where the full budget gathers a batch per epoll_wait.
