@@ -84,10 +84,11 @@ pub struct Config {
     /// Largest request body accepted (413 past it).
     #[arg(long, value_name = "SIZE", default_value = "1m", value_parser = size)]
     pub max_body: usize,
-    /// Microseconds a worker with nothing to do spins before it sleeps
-    /// (0: sleep at once). Requests that come meanwhile are served
-    /// without a wake-up.
-    #[arg(long, value_name = "MICROS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    /// Microseconds a worker with nothing to do keeps polling before it
+    /// sleeps, yielding the CPU to any other runnable task meanwhile (0:
+    /// sleep at once). Requests that come meanwhile are served without a
+    /// wake-up.
+    #[arg(long, value_name = "MICROS", default_value_t = 200, value_parser = clap::value_parser!(u64).range(0..=1000))]
     pub busy_poll: u64,
     /// Graceful stop limit before SIGKILL, in seconds.
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = secs)]

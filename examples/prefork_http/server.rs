@@ -57,21 +57,28 @@ pub fn worker(shared: &Shared, w: &Worker) -> i32 {
     let app: &'static App<'static> = Box::leak(Box::new(App::new(shared, w.index())));
     let mut builder = tokio::runtime::Builder::new_current_thread();
     builder.enable_all();
-    // Before the runtime sleeps in epoll_wait, spin --busy-poll µs: on a
-    // busy machine the next requests usually come meanwhile and are
-    // served without a sleep and a wake-up, each of which is a chance to
-    // wait behind another task's time slice (`perf sched`, README
-    // "Against nginx": p99 7.5 ms without, 1.5-4.3 with 20 µs). The whole
-    // budget, also when an event comes early: ending the spin at the first
-    // event (poll(2) on the runtime's epoll descriptor, tried) served
-    // requests one by one, p50 lower but p90/p99 as without the spin,
-    // where the full spin gathers a batch per epoll_wait.
-    let spin = Duration::from_micros(shared.config.busy_poll);
-    if !spin.is_zero() {
+    // Before the runtime sleeps in epoll_wait, poll --busy-poll µs,
+    // yielding the CPU (sched_yield) all the while: on a busy machine the
+    // next requests usually come meanwhile and are served without a sleep
+    // and a wake-up, each of which is a chance to wait behind another
+    // task's time slice (`perf sched`, README "Against nginx"). Yielding,
+    // not spinning: a pure spin (`spin_loop()`, session 6) took the CPU
+    // from whatever else was runnable on it -- the wrk thread about to
+    // send the next requests, or another worker with requests waiting --
+    // and with 20 µs it cut p99 only in some runs; a yield gives that task
+    // the CPU at once and returns at once when nothing else wants it.
+    // In the H runs of session 7 (README): -c64 p99 3.2-7.4 ms against
+    // the spin's 8-10 ms and nginx's 6.7-9.6, requests/s about the same
+    // as with the spin; -c256 unchanged. The whole budget, also
+    // when an event comes early: ending at the first event (poll(2) on the
+    // runtime's epoll descriptor, tried in session 6) served requests one
+    // by one, where the full budget gathers a batch per epoll_wait.
+    let budget = Duration::from_micros(shared.config.busy_poll);
+    if !budget.is_zero() {
         builder.on_thread_park(move || {
             let t = std::time::Instant::now();
-            while t.elapsed() < spin {
-                std::hint::spin_loop();
+            while t.elapsed() < budget {
+                std::thread::yield_now();
             }
         });
     }
