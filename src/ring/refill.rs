@@ -121,9 +121,10 @@ impl Reader<'_> {
     /// where that check would likely fail: the head must be a copy's
     /// length (twice, for the producer's progress during the copy), and at
     /// most a sixteenth of the slot, short of a lap ahead of the cursor.
-    /// Only for a cursor at a record the reader knows the sequence number
-    /// of (it has read the one before), so that the headers it finds there
-    /// are checked against the very number expected.
+    /// Only for a cursor at a record whose sequence number the reader
+    /// knows (it has read the one before, or the slot was never
+    /// overwritten): a record start, where a header that is not the one
+    /// expected is caught as after any refill.
     fn intact(&self, c: Cursor, head: u64, cap: u64) -> bool {
         let room = (self.batch.len() - SLACK) as u64 * 8;
         let margin = (2 * room).min(cap / 16);
