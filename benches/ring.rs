@@ -508,6 +508,8 @@ fn main() {
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for _ in 0..reps {
                 let (a, c, b, r) = r1(n, &bytes, stamp);
+                // Each repetition on stderr: the lost counts per rep.
+                eprintln!("  ns/record {a:.2} cpu {c:.2} lost {b} reader busy {r:.2}");
                 ns.push(a);
                 cpu.push(c);
                 lost.push(b as f64);

@@ -118,8 +118,9 @@ pub(crate) struct SlotHdr {
     pub written: AtomicU64,
     /// Payload bytes written.
     pub bytes: AtomicU64,
-    /// Old records overwritten to make room (lost to readers that had not
-    /// read them yet).
+    /// Old records dropped to make room (lost to readers that had not read
+    /// them yet, but for the ones a reader already behind the tail reads
+    /// before they are written over).
     pub overwritten: AtomicU64,
     /// Records refused (longer than the maximum).
     pub dropped: AtomicU64,

@@ -65,7 +65,12 @@
 //! re-reads `claim` (seqlock-style): if the producer has claimed past the
 //! copied bytes by a whole lap, the copy is discarded and the reader jumps to
 //! `tail`; the records it missed show up as a gap in the sequence numbers,
-//! counted in [`Reader::lost`]. A reader lapped on every try of a refill
+//! counted in [`Reader::lost`]. A reader whose cursor the tail passed
+//! while the bytes there were not written over yet (the tail runs up to an
+//! eighth of the slot ahead of the writing) goes on from its cursor, if it
+//! knows the sequence number due there: the same claim check decides, so
+//! a reader can fall nearly a whole slot behind without losing anything,
+//! not only 7/8 of it. A reader lapped on every try of a refill
 //! jumps to the slot's `mark`, a complete record the producer publishes
 //! once every eighth of the slot, so there is always a record after the
 //! jump whose sequence number counts what was skipped (even if the producer

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 
-use super::reader::{Reader, SLACK};
+use super::reader::{Cursor, Reader, SLACK};
 use super::RingError;
 
 /// Bytes of a cache line (positions are line-aligned in a slot: its data
@@ -50,7 +50,12 @@ impl Reader<'_> {
                     reason,
                 });
             }
-            let from = c.pos.max(tail);
+            let from = if c.pos < tail && self.intact(c, head, cap) {
+                // Dropped by the producer but not written over yet.
+                c.pos
+            } else {
+                c.pos.max(tail)
+            };
             if from > c.pos {
                 self.cursors[slot].lapped = true;
             }
@@ -104,6 +109,26 @@ impl Reader<'_> {
         self.cursors[slot].pos = self.landing(slot, self.cursors[slot].pos);
         self.cursors[slot].lapped = true;
         Ok(false)
+    }
+
+    /// Whether this reader can go on reading at its cursor `c` although
+    /// the slot's tail has passed it: the producer moves the tail up to an
+    /// eighth of the slot ahead of what it writes over (see
+    /// `Producer::make_room`), so the records between the cursor and the
+    /// tail may still be whole. They are while the producer has not
+    /// claimed a lap past them, which the claim check after the copy
+    /// decides as for any copy; this only keeps the reader from trying
+    /// where that check would likely fail: the head must be a copy's
+    /// length (twice, for the producer's progress during the copy), and at
+    /// most a sixteenth of the slot, short of a lap ahead of the cursor.
+    /// Only for a cursor at a record whose sequence number the reader
+    /// knows (it has read the one before, or the slot was never
+    /// overwritten): a record start, where a header that is not the one
+    /// expected is caught as after any refill.
+    fn intact(&self, c: Cursor, head: u64, cap: u64) -> bool {
+        let room = (self.batch.len() - SLACK) as u64 * 8;
+        let margin = (2 * room).min(cap / 16);
+        c.expect.is_some() && head - c.pos <= cap - margin
     }
 
     /// Where a reader lapped on every try of a refill goes on in `slot`:

@@ -19,7 +19,9 @@ pub struct SlotStats {
     pub written: u64,
     /// Payload bytes written.
     pub bytes: u64,
-    /// Old records overwritten to make room for new ones.
+    /// Old records dropped to make room for new ones (written over at
+    /// once or up to an eighth of the slot later: a reader that had
+    /// reached them may still read those not yet written over).
     pub overwritten: u64,
     /// Records refused as longer than the maximum.
     pub dropped: u64,

@@ -537,3 +537,40 @@ fn read_batch_when_lapped_on_every_try() {
     });
     assert!(stats.read > 0);
 }
+
+/// The producer drops the oldest records an eighth of the slot ahead of
+/// writing over them; a reader whose cursor the tail passed reads on from
+/// it while its records are whole, and counts nothing lost; one whose
+/// records were written over jumps to the tail and counts what it missed.
+#[test]
+fn a_reader_behind_the_tail_reads_what_is_not_written_over() {
+    let cfg = RingConfig {
+        slots: 1,
+        slot_bytes: 64 << 10,
+        ..small()
+    };
+    let zones = ring_zones(&cfg);
+    let ring = Ring::create(&zones.get("log").unwrap(), &cfg).unwrap();
+    let mut reader = ring.reader(Start::Oldest);
+    let mut stale = ring.reader(Start::Oldest);
+    let mut p = ring.producer().unwrap();
+    // 64 bytes a record: 1024 fill the slot, the 1025th makes room.
+    let n = 1025u64;
+    for i in 0..100 {
+        p.write(&[i as u8; 48]).unwrap();
+        assert_eq!(reader.next_record().unwrap().unwrap().seq, i);
+    }
+    for i in 100..n {
+        p.write(&[i as u8; 48]).unwrap();
+    }
+    let dropped = ring.stats().slots[0].overwritten;
+    assert!(dropped > 100, "the tail passed the reader: {dropped}");
+    let mut next = 100u64;
+    while let Some(r) = reader.next_record().unwrap() {
+        assert_eq!((r.seq, r.data), (next, &[next as u8; 48][..]));
+        next += 1;
+    }
+    assert_eq!((next, reader.read(), reader.lost()), (n, n, 0));
+    while stale.next_record().unwrap().is_some() {}
+    assert_eq!((stale.lost(), stale.read() + stale.lost()), (dropped, n));
+}
