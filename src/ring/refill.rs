@@ -128,7 +128,9 @@ impl Reader<'_> {
     fn intact(&self, c: Cursor, head: u64, cap: u64) -> bool {
         let room = (self.batch.len() - SLACK) as u64 * 8;
         let margin = (2 * room).min(cap / 16);
-        c.expect.is_some() && head - c.pos <= cap - margin
+        // `head` and `tail` come from shared memory: a head behind the
+        // cursor (garbage) is no reason to read on.
+        c.expect.is_some() && head.checked_sub(c.pos).is_some_and(|d| d <= cap - margin)
     }
 
     /// Where a reader lapped on every try of a refill goes on in `slot`:
