@@ -436,13 +436,13 @@ impl Pool {
     pub(crate) fn my_slot_fast(&self) -> Option<NonNull<SlotHead>> {
         let h = MRU.with(Cell::get);
         // No pid compare: a forked child starts with an empty MRU (see
-        // `set_mru`), so a slot found here is this process's. The MRU only
-        // ever holds a slot `claim` placed inside this pool (never the
-        // "refused" entry), so its offset needs no bounds check.
-        if h.base == self.base.as_ptr() as usize {
+        // `set_mru`), so a slot found here is this process's. The offset is
+        // checked: the pool the MRU was set in may have been unmapped and
+        // a smaller one mapped at the same base since.
+        if h.base == self.base.as_ptr() as usize && h.slot < self.len {
             let s = self.base.as_ptr().wrapping_add(h.slot).cast::<SlotHead>();
-            // SAFETY: h.slot < len (set from a page run by `claim`): inside
-            // the pool, and 64-aligned.
+            // SAFETY: h.slot < len: inside the pool, and 64-aligned (set from
+            // a page run by `claim`).
             let sh = unsafe { &*s };
             if sh.key.load(Ordering::Relaxed) == self.dir().epoch.load(Ordering::Relaxed) ^ h.token
             {
