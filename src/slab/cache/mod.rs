@@ -181,6 +181,15 @@ impl Mag {
 }
 assert_eq_size!(SlotHead, [u8; 64]);
 
+impl SlotHead {
+    /// Marks the cache as in step with directory epoch `epoch` (its owner
+    /// or a lock holder acting for it): `key` becomes `epoch ^ token`.
+    fn follow(&self, epoch: u64) {
+        let token = self.token.load(Ordering::Relaxed);
+        self.key.store(epoch ^ token, Ordering::Relaxed);
+    }
+}
+
 /// Bytes of a slot body.
 const BODY: usize = std::mem::size_of::<SlotHead>() + NMAGS * std::mem::size_of::<Mag>();
 

@@ -27,8 +27,7 @@ impl Pool {
             self.forget_held(base);
             return false;
         }
-        let tok = sh.token.load(Ordering::Relaxed);
-        sh.key.store(now ^ tok, Ordering::Relaxed);
+        sh.follow(now);
         drop(g);
         true
     }
@@ -454,9 +453,7 @@ impl Pool {
             // Our own cache (just flushed) follows the new epoch at once.
             if let Some(slot) = mine {
                 // SAFETY: our slot, checked by my_slot_fast.
-                let sh = unsafe { slot.as_ref() };
-                sh.key
-                    .store(e ^ sh.token.load(Ordering::Relaxed), Ordering::Relaxed);
+                unsafe { slot.as_ref() }.follow(e);
             }
         }
         drop(g);
