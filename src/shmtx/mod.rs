@@ -69,7 +69,11 @@
 //!   never through 0), so spinners and newcomers cannot keep taking it
 //!   first, and wakes the next sleeper in the futex queue to take the slot
 //!   after it. The rest of the time the lock is as unfair (and as fast) as
-//!   nginx's.
+//!   nginx's. A heir that dies while it is handed the lock is recovered
+//!   like any dead holder: the unlocker checks it alive again after the
+//!   store, so a master whose `force_unlock` ran just before the store
+//!   (and found the unlocker's pid) cannot leave the word naming a dead
+//!   process.
 //! - **At most one spinner per other CPU.** With more waiters than CPUs,
 //!   spinners only steal the CPU that the holder (or the heir just handed
 //!   the lock) needs; the others sleep at once.

@@ -153,3 +153,49 @@ fn spin_limit_is_bounded_whatever_the_word_holds() {
     drop(g);
     assert!(m.spin(&mut w).is_some());
 }
+
+/// Regression (stop 7's CI hang in `tests/dict_storm.rs`): an unlock
+/// checked its heir alive, then the heir was SIGKILLed, reaped and
+/// force-unlocked by the master (which found the unlocker's pid in the
+/// word and did nothing), and only then did the unlock store the heir's
+/// pid: the word named a dead process that no one would recover, and with
+/// self-healing off every later `lock()` slept forever.
+#[test]
+fn hand_off_to_a_heir_that_dies_in_the_window_is_recovered() {
+    static M: ShmMutex = ShmMutex::new();
+    // The window, as the master would fill it: the heir is killed and
+    // reaped, and the master's force_unlock finds nothing to take.
+    fn master_in_window(heir: u32) {
+        // SAFETY: plain syscalls on our own child.
+        unsafe {
+            assert_eq!(libc::kill(heir as libc::pid_t, libc::SIGKILL), 0);
+            let mut st = 0;
+            assert_eq!(
+                libc::waitpid(heir as libc::pid_t, &mut st, 0),
+                heir as libc::pid_t
+            );
+        }
+        assert!(!M.force_unlock(heir), "the unlocker still holds the word");
+    }
+    // SAFETY: the child only sleeps until it is killed (async-signal-safe).
+    let child = unsafe { libc::fork() };
+    assert!(child >= 0, "fork");
+    if child == 0 {
+        loop {
+            // SAFETY: pause(2) is async-signal-safe.
+            unsafe { libc::pause() };
+        }
+    }
+    let g = M.lock();
+    M.heir.store(child as u32, Ordering::SeqCst);
+    super::wait::tests_hook::set(Some(master_in_window));
+    let released = g.unlock();
+    super::wait::tests_hook::set(None);
+    assert!(released);
+    // The unlock saw the heir gone after its store and recovered it.
+    assert_eq!(M.holder(), None, "the word names no dead process");
+    assert_eq!(M.recoveries(), 1);
+    let g = M.try_lock().expect("free after the hand-off's recovery");
+    assert_eq!(g.recovered_from(), Some(child as u32));
+    assert!(g.unlock());
+}

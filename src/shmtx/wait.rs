@@ -395,7 +395,9 @@ impl ShmMutex {
         {
             return false;
         }
-        self.lock.store(h, Ordering::Release);
+        #[cfg(test)]
+        tests_hook::in_hand_off(h);
+        self.lock.store(h, Ordering::SeqCst);
         futex::wake(&self.heir, u32::MAX);
         self.handoffs.fetch_add(1, Ordering::Relaxed);
         // The slot is free again: wake the next sleeper, the first in the
@@ -403,6 +405,39 @@ impl ShmMutex {
         if self.wait.load(Ordering::Relaxed) != 0 {
             self.wake_one();
         }
+        // The heir may have died (and been reaped, and force-unlocked by
+        // the master) after the check above and before the store: the
+        // master's force_unlock then found our pid in the word and did
+        // nothing, and the word would name a dead process that no one
+        // recovers (a hang when self-healing is off). So look again now
+        // that the word names it, and recover it ourselves if it is gone.
+        // A master that reaps it later finds its pid in the word and
+        // recovers it then; if both try, one compare-and-swap wins.
+        if !os::process::pid_alive(h) {
+            self.force_unlock(h);
+        }
         true
+    }
+}
+
+/// Unit tests' window into a hand-off: a function run between the heir's
+/// check and the store that gives it the lock (the race of the
+/// `hand_off_to_a_heir_that_dies_in_the_window_is_recovered` test).
+#[cfg(test)]
+pub(super) mod tests_hook {
+    use std::cell::Cell;
+
+    thread_local! {
+        static HOOK: Cell<Option<fn(u32)>> = const { Cell::new(None) };
+    }
+
+    pub fn set(f: Option<fn(u32)>) {
+        HOOK.with(|h| h.set(f));
+    }
+
+    pub(super) fn in_hand_off(heir: u32) {
+        if let Some(f) = HOOK.with(Cell::get) {
+            f(heir);
+        }
     }
 }
