@@ -12,6 +12,7 @@
 #   BIN=/tmp/prefork_http-old benches/http_vs_nginx.sh   # another build
 #   NICE=-10 benches/http_vs_nginx.sh      # shielded from other sessions
 #   ONLY=limit CONNS=64 benches/http_vs_nginx.sh   # rows whose path matches
+#   VERBOSE=1 ROUNDS=5 benches/http_vs_nginx.sh    # each round on stderr too
 #
 # NICE runs the whole comparison (nginx, ours and wrk alike) in a new
 # session whose autogroup gets that nice value: on a machine shared with
@@ -155,6 +156,9 @@ for c in $CONNS; do
             read -r or op oc os <<<"$(run $OURS_MASTER "$OURS_PORT" "$p" "$c")"
             nr_all="$nr_all $nr"; np_all="$np_all $np"; nc_all="$nc_all $nc"
             or_all="$or_all $or"; op_all="$op_all $op"; oc_all="$oc_all $oc"
+            if [ -n "${VERBOSE:-}" ]; then
+                echo "  round: $p -c$c  nginx $nr req/s p99 $np ms  ours $or req/s p99 $op ms" >&2
+            fi
         done
         awk -v w="$p" -v c="$c" -v ns="$ns" -v os="$os" \
             -v nr="$(median <<<"$nr_all")" -v np="$(median <<<"$np_all")" -v nc="$(median <<<"$nc_all")" \

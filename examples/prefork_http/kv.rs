@@ -161,3 +161,49 @@ pub fn limit(
         (put, Verdict::Allowed(excess))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shmzone::Zones;
+
+    /// The limiter as a user sees it: `burst` + 1 requests pass at once,
+    /// the next are refused and leave the bucket as it was (the lock-free
+    /// refusal writes nothing), and once enough has leaked one passes
+    /// again.
+    #[test]
+    fn refusals_leave_the_bucket_and_leaks_let_requests_through() {
+        let zones = Zones::builder().dict("kv", 1 << 20).build().unwrap();
+        let d = Dict::open(&zones.get("kv").unwrap()).unwrap();
+        // 2 requests per second, burst 3.
+        let (rate, burst) = (2_000, 3);
+        for i in 0..4 {
+            match limit(&d, "me", 1000, rate, burst).unwrap() {
+                Verdict::Allowed(e) => assert_eq!(e, i * 1000),
+                Verdict::Refused(e) => panic!("request {i} refused at excess {e}"),
+            }
+        }
+        let stored = d.get(b"limit:me").unwrap().unwrap().value;
+        for _ in 0..3 {
+            match limit(&d, "me", 1000, rate, burst).unwrap() {
+                Verdict::Refused(e) => assert_eq!(e, 4000),
+                Verdict::Allowed(e) => panic!("allowed past the burst at {e}"),
+            }
+        }
+        assert_eq!(d.get(b"limit:me").unwrap().unwrap().value, stored);
+        // 500 ms later one request's worth has leaked.
+        assert!(matches!(
+            limit(&d, "me", 1500, rate, burst).unwrap(),
+            Verdict::Allowed(3000)
+        ));
+        assert!(matches!(
+            limit(&d, "me", 1500, rate, burst).unwrap(),
+            Verdict::Refused(4000)
+        ));
+        // Another key has its own bucket.
+        assert!(matches!(
+            limit(&d, "you", 1500, rate, burst).unwrap(),
+            Verdict::Allowed(0)
+        ));
+    }
+}
