@@ -379,7 +379,8 @@ fn w4_check_after(pool: &Pool, procs: usize) {
 /// shared: the same work, so its P=2/P=1 is the most this machine gives
 /// at that moment (two vCPUs are not always two cores' worth).
 fn w4_once(n: usize, procs: usize, private: bool) -> f64 {
-    let zone = Zone::new();
+    // The shared zone, made before the fork (none for private pools).
+    let shared = (!private).then(Zone::new);
     // Made before the fork: each child uses its own copy.
     let mut slots = vec![(std::ptr::null_mut(), 0); K / procs];
     let t = Instant::now();
@@ -392,7 +393,8 @@ fn w4_once(n: usize, procs: usize, private: bool) -> f64 {
         if pid == 0 {
             let seed = 42 + w as u64;
             let own = private.then(Zone::new);
-            let pool = own.as_ref().map_or(&zone.pool, |z| &z.pool);
+            let zone = own.as_ref().or(shared.as_ref());
+            let pool = &zone.expect("private, or made before the fork").pool;
             match procs {
                 1 => w2::<_, K>(pool, &mut slots, n, seed),
                 2 => w2::<_, { K / 2 }>(pool, &mut slots, n / 2, seed),
@@ -413,9 +415,9 @@ fn w4_once(n: usize, procs: usize, private: bool) -> f64 {
         );
     }
     let ns = ns_per(t.elapsed(), n);
-    if private {
+    let Some(zone) = shared else {
         return ns;
-    }
+    };
     // The children's per-thread caches go back to the pool, as the
     // prefork master's recovery does for dead workers: one each.
     let back = zone.pool.reclaim_caches();

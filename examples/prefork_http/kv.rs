@@ -168,9 +168,8 @@ mod tests {
     use shmzone::Zones;
 
     /// The limiter as a user sees it: `burst` + 1 requests pass at once,
-    /// the next are refused and leave the bucket as it was (the lock-free
-    /// refusal writes nothing), and once enough has leaked one passes
-    /// again.
+    /// the next are refused and leave the bucket as it was (the update
+    /// keeps it), and once enough has leaked one passes again.
     #[test]
     fn refusals_leave_the_bucket_and_leaks_let_requests_through() {
         let zones = Zones::builder().dict("kv", 1 << 20).build().unwrap();
