@@ -86,6 +86,21 @@ pub(crate) fn current_pid() -> u32 {
     current_pid_slow()
 }
 
+/// Whether `pid` (a real pid, never 0) is this process's: the
+/// [`current_pid`] test of a hot path, one load and one compare when the
+/// pid is cached (a 0 in the cache, not cached yet, never equals `pid`).
+#[inline]
+pub(crate) fn is_current_pid(pid: u32) -> bool {
+    debug_assert_ne!(pid, 0);
+    PID.load(Ordering::Relaxed) == pid || current_pid_cold() == pid
+}
+
+#[cold]
+#[inline(never)]
+fn current_pid_cold() -> u32 {
+    current_pid()
+}
+
 #[cold]
 fn current_pid_slow() -> u32 {
     // SAFETY: getpid has no preconditions.

@@ -31,19 +31,15 @@ impl Marks {
         }
     }
 
-    /// Called for every record written: remembers it if it is the first
-    /// at or past the next multiple of `step` (and then says so).
+    /// Whether a record at `pos` is the first at or past the next
+    /// multiple of `step`: one to [`push`](Self::push).
     #[inline]
-    pub fn note(&mut self, pos: u64, seq: u64) -> bool {
-        let marked = pos >= self.next;
-        if marked {
-            self.push(pos, seq);
-        }
-        marked
+    pub fn due(&self, pos: u64) -> bool {
+        pos >= self.next
     }
 
-    #[cold]
-    fn push(&mut self, pos: u64, seq: u64) {
+    /// Remembers the record at `pos` (one [`due`](Self::due) said to).
+    pub fn push(&mut self, pos: u64, seq: u64) {
         if self.len == CAP {
             // Full (only when the slot was never made room in): forget the
             // oldest; making room then walks headers from the tail.
@@ -78,14 +74,17 @@ mod tests {
     fn one_mark_per_step_oldest_first() {
         let mut m = Marks::new(64, 0);
         for (i, pos) in (0..1000).step_by(40).enumerate() {
-            m.note(pos, i as u64);
+            if m.due(pos) {
+                m.push(pos, i as u64);
+            }
         }
         // Marks at 0, 80 (first >= 64), 160 (>= 128), 200 (>= 192), ...
         assert_eq!(m.first_from(0), Some((0, 0)));
         assert_eq!(m.first_from(1), Some((80, 2)));
         assert_eq!(m.first_from(161), Some((200, 5)));
         assert_eq!(m.first_from(10_000), None);
-        m.note(10_000, 7);
+        assert!(m.due(10_000));
+        m.push(10_000, 7);
         assert_eq!(m.first_from(0), Some((10_000, 7)));
     }
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::{fence, AtomicU64, Ordering};
 use super::layout::{rec_size, seq_window, RecHdr, SlotHdr, F_STAMP, REC_HDR};
 use super::marks::Marks;
 use super::{Ring, RingError};
-use crate::os::process::{current_pid, pid_alive};
+use crate::os::process::{current_pid, is_current_pid, pid_alive};
 
 /// A claimed producer slot: the only writer of its slot, in the process
 /// that claimed it ([`Ring::producer`]). Dropping it frees the slot.
@@ -200,7 +200,19 @@ impl<'a> Producer<'a> {
     /// the slot.
     #[inline]
     pub fn write(&mut self, data: &[u8]) -> Result<u64, RingError> {
-        let time = if self.stamp { now_ns() } else { 0 };
+        if self.stamp {
+            self.write_stamped(data)
+        } else {
+            self.put::<false>(data, 0)
+        }
+    }
+
+    /// [`write`](Self::write) with the time: out of line, so that a
+    /// caller's loop holds only the unstamped path (the clock read costs
+    /// far more than the call).
+    #[inline(never)]
+    fn write_stamped(&mut self, data: &[u8]) -> Result<u64, RingError> {
+        let time = now_ns();
         self.write_at(data, time)
     }
 
@@ -211,7 +223,21 @@ impl<'a> Producer<'a> {
     /// As [`write`](Self::write).
     #[inline(always)]
     pub fn write_at(&mut self, data: &[u8], time_ns: u64) -> Result<u64, RingError> {
-        if current_pid() != self.pid {
+        if time_ns != 0 {
+            self.put::<true>(data, time_ns)
+        } else {
+            self.put::<false>(data, 0)
+        }
+    }
+
+    /// [`write_at`](Self::write_at) for a record with a time word
+    /// (`STAMPED`, `time_ns != 0`) or without (`time_ns == 0`): each path
+    /// compiled with its header size known.
+    #[inline(always)]
+    fn put<const STAMPED: bool>(&mut self, data: &[u8], time_ns: u64) -> Result<u64, RingError> {
+        debug_assert_eq!(STAMPED, time_ns != 0);
+        let time_ns = if STAMPED { time_ns } else { 0 };
+        if !is_current_pid(self.pid) {
             return Err(self.not_owner());
         }
         let len = data.len();
@@ -219,7 +245,7 @@ impl<'a> Producer<'a> {
             return Err(self.too_long(len));
         }
         let pos = self.head;
-        let end = pos + rec_size(len as u64, time_ns != 0);
+        let end = pos + rec_size(len as u64, STAMPED);
         // Whatever lies before `end - cap` is about to be written over:
         // drop the oldest records in steps of an eighth of the slot, so
         // the walk over their headers runs once per step, not per record.
@@ -228,7 +254,6 @@ impl<'a> Producer<'a> {
         }
         let seq = self.seq;
         self.seq = seq.wrapping_add(1);
-        let marked = self.marks.note(pos, seq);
         // Only this producer writes these words, and readers load them once
         // per refill, not per record: the stores stay in this core's cache.
         let hdr = self.hdr;
@@ -247,14 +272,14 @@ impl<'a> Producer<'a> {
             time: time_ns,
         }
         .encode(pos);
-        let nh = 2 + (time_ns != 0) as usize;
+        let nh = 2 + STAMPED as usize;
         let first = ((pos / 8) & self.mask) as usize;
         if first + ((end - pos) / 8) as usize <= self.data.len() {
             // SAFETY: the record's words, `first..first + nh + ceil(len /
             // 8)`, were just checked to lie in the slot's words.
             unsafe { store_record(self.data.as_ptr().add(first), h, nh, data) };
         } else {
-            self.store_wrapped(first, h, nh, data);
+            self.store_wrapped(first, h[0], h[1], h[2], nh, data);
         }
         self.written = self.written.wrapping_add(1);
         self.bytes = self.bytes.wrapping_add(len as u64);
@@ -262,12 +287,19 @@ impl<'a> Producer<'a> {
         hdr.bytes.store(self.bytes, Ordering::Relaxed);
         self.head = end;
         hdr.head.store(end, Ordering::Release);
-        if marked {
-            // After the head: a reader that loads this mark finds the
-            // record complete.
-            hdr.mark.store(pos, Ordering::Release);
+        if self.marks.due(pos) {
+            self.mark(pos, seq);
         }
         Ok(seq)
+    }
+
+    /// Remembers the record just published at `pos` as a mark, here and
+    /// in the slot's `mark`: after the head, so that a reader that loads
+    /// the mark finds the record complete.
+    #[cold]
+    fn mark(&mut self, pos: u64, seq: u64) {
+        self.marks.push(pos, seq);
+        self.hdr.mark.store(pos, Ordering::Release);
     }
 
     #[cold]
@@ -298,8 +330,12 @@ impl<'a> Producer<'a> {
     }
 
     /// A record that runs past the end of the slot's words: word by word.
+    /// The header words come as scalars, not as an array the caller would
+    /// have to keep in memory on the common path.
     #[cold]
-    fn store_wrapped(&self, first: usize, h: [u64; 3], nh: usize, data: &[u8]) {
+    #[inline(never)]
+    fn store_wrapped(&self, first: usize, h0: u64, h1: u64, h2: u64, nh: usize, data: &[u8]) {
+        let h = [h0, h1, h2];
         let n = self.data.len();
         let payload = data.chunks(8).map(|c| {
             let mut b = [0u8; 8];
@@ -398,22 +434,99 @@ fn now_ns() -> u64 {
 /// them from there; `nh` is 2 or 3.
 #[inline(always)]
 unsafe fn store_record(dst: *const AtomicU64, h: [u64; 3], nh: usize, data: &[u8]) {
-    // SAFETY: every `dst.add(k)` below has `k < nh + ceil(len / 8)`, in
-    // bounds by the caller's promise (they are atomics, shared with
-    // readers); the payload reads are bytes `8k..8k + 8` of `data` with
-    // `k < len / 8`.
+    // SAFETY: the header words `dst.add(k)`, `k < nh`, are in bounds by
+    // the caller's promise (they are atomics, shared with readers), and so
+    // are the `ceil(len / 8)` words from `dst.add(nh)` that
+    // `store_payload` is given.
     unsafe {
         (*dst).store(h[0], Ordering::Relaxed);
         (*dst.add(1)).store(h[1], Ordering::Relaxed);
         if nh == 3 {
             (*dst.add(2)).store(h[2], Ordering::Relaxed);
         }
-        let dst = dst.add(nh);
+        store_payload(dst.add(nh), data);
+    }
+}
+
+/// Stores `data` into the `ceil(data.len() / 8)` words from `dst` on, as
+/// `u64::from_le_bytes` of each 8 bytes, the last word zero-padded.
+///
+/// On x86-64 the whole 16-byte pieces go with one SSE store each (a
+/// 64-byte payload in four stores instead of eight; the loads are plain
+/// reads of `data`), through `asm!`: a store of the compiler's own would
+/// be a data race with the readers' loads of the same words, which the
+/// opaque `asm!` block is not, as the readers' `rep movsb` copy is not
+/// (see `refill.rs`). What is left (an 8-byte word, then a short one) is
+/// stored as atomics.
+///
+/// # Safety
+/// `dst` points into a slot's words with `ceil(data.len() / 8)` of them
+/// from there.
+#[inline(always)]
+unsafe fn store_payload(dst: *const AtomicU64, data: &[u8]) {
+    let src = data.as_ptr();
+    let mut k = 0;
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::_mm_loadu_si128;
+        // The asm blocks below may touch memory (no `nomem`), so the
+        // compiler keeps them after the claim's fence and before the
+        // head's release store; x86-64 keeps their ordinary (not
+        // streaming) stores in program order with the other stores, so
+        // readers see them as they see the atomic stores they stand for
+        // (a word torn by the reader's copy lies below a claim it checks).
+        // `movdqu` needs no alignment (the words are 8-aligned).
+        while k + 8 <= data.len() / 8 {
+            // SAFETY: bytes `8k..8k + 64` of `data` lie in it (`k + 8 <=
+            // len / 8`); SSE2 is part of x86-64; the loads are unaligned.
+            let v: [_; 4] =
+                std::array::from_fn(|i| unsafe { _mm_loadu_si128(src.add(8 * k + 16 * i).cast()) });
+            // SAFETY: words `k..k + 8` from `dst` are in bounds by the
+            // caller's promise (`k + 8 <= len / 8`); they are atomics, so
+            // writing them through a pointer from a shared slice is
+            // allowed; see above for the ordering.
+            unsafe {
+                std::arch::asm!(
+                    "movdqu xmmword ptr [{d}], {v0}",
+                    "movdqu xmmword ptr [{d} + 16], {v1}",
+                    "movdqu xmmword ptr [{d} + 32], {v2}",
+                    "movdqu xmmword ptr [{d} + 48], {v3}",
+                    d = in(reg) dst.add(k),
+                    v0 = in(xmm_reg) v[0],
+                    v1 = in(xmm_reg) v[1],
+                    v2 = in(xmm_reg) v[2],
+                    v3 = in(xmm_reg) v[3],
+                    options(nostack, preserves_flags)
+                );
+            }
+            k += 8;
+        }
+        while k + 2 <= data.len() / 8 {
+            // SAFETY: bytes `8k..8k + 16` of `data` lie in it (`k + 2 <=
+            // len / 8`); SSE2 is part of x86-64; the load is unaligned.
+            let v = unsafe { _mm_loadu_si128(src.add(8 * k).cast()) };
+            // SAFETY: words `k` and `k + 1` from `dst` are in bounds by the
+            // caller's promise (`k + 2 <= len / 8`); atomics, as above.
+            unsafe {
+                std::arch::asm!(
+                    "movdqu xmmword ptr [{d}], {v}",
+                    d = in(reg) dst.add(k),
+                    v = in(xmm_reg) v,
+                    options(nostack, preserves_flags)
+                );
+            }
+            k += 2;
+        }
+    }
+    // SAFETY: words `k..ceil(len / 8)` from `dst` are in bounds by the
+    // caller's promise (atomics shared with readers); the payload reads
+    // are bytes `8k..8k + 8` of `data` with `k < len / 8`.
+    unsafe {
         let full = data.len() / 8;
-        let src = data.as_ptr();
-        for k in 0..full {
+        while k < full {
             let w = src.add(8 * k).cast::<u64>().read_unaligned();
             (*dst.add(k)).store(u64::from_le(w), Ordering::Relaxed);
+            k += 1;
         }
         let rest = &data[full * 8..];
         if !rest.is_empty() {
