@@ -127,12 +127,16 @@ fn wait(pid: libc::pid_t) {
 /// (a copy takes a few) was preempted and is left out; not the thread's
 /// CPU clock, whose system call costs 2 µs or more on the bench's VM.
 fn reader(ring: &Ring<'_>, board: &Board, slot: usize, n: u64) -> libc::pid_t {
-    let mut reader = ring.reader(Start::Oldest);
-    if std::env::var_os("SHMZONE_RING_BATCHING").is_some() {
-        reader.set_batching(true);
-    }
-    fork(move || {
-        let mut reader = reader;
+    let ring = *ring;
+    let pid = fork(move || {
+        // Made in the reading process, which is where `Ring::reader` maps
+        // the slots' pages (a reader made before the fork would map them
+        // into the parent only).
+        let mut reader = ring.reader(Start::Oldest);
+        if std::env::var_os("SHMZONE_RING_BATCHING").is_some() {
+            reader.set_batching(true);
+        }
+        board.at(slot + 4).store(1, Ordering::SeqCst);
         let mut sum = 0usize;
         let (mut busy, mut sampled, mut calls) = (0u64, 0u64, 0u64);
         while reader.read() + reader.lost() < n {
@@ -162,7 +166,19 @@ fn reader(ring: &Ring<'_>, board: &Board, slot: usize, n: u64) -> libc::pid_t {
         board.at(slot + 1).store(reader.lost(), Ordering::SeqCst);
         board.at(slot + 2).store(busy, Ordering::SeqCst);
         board.at(slot + 3).store(sampled, Ordering::SeqCst);
-    })
+    });
+    // The producers start once the reader is there (it reads from the
+    // oldest record, so it would miss nothing either way, but it would
+    // start behind by as much as its setup took).
+    let t = Instant::now();
+    while board.at(slot + 4).load(Ordering::SeqCst) == 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the reader never started"
+        );
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    pid
 }
 
 /// Reads everything there is with `read_batch`; payload bytes read. Out

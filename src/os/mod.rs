@@ -216,3 +216,39 @@ pub(crate) fn last_error(call: String) -> Error {
         source: std::io::Error::last_os_error(),
     }
 }
+
+/// Asks the kernel to map every page of `len` bytes from `p` into this
+/// process now (`MADV_POPULATE_WRITE` for memory it will write,
+/// `MADV_POPULATE_READ` for memory it will only read; Linux 5.14 and
+/// later), so that the first pass over it takes no page faults: for a log
+/// ring, a producer's first lap and a reader's first read of each page
+/// (about a microsecond each on a VM: a 32 MiB slot has 8,192 pages).
+/// The bytes are not changed. Best effort: where the kernel or the
+/// platform has no such call, or refuses it, nothing happens (the pages
+/// are then mapped on first touch, as before).
+pub(crate) fn populate(p: *const u8, len: usize, write: bool) {
+    #[cfg(target_os = "linux")]
+    {
+        let page = page_size();
+        let start = p as usize & !(page - 1);
+        let end = (p as usize).saturating_add(len);
+        let advice = if write {
+            libc::MADV_POPULATE_WRITE
+        } else {
+            libc::MADV_POPULATE_READ
+        };
+        // SAFETY: madvise with a populate advice only maps pages of the
+        // caller's mapping (the range starts at the page holding `p`, which
+        // lies in it, as do the `len` bytes after it); it reads and writes
+        // no byte of them.
+        let r = unsafe { libc::madvise(start as *mut libc::c_void, end - start, advice) };
+        if r != 0 {
+            log::debug!(
+                "madvise(populate) of {len} bytes: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (p, len, write);
+}

@@ -153,6 +153,9 @@ impl<'a> Producer<'a> {
         }
         p.marks = Marks::new(cap / 8, p.head);
         p.tail_seq = p.seq_at_tail();
+        // Map the slot's pages into this process now, not one page fault
+        // per 4 KiB inside `write` during the first lap.
+        crate::os::populate(p.data.as_ptr().cast(), cap as usize, true);
         p
     }
 
