@@ -5,6 +5,7 @@
 //! cargo bench --bench ring -- --quick    # N / 100, for a smoke run
 //! cargo bench --bench ring -- R1 R3      # only these
 //! cargo bench --bench ring -- R1plain     # R1 without timestamps only
+//! cargo bench --bench ring -- R1follow    # R1, the reader 1 MiB behind
 //! cargo bench --bench ring -- R1read      # R1's reader alone (diagnostics)
 //! cargo bench --bench ring -- R1turns     # R1's writer and reader in turns
 //! SHMZONE_BENCH_N=1000000 SHMZONE_BENCH_REPS=5 cargo bench --bench ring
@@ -22,7 +23,11 @@
 //! record written, timed in the writer (wall clock, and the writer's CPU
 //! time, since the bench shares its cores), records the reader lost, and
 //! the reader's busy ns per record (it keeps up only while that is
-//! under the writer's); then the same with timestamps on. R1read: the
+//! under the writer's); then again with the reader following 1 MiB
+//! behind the producer (`Reader::set_follow_distance`, impl
+//! `shmzone-follow`); then with timestamps on. The reader is made in the
+//! forked process (where it maps the slot's pages) and the writer starts
+//! once it is there. R1read: the
 //! reader alone, from a slot filled beforehand (from memory: `read_batch`
 //! and `next_record`) and on records still in cache (`reader-alone-hot`).
 //! R1turns: the writer writes 4096 (or 65536) records, then the forked
@@ -126,7 +131,7 @@ fn wait(pid: libc::pid_t) {
 /// the producer's ns per record). A timed call that took over 200 µs
 /// (a copy takes a few) was preempted and is left out; not the thread's
 /// CPU clock, whose system call costs 2 µs or more on the bench's VM.
-fn reader(ring: &Ring<'_>, board: &Board, slot: usize, n: u64) -> libc::pid_t {
+fn reader(ring: &Ring<'_>, board: &Board, slot: usize, n: u64, follow: usize) -> libc::pid_t {
     let ring = *ring;
     let pid = fork(move || {
         // Made in the reading process, which is where `Ring::reader` maps
@@ -136,6 +141,7 @@ fn reader(ring: &Ring<'_>, board: &Board, slot: usize, n: u64) -> libc::pid_t {
         if std::env::var_os("SHMZONE_RING_BATCHING").is_some() {
             reader.set_batching(true);
         }
+        reader.set_follow_distance(follow);
         board.at(slot + 4).store(1, Ordering::SeqCst);
         let mut sum = 0usize;
         let (mut busy, mut sampled, mut calls) = (0u64, 0u64, 0u64);
@@ -240,14 +246,18 @@ fn r1_config(timestamps: bool) -> RingConfig {
     }
 }
 
+/// The distance R1follow's reader keeps behind the producer
+/// (`Reader::set_follow_distance`).
+const R1_FOLLOW: usize = 1 << 20;
+
 /// R1 once: ns per record written (wall, CPU), records lost, the
 /// reader's busy ns per record read.
-fn r1(n: usize, bytes: &[u8], stamp: bool) -> (f64, f64, u64, f64) {
+fn r1(n: usize, bytes: &[u8], stamp: bool, follow: usize) -> (f64, f64, u64, f64) {
     let cfg = r1_config(stamp);
     let zones = ring_zones(&cfg);
     let ring = Ring::create(&zones.get("ring").unwrap(), &cfg).expect("ring");
     let board = Board::new();
-    let pid = reader(&ring, &board, 0, n as u64);
+    let pid = reader(&ring, &board, 0, n as u64, follow);
     let mut log = ring.producer().expect("a slot");
     let (t, c) = (Instant::now(), cpu_ns());
     for i in 0..n {
@@ -389,7 +399,7 @@ fn r2(n: usize, bytes: &[u8]) -> (f64, u64) {
     let zones = ring_zones(&cfg);
     let ring = Ring::create(&zones.get("ring").unwrap(), &cfg).expect("ring");
     let board = Board::new();
-    let rpid = reader(&ring, &board, 0, n as u64);
+    let rpid = reader(&ring, &board, 0, n as u64, 0);
     let t = Instant::now();
     let pids: Vec<_> = (0..4u64)
         .map(|w| {
@@ -514,16 +524,22 @@ fn main() {
     println!("workload\tparam\timpl\tvalue\tunit");
     let mut r1_ns = None;
     let r1_runs = [
-        (false, wants("R1") || wants("R1plain")),
-        (true, wants("R1") || wants("R1stamped")),
+        (false, 0, wants("R1") || wants("R1plain")),
+        (false, R1_FOLLOW, wants("R1") || wants("R1follow")),
+        (true, 0, wants("R1") || wants("R1stamped")),
     ];
-    for (stamp, on) in r1_runs {
+    for (stamp, follow, on) in r1_runs {
         if on {
-            eprintln!("R1{} ...", if stamp { " stamped" } else { "" });
+            let imp = match (stamp, follow) {
+                (true, _) => "shmzone-stamped",
+                (false, 0) => "shmzone",
+                (false, _) => "shmzone-follow",
+            };
+            eprintln!("R1 {imp} ...");
             let (mut ns, mut cpu, mut lost, mut busy) =
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for _ in 0..reps {
-                let (a, c, b, r) = r1(n, &bytes, stamp);
+                let (a, c, b, r) = r1(n, &bytes, stamp, follow);
                 // Each repetition on stderr: the lost counts per rep.
                 eprintln!("  ns/record {a:.2} cpu {c:.2} lost {b} reader busy {r:.2}");
                 ns.push(a);
@@ -531,12 +547,11 @@ fn main() {
                 lost.push(b as f64);
                 busy.push(r);
             }
-            let imp = if stamp { "shmzone-stamped" } else { "shmzone" };
             let med = emit3("R1", "64", imp, ns, "ns/record");
             emit3("R1", "64", imp, cpu, "cpu-ns/record");
             emit3("R1", "64", imp, lost, "lost");
             emit3("R1", "64", &format!("{imp}-reader"), busy, "busy-ns/record");
-            if !stamp {
+            if imp == "shmzone" {
                 r1_ns = Some(med);
             }
         }

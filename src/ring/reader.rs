@@ -102,6 +102,9 @@ pub struct Reader<'a> {
     /// With batching on, the bytes a refill leaves below a moving head
     /// (see [`set_batching`](Self::set_batching)); 0 when off.
     pub(super) keep_off: u64,
+    /// The distance behind a moving head this reader keeps (see
+    /// [`set_follow_distance`](Self::set_follow_distance)); 0 when off.
+    pub(super) distance: u64,
     /// The slot to refill from next (round robin).
     pub(super) turn: usize,
     pub(super) stats: ReaderStats,
@@ -181,6 +184,7 @@ impl<'a> Reader<'a> {
             bfull: false,
             bseq: 0,
             keep_off: 0,
+            distance: 0,
             turn: 0,
             stats: ReaderStats::default(),
             #[cfg(test)]
@@ -396,6 +400,24 @@ impl<'a> Reader<'a> {
         } else {
             0
         };
+    }
+
+    /// Follows a writing producer at a distance (0, the default: off):
+    /// while a slot's head moves between two calls, a refill reads only
+    /// records at least `bytes` behind it; once the head has not moved
+    /// between two calls, it reads up to it. A record that far behind the
+    /// producer has left the producer's core's own caches, so the reader
+    /// takes its lines from the shared cache or from memory instead of
+    /// from that core, which neither side then waits for: in R1
+    /// (`benches/ring.rs`) 1 MiB took the reader from about 13 to 7 ns per
+    /// record and the producer from about 14 to 10. The price is latency:
+    /// a producer that writes steadily but slowly has its records read
+    /// only once `bytes` of them are there or it pauses for a call. For
+    /// readers that must keep up with fast producers (a log shipper), not
+    /// for `tail -f`. Capped at a quarter of the slot size (a reader kept
+    /// further back would be lapped sooner).
+    pub fn set_follow_distance(&mut self, bytes: usize) {
+        self.distance = (bytes as u64).min(self.ring.geo().slot_bytes / 4);
     }
 
     /// Records this reader missed so far (see [`ReaderStats::lost`]).

@@ -68,6 +68,12 @@ impl Reader<'_> {
             let settled = head == self.cursors[slot].seen_head;
             self.cursors[slot].seen_head = head;
             let room = (self.batch.len() - SLACK) as u64 * 8;
+            if self.distance != 0 && !settled && head - from < self.distance + room {
+                // Following at a distance: a whole copy must end at least
+                // `distance` behind the moving head (records closer to it
+                // are still in the producer's core's caches).
+                return Ok(false);
+            }
             let mut to = head.min(from.saturating_add(room));
             if self.keep_off != 0 && to == head && !settled {
                 // Batching, and the producer is still writing: stay off the

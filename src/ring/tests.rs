@@ -616,3 +616,60 @@ fn a_reader_behind_the_tail_reads_what_is_not_written_over() {
     while stale.next_record().unwrap().is_some() {}
     assert_eq!((stale.lost(), stale.read() + stale.lost()), (dropped, n));
 }
+
+#[test]
+fn a_reader_following_at_a_distance_keeps_it_while_the_producer_writes() {
+    let cfg = RingConfig {
+        slots: 1,
+        slot_bytes: 256 << 10,
+        ..small()
+    };
+    let zones = ring_zones(&cfg);
+    let ring = Ring::create(&zones.get("log").unwrap(), &cfg).unwrap();
+    let mut r = ring.reader(Start::Oldest);
+    // 16 KiB: 256 records of 48 bytes (64 in the slot).
+    r.set_follow_distance(16 << 10);
+    let mut p = ring.producer().unwrap();
+    let mut next = 0u64;
+    for i in 0..100u64 {
+        p.write(&[i as u8; 48]).unwrap();
+    }
+    // The head moved since the reader last looked, and it is close: nothing.
+    assert!(r.next_record().unwrap().is_none());
+    // The head did not move since: everything.
+    while let Some(rec) = r.next_record().unwrap() {
+        assert_eq!((rec.seq, rec.data), (next, &[next as u8; 48][..]));
+        next += 1;
+    }
+    assert_eq!(next, 100);
+    // A producer that keeps writing: one record written per call, and
+    // every record read is at least the distance (256 records) behind.
+    for i in 100..2100u64 {
+        p.write(&[i as u8; 48]).unwrap();
+        if let Some(rec) = r.next_record().unwrap() {
+            assert_eq!((rec.seq, rec.data), (next, &[next as u8; 48][..]));
+            assert!(
+                p.next_seq() - rec.seq >= 256,
+                "{} read at {}",
+                rec.seq,
+                p.next_seq()
+            );
+            next += 1;
+        }
+    }
+    assert!(next > 1000, "it read on behind the head: {next}");
+    // The producer stops: the rest on the second call.
+    let mut left = 0;
+    for _ in 0..2 {
+        while let Some(rec) = r.next_record().unwrap() {
+            assert_eq!(rec.seq, next);
+            next += 1;
+            left += 1;
+        }
+    }
+    assert!(left >= 256);
+    assert_eq!((r.read(), r.lost(), next), (2100, 0, 2100));
+    // Capped at a quarter of the slot.
+    r.set_follow_distance(1 << 30);
+    assert_eq!(r.distance, 64 << 10);
+}
