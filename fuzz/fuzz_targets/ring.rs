@@ -11,7 +11,9 @@ use shmzone::Zones;
 
 #[derive(Arbitrary, Debug)]
 struct Input {
-    /// 1..=4 slots (low bits); bit 5: the readers read with `read_batch`
+    /// 1..=4 slots (low bits); bit 4: the reader made before the damage
+    /// and the one from the newest record follow at a distance (1 KiB);
+    /// bit 5: the readers read with `read_batch`
     /// (else `next_record`); bit 6: the producers stamp records (3-word
     /// headers); bit 7: the reader made after the damage batches.
     slots: u8,
@@ -73,7 +75,9 @@ fuzz_target!(|input: Input| {
     let ring = Ring::create(&zone, &cfg).expect("ring");
     let stamp = input.slots & 0x40 != 0;
     let batch = input.slots & 0x20 != 0;
+    let follow = if input.slots & 0x10 != 0 { 1024 } else { 0 };
     let mut early = ring.reader(Start::Oldest);
+    early.set_follow_distance(follow);
     {
         let mut p = ring.producer().expect("a slot");
         p.set_timestamps(stamp);
@@ -115,6 +119,7 @@ fuzz_target!(|input: Input| {
     let mut oldest = ring.reader(Start::Oldest);
     oldest.set_batching(input.slots & 0x80 != 0);
     let mut newest = ring.reader(Start::Newest);
+    newest.set_follow_distance(follow);
     drain(&mut oldest, 5000, batch);
     if let Ok(mut p) = ring.producer() {
         p.set_timestamps(stamp);
