@@ -409,8 +409,10 @@ impl<'a> Reader<'a> {
     /// producer has left the producer's core's own caches, so the reader
     /// takes its lines from the shared cache or from memory instead of
     /// from that core, which neither side then waits for: in R1
-    /// (`benches/ring.rs`) 1 MiB took the reader from about 13 to 7 ns per
-    /// record and the producer from about 14 to 10. The price is latency:
+    /// (`benches/ring.rs`, R1follow) 1 MiB took the reader from about 16.6
+    /// to 6.1 ns per record and the producer from 17.2 to 8.2 in the same
+    /// runs. It reads in copies that end `bytes` behind the head, once a
+    /// copy's worth (or a quarter of a small slot) lies there. The price is latency:
     /// a producer that writes steadily but slowly has its records read
     /// only once `bytes` of them are there or it pauses for a call. For
     /// readers that must keep up with fast producers (a log shipper), not

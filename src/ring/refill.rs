@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 
+use super::layout::rec_size;
 use super::reader::{Cursor, Reader, SLACK};
 use super::RingError;
 
@@ -68,13 +69,20 @@ impl Reader<'_> {
             let settled = head == self.cursors[slot].seen_head;
             self.cursors[slot].seen_head = head;
             let room = (self.batch.len() - SLACK) as u64 * 8;
-            if self.distance != 0 && !settled && head - from < self.distance + room {
-                // Following at a distance: a whole copy must end at least
-                // `distance` behind the moving head (records closer to it
-                // are still in the producer's core's caches).
-                return Ok(false);
-            }
             let mut to = head.min(from.saturating_add(room));
+            if self.distance != 0 && !settled {
+                // Following at a distance: the copy ends at least
+                // `distance` behind the moving head (records closer to it
+                // are still in the producer's core's caches), and it waits
+                // until a copy's worth (a quarter of the slot in a small
+                // one), and at least one largest record, lies that far back.
+                let largest = rec_size(self.ring.geo().max_record as u64, true);
+                let need = self.distance + room.min(cap / 4).max(largest);
+                if head - from < need {
+                    return Ok(false);
+                }
+                to = to.min(head - self.distance);
+            }
             if self.keep_off != 0 && to == head && !settled {
                 // Batching, and the producer is still writing: stay off the
                 // cache line it writes; a whole record (at most `keep_off`

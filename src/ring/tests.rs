@@ -673,3 +673,38 @@ fn a_reader_following_at_a_distance_keeps_it_while_the_producer_writes() {
     r.set_follow_distance(1 << 30);
     assert_eq!(r.distance, 64 << 10);
 }
+
+#[test]
+fn a_reader_following_at_a_distance_in_a_small_slot_still_keeps_up() {
+    // A 4 KiB slot: a copy is the whole slot, so the reader waits for a
+    // quarter of it beyond the distance (1 KiB), not for a whole copy,
+    // which would never come before the producer laps it.
+    let cfg = RingConfig {
+        slots: 1,
+        ..small()
+    };
+    let zones = ring_zones(&cfg);
+    let ring = Ring::create(&zones.get("log").unwrap(), &cfg).unwrap();
+    let mut r = ring.reader(Start::Oldest);
+    r.set_follow_distance(1 << 20);
+    let mut p = ring.producer().unwrap();
+    let mut next = 0u64;
+    for i in 0..1000u64 {
+        p.write(&[i as u8; 48]).unwrap();
+        if let Some(rec) = r.next_record().unwrap() {
+            assert_eq!((rec.seq, rec.data), (next, &[next as u8; 48][..]));
+            assert!(
+                p.next_seq() - rec.seq >= 16,
+                "{} read at {}",
+                rec.seq,
+                p.next_seq()
+            );
+            next += 1;
+        }
+    }
+    assert!(next > 500, "read {next} while the producer wrote");
+    for _ in 0..2 {
+        while r.next_record().unwrap().is_some() {}
+    }
+    assert_eq!((r.read(), r.lost()), (1000, 0));
+}
