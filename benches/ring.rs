@@ -142,7 +142,7 @@ fn reader(ring: &Ring<'_>, board: &Board, slot: usize, n: u64, follow: usize) ->
             reader.set_batching(true);
         }
         reader.set_follow_distance(follow);
-        board.at(slot + 4).store(1, Ordering::SeqCst);
+        board.at(slot + 4).store(1, Ordering::Release);
         let mut sum = 0usize;
         let (mut busy, mut sampled, mut calls) = (0u64, 0u64, 0u64);
         while reader.read() + reader.lost() < n {
@@ -176,15 +176,22 @@ fn reader(ring: &Ring<'_>, board: &Board, slot: usize, n: u64, follow: usize) ->
     // The producers start once the reader is there (it reads from the
     // oldest record, so it would miss nothing either way, but it would
     // start behind by as much as its setup took).
+    wait_until(board.at(slot + 4), 1);
+    pid
+}
+
+/// Waits until `at` holds at least `v`: set by the other process of a
+/// bench, which takes well under a second (a panic after 30 s: the other
+/// side is stuck).
+fn wait_until(at: &AtomicU64, v: u64) {
     let t = Instant::now();
-    while board.at(slot + 4).load(Ordering::SeqCst) == 0 {
+    while at.load(Ordering::Acquire) < v {
         assert!(
             t.elapsed() < Duration::from_secs(30),
-            "the reader never started"
+            "the other side is stuck"
         );
-        std::thread::sleep(Duration::from_micros(100));
+        std::hint::spin_loop();
     }
-    pid
 }
 
 /// Reads everything there is with `read_batch`; payload bytes read. Out
@@ -340,23 +347,14 @@ fn r1_turns(n: usize, bytes: &[u8], k: usize) -> (f64, f64) {
     let ring = Ring::create(&zones.get("ring").unwrap(), &cfg).expect("ring");
     let board = Board::new();
     let turns = (n / k).max(1) as u64;
-    let mut reader = ring.reader(Start::Oldest);
     let b = &board;
-    // Bounded waits: a turn takes well under a second.
-    let wait_for = |at: &AtomicU64, v: u64| {
-        let t = Instant::now();
-        while at.load(Ordering::Acquire) < v {
-            assert!(
-                t.elapsed() < Duration::from_secs(30),
-                "the other side is stuck"
-            );
-            std::hint::spin_loop();
-        }
-    };
+    let ring = &ring;
     let pid = fork(move || {
+        // Made here, where it maps the slot's pages (see `reader`).
+        let mut reader = ring.reader(Start::Oldest);
         let (mut spent, mut sum) = (0u64, 0usize);
         for turn in 1..=turns {
-            wait_for(b.at(0), turn);
+            wait_until(b.at(0), turn);
             let t = Instant::now();
             while reader.read() + reader.lost() < turn * k as u64 {
                 sum += read_all_batch(&mut reader);
@@ -377,7 +375,7 @@ fn r1_turns(n: usize, bytes: &[u8], k: usize) -> (f64, f64) {
         }
         spent += t.elapsed();
         board.at(0).store(turn, Ordering::Release);
-        wait_for(board.at(1), turn);
+        wait_until(board.at(1), turn);
     }
     wait(pid);
     assert_eq!(board.at(3).load(Ordering::SeqCst), 0, "lost in turns");

@@ -15,6 +15,14 @@ use shmzone::{NamedSpec, Region, Zones};
 
 const ROLE_VAR: &str = "SHMZONE_RING_TEST_ROLE";
 
+/// A fork-shared region with one zone, "log", sized for a ring of `cfg`.
+fn log_zones(cfg: &RingConfig) -> Zones {
+    Zones::builder()
+        .zone("log", cfg.zone_size())
+        .build()
+        .unwrap()
+}
+
 /// A record of the tests: producer number, record number, filler of a
 /// length that depends on both, and a check word over all of it.
 fn record(producer: u64, i: u64) -> Vec<u8> {
@@ -98,10 +106,7 @@ fn four_producers_two_readers_read_everything_once_in_order() {
         max_record: 256,
         timestamps: true,
     };
-    let zones = Zones::builder()
-        .zone("log", cfg.zone_size())
-        .build()
-        .unwrap();
+    let zones = log_zones(&cfg);
     let ring = Ring::create(&zones.get("log").unwrap(), &cfg).unwrap();
     let board = Board::new();
     let readers: Vec<_> = (0..2)
@@ -201,10 +206,7 @@ fn lapped_readers_count_every_gap_and_never_see_a_torn_record() {
         max_record: 256,
         timestamps: false,
     };
-    let zones = Zones::builder()
-        .zone("log", cfg.zone_size())
-        .build()
-        .unwrap();
+    let zones = log_zones(&cfg);
     let ring = Ring::create(&zones.get("log").unwrap(), &cfg).unwrap();
     let board = Board::new();
     let readers: Vec<_> = (0..2)
@@ -488,10 +490,7 @@ fn a_producer_inherited_through_fork_refuses_to_write() {
         slots: 2,
         ..RingConfig::default()
     };
-    let zones = Zones::builder()
-        .zone("log", cfg.zone_size())
-        .build()
-        .unwrap();
+    let zones = log_zones(&cfg);
     let ring = Ring::create(&zones.get("log").unwrap(), &cfg).unwrap();
     let mut log = Some(ring.producer().unwrap());
     log.as_mut().unwrap().write(b"parent").unwrap();
@@ -601,10 +600,7 @@ fn producers_and_readers_map_the_slot_pages_before_they_use_them() {
         max_record: 256,
         timestamps: false,
     };
-    let zones = Zones::builder()
-        .zone("log", cfg.zone_size())
-        .build()
-        .unwrap();
+    let zones = log_zones(&cfg);
     let ring = Ring::create(&zones.get("log").unwrap(), &cfg).unwrap();
     let ring = &ring;
     // 60,000 records of 64 bytes (80 in the slot): more than a lap of the

@@ -617,6 +617,31 @@ fn a_reader_behind_the_tail_reads_what_is_not_written_over() {
     assert_eq!((stale.lost(), stale.read() + stale.lost()), (dropped, n));
 }
 
+/// Writes records `seqs` (48 bytes of the number each), one call of `r`
+/// after each: every record `r` hands out is the next one (`next`), and
+/// at least `behind` records behind the producer.
+fn follow_while_writing(
+    p: &mut Producer<'_>,
+    r: &mut Reader<'_>,
+    seqs: std::ops::Range<u64>,
+    next: &mut u64,
+    behind: u64,
+) {
+    for i in seqs {
+        p.write(&[i as u8; 48]).unwrap();
+        if let Some(rec) = r.next_record().unwrap() {
+            assert_eq!((rec.seq, rec.data), (*next, &[*next as u8; 48][..]));
+            assert!(
+                p.next_seq() - rec.seq >= behind,
+                "{} read at {}",
+                rec.seq,
+                p.next_seq()
+            );
+            *next += 1;
+        }
+    }
+}
+
 #[test]
 fn a_reader_following_at_a_distance_keeps_it_while_the_producer_writes() {
     let cfg = RingConfig {
@@ -644,19 +669,7 @@ fn a_reader_following_at_a_distance_keeps_it_while_the_producer_writes() {
     assert_eq!(next, 100);
     // A producer that keeps writing: one record written per call, and
     // every record read is at least the distance (256 records) behind.
-    for i in 100..2100u64 {
-        p.write(&[i as u8; 48]).unwrap();
-        if let Some(rec) = r.next_record().unwrap() {
-            assert_eq!((rec.seq, rec.data), (next, &[next as u8; 48][..]));
-            assert!(
-                p.next_seq() - rec.seq >= 256,
-                "{} read at {}",
-                rec.seq,
-                p.next_seq()
-            );
-            next += 1;
-        }
-    }
+    follow_while_writing(&mut p, &mut r, 100..2100, &mut next, 256);
     assert!(next > 1000, "it read on behind the head: {next}");
     // The producer stops: the rest on the second call.
     let mut left = 0;
@@ -689,19 +702,7 @@ fn a_reader_following_at_a_distance_in_a_small_slot_still_keeps_up() {
     r.set_follow_distance(1 << 20);
     let mut p = ring.producer().unwrap();
     let mut next = 0u64;
-    for i in 0..1000u64 {
-        p.write(&[i as u8; 48]).unwrap();
-        if let Some(rec) = r.next_record().unwrap() {
-            assert_eq!((rec.seq, rec.data), (next, &[next as u8; 48][..]));
-            assert!(
-                p.next_seq() - rec.seq >= 16,
-                "{} read at {}",
-                rec.seq,
-                p.next_seq()
-            );
-            next += 1;
-        }
-    }
+    follow_while_writing(&mut p, &mut r, 0..1000, &mut next, 16);
     assert!(next > 500, "read {next} while the producer wrote");
     for _ in 0..2 {
         while r.next_record().unwrap().is_some() {}
